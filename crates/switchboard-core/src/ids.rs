@@ -1,0 +1,240 @@
+//! Validated identifiers: apps, tenants, event types, event and delivery ids.
+//! A value of these types is always well-formed; parsing is the only way in.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// Why a value was refused, phrased as what to fix. The caller adds the field name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidValue(pub String);
+
+fn invalid(msg: impl Into<String>) -> InvalidValue {
+    InvalidValue(msg.into())
+}
+
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+string_id!(
+    /// An application: `crm`, `hr`, `orders`. Lowercase letters, digits, `-` and `_`,
+    /// starting with a letter, at most 64 characters.
+    AppId
+);
+string_id!(
+    /// A customer of the suite. Any printable text without whitespace, 1 to 128 characters.
+    TenantId
+);
+string_id!(
+    /// `segment.segment[.segment...]`, lowercase letters, digits, `_` and `-`.
+    EventType
+);
+string_id!(
+    /// The id switchboard gives an event (`evt_` + a time-ordered base32 value).
+    EventId
+);
+string_id!(
+    /// The id of one (event, target app) delivery; its format belongs to the store.
+    DeliveryId
+);
+
+pub const MAX_APP_ID_LEN: usize = 64;
+pub const MAX_TENANT_LEN: usize = 128;
+pub const MAX_TYPE_LEN: usize = 128;
+pub const MAX_ID_LEN: usize = 128;
+
+impl AppId {
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
+        let mut chars = s.chars();
+        let Some(first) = chars.next() else {
+            return Err(invalid("must not be empty: use a short app id like `crm`"));
+        };
+        if s.len() > MAX_APP_ID_LEN {
+            return Err(invalid(format!(
+                "is {} characters long; the limit is {MAX_APP_ID_LEN}",
+                s.len()
+            )));
+        }
+        if !first.is_ascii_lowercase() {
+            return Err(invalid(format!(
+                "`{s}` must start with a lowercase letter (a-z)"
+            )));
+        }
+        if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_') {
+            return Err(invalid(format!(
+                "`{s}` may only contain lowercase letters, digits, `-` and `_`"
+            )));
+        }
+        Ok(AppId(s.to_owned()))
+    }
+}
+
+impl TenantId {
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
+        if s.is_empty() {
+            return Err(invalid("must not be empty: every event belongs to one tenant"));
+        }
+        if s.len() > MAX_TENANT_LEN {
+            return Err(invalid(format!(
+                "is {} bytes long; the limit is {MAX_TENANT_LEN}",
+                s.len()
+            )));
+        }
+        if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid("must not contain whitespace or control characters"));
+        }
+        Ok(TenantId(s.to_owned()))
+    }
+}
+
+fn is_segment_char(c: char) -> bool {
+    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-'
+}
+
+impl EventType {
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
+        const FIX: &str = "use lowercase `segment.segment`, like `user.created`";
+        if s.len() > MAX_TYPE_LEN {
+            return Err(invalid(format!(
+                "is {} bytes long; the limit is {MAX_TYPE_LEN}",
+                s.len()
+            )));
+        }
+        let segments: Vec<&str> = s.split('.').collect();
+        if segments.len() < 2 {
+            return Err(invalid(format!("`{s}` has no `.`: {FIX}")));
+        }
+        for segment in &segments {
+            if segment.is_empty() {
+                return Err(invalid(format!("`{s}` has an empty segment: {FIX}")));
+            }
+            if !segment.chars().all(is_segment_char) {
+                return Err(invalid(format!(
+                    "`{s}` may only contain a-z, 0-9, `_` and `-` between dots: {FIX}"
+                )));
+            }
+        }
+        Ok(EventType(s.to_owned()))
+    }
+}
+
+fn parse_opaque_id(s: &str) -> Result<String, InvalidValue> {
+    if s.is_empty() {
+        return Err(invalid("must not be empty"));
+    }
+    if s.len() > MAX_ID_LEN {
+        return Err(invalid(format!(
+            "is {} bytes long; the limit is {MAX_ID_LEN}",
+            s.len()
+        )));
+    }
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid("must not contain whitespace or control characters"));
+    }
+    Ok(s.to_owned())
+}
+
+impl EventId {
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
+        parse_opaque_id(s).map(EventId)
+    }
+
+    /// A new, time-ordered id: `evt_` + 26 Crockford base32 characters encoding 48 bits of
+    /// milliseconds and 80 bits of entropy (the ULID layout), so ids sort by creation time.
+    pub fn generate(unix_ms: i64, entropy: [u8; 10]) -> Self {
+        let mut value: u128 = (unix_ms.max(0) as u128 & 0xFFFF_FFFF_FFFF) << 80;
+        for (i, b) in entropy.iter().enumerate() {
+            value |= (*b as u128) << (8 * (9 - i));
+        }
+        EventId(format!("evt_{}", base32_128(value)))
+    }
+}
+
+impl DeliveryId {
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
+        parse_opaque_id(s).map(DeliveryId)
+    }
+}
+
+/// Generic opaque ids given by publishers: idempotency keys, entity, correlation and
+/// causation ids.
+pub fn parse_opaque(s: &str) -> Result<String, InvalidValue> {
+    parse_opaque_id(s)
+}
+
+const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+fn base32_128(mut value: u128) -> String {
+    let mut out = [0u8; 26];
+    for slot in out.iter_mut().rev() {
+        *slot = CROCKFORD[(value & 31) as usize];
+        value >>= 5;
+    }
+    String::from_utf8(out.to_vec()).expect("ascii")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_ids() {
+        assert!(AppId::parse("crm").is_ok());
+        assert!(AppId::parse("order-service_2").is_ok());
+        for bad in ["", "CRM", "1crm", "crm app", "crm.app", &"a".repeat(65)] {
+            assert!(AppId::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn event_types() {
+        for good in ["user.created", "order.item.added", "a.b", "credit_v2.allocated"] {
+            assert!(EventType::parse(good).is_ok(), "{good}");
+        }
+        for bad in ["user", "User.Created", "user..created", ".user", "user.", "user created.x", ""] {
+            let err = EventType::parse(bad).unwrap_err();
+            assert!(err.0.contains("segment"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn tenants() {
+        assert!(TenantId::parse("acme-42").is_ok());
+        assert!(TenantId::parse("b0a6e370-c1e5-43d1-94e0-55ed792274c4").is_ok());
+        assert!(TenantId::parse("").is_err());
+        assert!(TenantId::parse("a b").is_err());
+    }
+
+    #[test]
+    fn event_ids_sort_by_time() {
+        let a = EventId::generate(1_700_000_000_000, [255; 10]);
+        let b = EventId::generate(1_700_000_000_001, [0; 10]);
+        assert!(a < b);
+        assert_eq!(a.as_str().len(), 4 + 26);
+    }
+}
