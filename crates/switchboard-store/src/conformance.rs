@@ -1,0 +1,637 @@
+//! The conformance suite: what every backend must do, written against [`Store`] alone.
+//! Each backend's tests run every case with `conformance_tests!(make_fixture)`. Time is
+//! driven through the `now` arguments, so nothing here waits on a clock.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use switchboard_core::event::Event;
+use switchboard_core::{
+    AppId, AppSettings, AttemptOutcome, DeliveryId, DeliveryStatus, EventId, EventType,
+    RetryPolicy, Subscription, TenantId, Timestamp, TypePattern,
+};
+
+use crate::{
+    AckItem, AppUpdate, EventQuery, KeyHash, LeaseRequest, NackItem, NewApp, NewEvent, NewKey,
+    Published, Store, StoreError,
+};
+
+/// A store under test and whatever must live as long as it (a temp dir, a server process).
+pub struct Fixture {
+    pub store: Arc<dyn Store>,
+    pub guard: Box<dyn Any + Send + Sync>,
+}
+
+/// Runs every conformance case as its own `#[tokio::test]`. `$make` is an async fn returning
+/// a fresh [`Fixture`].
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:path) => {
+        $crate::conformance_tests!(@cases $make;
+            apps_register_list_and_resolve_keys,
+            duplicate_app_is_refused,
+            update_app_changes_what_happens_next,
+            publish_creates_pending_deliveries,
+            event_without_targets_is_still_stored,
+            idempotency_key_is_per_source,
+            idempotency_within_one_batch,
+            lease_hands_out_oldest_first_without_duplicates,
+            lease_is_per_target_app,
+            ack_records_data_and_latency,
+            repeated_ack_changes_nothing,
+            ack_batch_is_all_or_nothing,
+            another_apps_delivery_looks_unknown,
+            nack_backs_off_then_redelivers,
+            nack_retry_in_overrides_backoff,
+            permanent_nack_is_dead,
+            dead_after_max_attempts,
+            expired_lease_returns_to_pending,
+            stale_lease_cannot_ack,
+            event_query_filters,
+            event_query_pages_newest_first,
+            event_query_visibility_for_an_app,
+            closed_store_refuses_work
+        );
+    };
+    (@cases $make:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let fixture = $make().await;
+                $crate::conformance::$case(&*fixture.store).await;
+                fixture.store.close().await;
+            }
+        )*
+    };
+}
+
+pub const T0: Timestamp = Timestamp(1_795_343_460_000);
+
+pub fn app(id: &str) -> AppId {
+    AppId::parse(id).unwrap()
+}
+
+fn key_hash(app: &str, n: u8) -> KeyHash {
+    let mut h = [n; 32];
+    for (i, b) in app.bytes().enumerate().take(31) {
+        h[i + 1] = b;
+    }
+    KeyHash(h)
+}
+
+/// Registers `id` subscribed to `patterns`, with `max_attempts` and a 1 s then 5 s backoff.
+pub async fn register(store: &dyn Store, id: &str, patterns: &[&str], max_attempts: u32) {
+    let subscriptions = patterns
+        .iter()
+        .map(|p| Subscription {
+            pattern: TypePattern::parse(p).unwrap(),
+        })
+        .collect();
+    store
+        .create_app(NewApp {
+            id: app(id),
+            subscriptions,
+            settings: AppSettings {
+                max_attempts,
+                retry: RetryPolicy::Schedule(vec![1000, 5000]),
+            },
+            key: NewKey {
+                key_id: format!("key_{id}"),
+                hash: key_hash(id, 1),
+            },
+            now: T0,
+        })
+        .await
+        .unwrap();
+}
+
+static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+pub fn event(source: &str, tenant: &str, ty: &str, time: Timestamp) -> Event {
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut entropy = [0u8; 10];
+    entropy[2..].copy_from_slice(&n.to_be_bytes());
+    Event {
+        id: EventId::generate(time.millis(), entropy),
+        tenant: TenantId::parse(tenant).unwrap(),
+        event_type: EventType::parse(ty).unwrap(),
+        source: app(source),
+        time,
+        data: format!(r#"{{"n":{n}}}"#),
+        idempotency_key: None,
+        named_targets: None,
+        entity_id: None,
+        correlation_id: None,
+        causation_id: None,
+        historical: false,
+    }
+}
+
+/// Publishes one event to `targets` at `time`.
+pub async fn publish_to(store: &dyn Store, ev: Event, targets: &[&str]) -> Published {
+    let time = ev.time;
+    let targets = targets.iter().map(|t| app(t)).collect();
+    let mut out = store
+        .publish(vec![NewEvent { event: ev, targets }], time)
+        .await
+        .unwrap();
+    out.remove(0)
+}
+
+pub async fn lease(store: &dyn Store, who: &str, max: u32, now: Timestamp) -> Vec<crate::LeasedDelivery> {
+    store
+        .lease(LeaseRequest {
+            app: app(who),
+            max,
+            lease_ms: 30_000,
+            now,
+        })
+        .await
+        .unwrap()
+        .deliveries
+}
+
+fn ack_item(id: &DeliveryId, attempt: u32, data: Option<&str>) -> AckItem {
+    AckItem {
+        id: id.clone(),
+        attempt: Some(attempt),
+        data: data.map(str::to_owned),
+    }
+}
+
+fn nack_item(id: &DeliveryId, attempt: u32, permanent: bool, retry_in_ms: Option<u64>) -> NackItem {
+    NackItem {
+        id: id.clone(),
+        attempt: Some(attempt),
+        error: "boom".into(),
+        retry_in_ms,
+        permanent,
+    }
+}
+
+/// The status of `target`'s delivery of event `id`.
+pub async fn status_of(store: &dyn Store, id: &EventId, target: &str) -> DeliveryStatus {
+    let record = store.event(id.clone()).await.unwrap().expect("event stored");
+    record
+        .deliveries
+        .iter()
+        .find(|d| d.target == app(target))
+        .expect("delivery to target")
+        .status
+}
+
+pub async fn apps_register_list_and_resolve_keys(store: &dyn Store) {
+    register(store, "hr", &["user.created", "credit.*"], 8).await;
+    register(store, "crm", &["*"], 3).await;
+    let apps = store.list_apps().await.unwrap();
+    let ids: Vec<&str> = apps.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, ["crm", "hr"]);
+    let hr = &apps[1];
+    let patterns: Vec<String> = hr.subscriptions.iter().map(|s| s.pattern.to_string()).collect();
+    assert_eq!(patterns, ["user.created", "credit.*"]);
+    assert_eq!(hr.settings.max_attempts, 8);
+    assert_eq!(hr.settings.retry.to_string(), "1s,5s");
+    assert_eq!(store.app_for_key(key_hash("hr", 1)).await.unwrap(), Some(app("hr")));
+    assert_eq!(store.app_for_key(key_hash("hr", 2)).await.unwrap(), None);
+}
+
+pub async fn duplicate_app_is_refused(store: &dyn Store) {
+    register(store, "hr", &["*"], 8).await;
+    let again = store
+        .create_app(NewApp {
+            id: app("hr"),
+            subscriptions: vec![],
+            settings: AppSettings::default(),
+            key: NewKey {
+                key_id: "other".into(),
+                hash: key_hash("hr", 9),
+            },
+            now: T0,
+        })
+        .await;
+    assert_eq!(again.unwrap_err(), StoreError::AppExists(app("hr")));
+    assert_eq!(store.list_apps().await.unwrap().len(), 1);
+    assert_eq!(store.app_for_key(key_hash("hr", 9)).await.unwrap(), None);
+}
+
+pub async fn update_app_changes_what_happens_next(store: &dyn Store) {
+    register(store, "hr", &["*"], 8).await;
+    let updated = store
+        .update_app(AppUpdate {
+            id: app("hr"),
+            subscriptions: None,
+            settings: Some(AppSettings {
+                max_attempts: 1,
+                retry: RetryPolicy::Schedule(vec![0]),
+            }),
+        })
+        .await
+        .unwrap();
+    assert_eq!(updated.settings.max_attempts, 1);
+    assert_eq!(updated.subscriptions.len(), 1);
+    let p = publish_to(store, event("crm", "t1", "user.created", T0), &["hr"]).await;
+    let leased = lease(store, "hr", 1, T0).await;
+    let result = store
+        .nack(app("hr"), nack_item(&leased[0].id, 1, false, None), T0)
+        .await
+        .unwrap();
+    assert_eq!(result.status, DeliveryStatus::Dead, "one attempt allowed now");
+    assert_eq!(status_of(store, &p.id, "hr").await, DeliveryStatus::Dead);
+    let unknown = store
+        .update_app(AppUpdate {
+            id: app("nobody"),
+            subscriptions: None,
+            settings: None,
+        })
+        .await;
+    assert_eq!(unknown.unwrap_err(), StoreError::UnknownApp(app("nobody")));
+}
+
+pub async fn publish_creates_pending_deliveries(store: &dyn Store) {
+    let mut ev = event("crm", "acme", "user.created", T0);
+    ev.entity_id = Some("user-1".into());
+    ev.correlation_id = Some("corr-1".into());
+    ev.named_targets = Some(vec![app("hr"), app("billing")]);
+    let sent = ev.clone();
+    let p = publish_to(store, ev, &["billing", "hr"]).await;
+    assert_eq!(p.id, sent.id);
+    assert!(!p.duplicate);
+    let targets: Vec<(&str, DeliveryStatus)> = p
+        .deliveries
+        .iter()
+        .map(|d| (d.target.as_str(), d.status))
+        .collect();
+    assert_eq!(
+        targets,
+        [("billing", DeliveryStatus::Pending), ("hr", DeliveryStatus::Pending)]
+    );
+    let record = store.event(p.id.clone()).await.unwrap().unwrap();
+    assert_eq!(record.event, sent);
+    assert_eq!(record.deliveries.len(), 2);
+    for d in &record.deliveries {
+        assert_eq!(d.status, DeliveryStatus::Pending);
+        assert_eq!(d.attempts, 0);
+        assert!(d.history.is_empty());
+        assert_eq!(d.created_at, T0);
+    }
+    let ids: Vec<&DeliveryId> = record.deliveries.iter().map(|d| &d.id).collect();
+    assert_ne!(ids[0], ids[1]);
+    let missing = EventId::parse("evt_missing").unwrap();
+    assert_eq!(store.event(missing).await.unwrap(), None);
+}
+
+pub async fn event_without_targets_is_still_stored(store: &dyn Store) {
+    let p = publish_to(store, event("crm", "acme", "nobody.cares", T0), &[]).await;
+    assert!(p.deliveries.is_empty());
+    let record = store.event(p.id).await.unwrap().unwrap();
+    assert!(record.deliveries.is_empty());
+}
+
+pub async fn idempotency_key_is_per_source(store: &dyn Store) {
+    let mut first = event("crm", "acme", "user.created", T0);
+    first.idempotency_key = Some("k-1".into());
+    let p1 = publish_to(store, first, &["hr"]).await;
+    let mut again = event("crm", "acme", "user.created", T0.plus_ms(5));
+    again.idempotency_key = Some("k-1".into());
+    let p2 = publish_to(store, again, &["hr", "billing"]).await;
+    assert!(p2.duplicate);
+    assert_eq!(p2.id, p1.id);
+    assert_eq!(p2.deliveries, p1.deliveries, "the first result, unchanged");
+    let mut other_source = event("shop", "acme", "user.created", T0);
+    other_source.idempotency_key = Some("k-1".into());
+    let p3 = publish_to(store, other_source, &["hr"]).await;
+    assert!(!p3.duplicate);
+    assert_ne!(p3.id, p1.id);
+    let all = store
+        .events(EventQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.events.len(), 2);
+}
+
+pub async fn idempotency_within_one_batch(store: &dyn Store) {
+    let mut a = event("crm", "acme", "user.created", T0);
+    a.idempotency_key = Some("same".into());
+    let mut b = event("crm", "acme", "user.created", T0);
+    b.idempotency_key = Some("same".into());
+    let out = store
+        .publish(
+            vec![
+                NewEvent { event: a, targets: vec![app("hr")] },
+                NewEvent { event: b, targets: vec![app("hr")] },
+            ],
+            T0,
+        )
+        .await
+        .unwrap();
+    assert!(!out[0].duplicate);
+    assert!(out[1].duplicate);
+    assert_eq!(out[0].id, out[1].id);
+}
+
+pub async fn lease_hands_out_oldest_first_without_duplicates(store: &dyn Store) {
+    let mut published = Vec::new();
+    for i in 0..5 {
+        let p = publish_to(store, event("crm", "acme", "user.created", T0.plus_ms(i)), &["hr"]).await;
+        published.push(p.id);
+    }
+    let now = T0.plus_ms(10);
+    let first = lease(store, "hr", 3, now).await;
+    let second = lease(store, "hr", 3, now).await;
+    let third = lease(store, "hr", 3, now).await;
+    let got: Vec<EventId> = first.iter().chain(&second).map(|d| d.event.id.clone()).collect();
+    assert_eq!(got, published);
+    assert!(third.is_empty());
+    for d in first.iter().chain(&second) {
+        assert_eq!(d.attempt, 1);
+        assert_eq!(d.lease_expires_at, now.plus_ms(30_000));
+    }
+    let record = store.event(published[0].clone()).await.unwrap().unwrap();
+    let d = &record.deliveries[0];
+    assert_eq!(d.status, DeliveryStatus::InFlight);
+    assert_eq!(d.lease_expires_at, Some(now.plus_ms(30_000)));
+    assert_eq!(d.history.len(), 1);
+    assert_eq!(d.history[0].started_at, now);
+    assert_eq!(d.history[0].outcome, None);
+}
+
+pub async fn lease_is_per_target_app(store: &dyn Store) {
+    publish_to(store, event("crm", "acme", "user.created", T0), &["hr"]).await;
+    assert!(lease(store, "billing", 10, T0).await.is_empty());
+    assert!(lease(store, "crm", 10, T0).await.is_empty());
+    assert_eq!(lease(store, "hr", 10, T0).await.len(), 1);
+}
+
+pub async fn ack_records_data_and_latency(store: &dyn Store) {
+    let p = publish_to(store, event("crm", "acme", "user.created", T0), &["hr"]).await;
+    let leased = lease(store, "hr", 1, T0.plus_ms(3)).await;
+    let n = store
+        .ack(
+            app("hr"),
+            vec![ack_item(&leased[0].id, 1, Some(r#"{"employee_id":42}"#))],
+            T0.plus_ms(7),
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let record = store.event(p.id).await.unwrap().unwrap();
+    let d = &record.deliveries[0];
+    assert_eq!(d.status, DeliveryStatus::Acknowledged);
+    assert_eq!(d.ack_data.as_deref(), Some(r#"{"employee_id":42}"#));
+    assert_eq!(d.acknowledged_at, Some(T0.plus_ms(7)));
+    assert_eq!(d.latency_ms(record.event.time), Some(7));
+    assert_eq!(d.lease_expires_at, None);
+    assert_eq!(d.history[0].outcome, Some(AttemptOutcome::Acknowledged));
+    assert_eq!(d.history[0].ended_at, Some(T0.plus_ms(7)));
+    assert!(lease(store, "hr", 1, T0.plus_ms(100_000)).await.is_empty());
+}
+
+pub async fn repeated_ack_changes_nothing(store: &dyn Store) {
+    publish_to(store, event("crm", "acme", "user.created", T0), &["hr"]).await;
+    let leased = lease(store, "hr", 1, T0).await;
+    let item = ack_item(&leased[0].id, 1, None);
+    assert_eq!(store.ack(app("hr"), vec![item.clone(), item.clone()], T0).await.unwrap(), 1);
+    assert_eq!(store.ack(app("hr"), vec![item], T0).await.unwrap(), 0);
+    let nack = store.nack(app("hr"), nack_item(&leased[0].id, 1, false, None), T0).await;
+    assert!(matches!(nack, Err(StoreError::NotInFlight { status: DeliveryStatus::Acknowledged, .. })));
+}
+
+pub async fn ack_batch_is_all_or_nothing(store: &dyn Store) {
+    let p = publish_to(store, event("crm", "acme", "user.created", T0), &["hr"]).await;
+    let leased = lease(store, "hr", 1, T0).await;
+    let bogus = DeliveryId::parse("dlv_999999").unwrap();
+    let result = store
+        .ack(
+            app("hr"),
+            vec![ack_item(&leased[0].id, 1, None), ack_item(&bogus, 1, None)],
+            T0,
+        )
+        .await;
+    assert_eq!(result.unwrap_err(), StoreError::UnknownDelivery(bogus));
+    assert_eq!(status_of(store, &p.id, "hr").await, DeliveryStatus::InFlight);
+    let garbage = DeliveryId::parse("not-a-delivery").unwrap();
+    let result = store.ack(app("hr"), vec![ack_item(&garbage, 1, None)], T0).await;
+    assert_eq!(result.unwrap_err(), StoreError::UnknownDelivery(garbage));
+}
+
+pub async fn another_apps_delivery_looks_unknown(store: &dyn Store) {
+    let p = publish_to(store, event("crm", "acme", "user.created", T0), &["hr"]).await;
+    let leased = lease(store, "hr", 1, T0).await;
+    let id = leased[0].id.clone();
+    let ack = store.ack(app("billing"), vec![ack_item(&id, 1, None)], T0).await;
+    assert_eq!(ack.unwrap_err(), StoreError::UnknownDelivery(id.clone()));
+    let nack = store.nack(app("crm"), nack_item(&id, 1, true, None), T0).await;
+    assert_eq!(nack.unwrap_err(), StoreError::UnknownDelivery(id));
+    assert_eq!(status_of(store, &p.id, "hr").await, DeliveryStatus::InFlight);
+}
+
+pub async fn nack_backs_off_then_redelivers(store: &dyn Store) {
+    register(store, "hr", &["*"], 8).await;
+    let p = publish_to(store, event("crm", "acme", "user.created", T0), &["hr"]).await;
+    let leased = lease(store, "hr", 1, T0).await;
+    let result = store
+        .nack(app("hr"), nack_item(&leased[0].id, 1, false, None), T0)
+        .await
+        .unwrap();
+    assert_eq!(result.status, DeliveryStatus::Pending);
+    let retry_at = result.retry_at.expect("a retry time");
+    // The first backoff is 1 s, less up to 20 % jitter.
+    assert!((T0.plus_ms(800)..=T0.plus_ms(1000)).contains(&retry_at), "{retry_at:?}");
+    let early = store
+        .lease(LeaseRequest { app: app("hr"), max: 1, lease_ms: 1000, now: T0.plus_ms(1) })
+        .await
+        .unwrap();
+    assert!(early.deliveries.is_empty());
+    assert_eq!(early.next_ready_at, Some(retry_at));
+    let again = lease(store, "hr", 1, retry_at).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempt, 2);
+    let record = store.event(p.id).await.unwrap().unwrap();
+    let d = &record.deliveries[0];
+    assert_eq!(d.last_error.as_deref(), Some("boom"));
+    let outcomes: Vec<Option<AttemptOutcome>> = d.history.iter().map(|a| a.outcome).collect();
+    assert_eq!(outcomes, [Some(AttemptOutcome::Failed), None]);
+    assert_eq!(d.history[0].error.as_deref(), Some("boom"));
+}
+
+pub async fn nack_retry_in_overrides_backoff(store: &dyn Store) {
+    register(store, "hr", &["*"], 8).await;
+    publish_to(store, event("crm", "acme", "user.created", T0), &["hr"]).await;
+    let leased = lease(store, "hr", 1, T0).await;
+    let result = store
+        .nack(app("hr"), nack_item(&leased[0].id, 1, false, Some(60_000)), T0)
+        .await
+        .unwrap();
+    assert_eq!(result.retry_at, Some(T0.plus_ms(60_000)));
+    assert!(lease(store, "hr", 1, T0.plus_ms(59_999)).await.is_empty());
+    assert_eq!(lease(store, "hr", 1, T0.plus_ms(60_000)).await.len(), 1);
+}
+
+pub async fn permanent_nack_is_dead(store: &dyn Store) {
+    register(store, "hr", &["*"], 8).await;
+    let p = publish_to(store, event("crm", "acme", "user.created", T0), &["hr"]).await;
+    let leased = lease(store, "hr", 1, T0).await;
+    let result = store
+        .nack(app("hr"), nack_item(&leased[0].id, 1, true, None), T0)
+        .await
+        .unwrap();
+    assert_eq!(result, crate::NackResult { status: DeliveryStatus::Dead, retry_at: None });
+    assert_eq!(status_of(store, &p.id, "hr").await, DeliveryStatus::Dead);
+    assert!(lease(store, "hr", 1, T0.plus_ms(10_000_000)).await.is_empty());
+}
+
+pub async fn dead_after_max_attempts(store: &dyn Store) {
+    register(store, "hr", &["*"], 3).await;
+    let p = publish_to(store, event("crm", "acme", "user.created", T0), &["hr"]).await;
+    let mut now = T0;
+    for attempt in 1..=3 {
+        let leased = lease(store, "hr", 1, now).await;
+        assert_eq!(leased.len(), 1, "attempt {attempt}");
+        assert_eq!(leased[0].attempt, attempt);
+        let r = store
+            .nack(app("hr"), nack_item(&leased[0].id, attempt, false, Some(0)), now)
+            .await
+            .unwrap();
+        let expect = if attempt < 3 { DeliveryStatus::Pending } else { DeliveryStatus::Dead };
+        assert_eq!(r.status, expect);
+        now = now.plus_ms(1);
+    }
+    let record = store.event(p.id).await.unwrap().unwrap();
+    assert_eq!(record.deliveries[0].status, DeliveryStatus::Dead);
+    assert_eq!(record.deliveries[0].attempts, 3);
+    assert_eq!(record.deliveries[0].history.len(), 3);
+}
+
+pub async fn expired_lease_returns_to_pending(store: &dyn Store) {
+    register(store, "hr", &["*"], 8).await;
+    let p = publish_to(store, event("crm", "acme", "user.created", T0), &["hr"]).await;
+    let leased = lease(store, "hr", 1, T0).await;
+    let deadline = leased[0].lease_expires_at;
+    let early = store.expire_leases(Timestamp(deadline.millis() - 1), 100).await.unwrap();
+    assert_eq!(early.count, 0);
+    assert_eq!(early.next_deadline, Some(deadline));
+    // At the deadline itself the lease is over.
+    let expired = store.expire_leases(deadline, 100).await.unwrap();
+    assert_eq!(expired.count, 1);
+    assert_eq!(expired.apps, [app("hr")]);
+    assert_eq!(expired.next_deadline, None);
+    let record = store.event(p.id.clone()).await.unwrap().unwrap();
+    let d = &record.deliveries[0];
+    assert_eq!(d.status, DeliveryStatus::Pending);
+    assert_eq!(d.history[0].outcome, Some(AttemptOutcome::TimedOut));
+    assert!(d.available_at > deadline, "a backoff applies after a timeout");
+    let nothing = store.expire_leases(deadline.plus_ms(1), 100).await.unwrap();
+    assert_eq!(nothing.count, 0);
+}
+
+pub async fn stale_lease_cannot_ack(store: &dyn Store) {
+    register(store, "hr", &["*"], 8).await;
+    let p = publish_to(store, event("crm", "acme", "user.created", T0), &["hr"]).await;
+    let first = lease(store, "hr", 1, T0).await.remove(0);
+    let later = first.lease_expires_at;
+    store.expire_leases(later, 100).await.unwrap();
+    let second = lease(store, "hr", 1, later.plus_ms(10_000)).await.remove(0);
+    assert_eq!(second.id, first.id);
+    assert_eq!(second.attempt, 2);
+    let stale = store
+        .ack(app("hr"), vec![ack_item(&first.id, 1, None)], later.plus_ms(10_001))
+        .await;
+    assert_eq!(
+        stale.unwrap_err(),
+        StoreError::LeaseLost { id: first.id.clone(), given: 1, current: 2 }
+    );
+    assert_eq!(status_of(store, &p.id, "hr").await, DeliveryStatus::InFlight);
+    let fresh = store
+        .ack(app("hr"), vec![ack_item(&second.id, 2, None)], later.plus_ms(10_002))
+        .await
+        .unwrap();
+    assert_eq!(fresh, 1);
+}
+
+async fn ids(store: &dyn Store, q: EventQuery) -> Vec<EventId> {
+    let page = store.events(EventQuery { limit: 100, ..q }).await.unwrap();
+    page.events.into_iter().map(|r| r.event.id).collect()
+}
+
+pub async fn event_query_filters(store: &dyn Store) {
+    let a = publish_to(store, event("crm", "acme", "user.created", T0), &["hr"]).await.id;
+    let b = publish_to(store, event("crm", "globex", "user.created", T0.plus_ms(10)), &["hr", "billing"]).await.id;
+    let c = publish_to(store, event("shop", "acme", "order.created", T0.plus_ms(20)), &["billing"]).await.id;
+    let d = publish_to(store, event("shop", "acme", "order.item.added", T0.plus_ms(30)), &[]).await.id;
+    let tenant = |t: &str| Some(TenantId::parse(t).unwrap());
+    let pattern = |p: &str| Some(TypePattern::parse(p).unwrap());
+    assert_eq!(ids(store, EventQuery::default()).await, [d.clone(), c.clone(), b.clone(), a.clone()]);
+    assert_eq!(ids(store, EventQuery { tenant: tenant("acme"), ..Default::default() }).await, [d.clone(), c.clone(), a.clone()]);
+    assert_eq!(ids(store, EventQuery { event_type: pattern("order.*"), ..Default::default() }).await, [d.clone(), c.clone()]);
+    assert_eq!(ids(store, EventQuery { event_type: pattern("user.created"), ..Default::default() }).await, [b.clone(), a.clone()]);
+    assert_eq!(ids(store, EventQuery { source: Some(app("shop")), ..Default::default() }).await, [d.clone(), c.clone()]);
+    assert_eq!(ids(store, EventQuery { target: Some(app("billing")), ..Default::default() }).await, [c.clone(), b.clone()]);
+    assert_eq!(
+        ids(store, EventQuery { since: Some(T0.plus_ms(10)), until: Some(T0.plus_ms(30)), ..Default::default() }).await,
+        [c.clone(), b.clone()]
+    );
+    // Lease and ack hr's delivery of `a`: the status filter follows.
+    let leased = lease(store, "hr", 1, T0.plus_ms(40)).await;
+    assert_eq!(leased[0].event.id, a);
+    store.ack(app("hr"), vec![ack_item(&leased[0].id, 1, None)], T0.plus_ms(41)).await.unwrap();
+    let acked = Some(DeliveryStatus::Acknowledged);
+    assert_eq!(ids(store, EventQuery { status: acked, ..Default::default() }).await, [a.clone()]);
+    assert_eq!(
+        ids(store, EventQuery { status: Some(DeliveryStatus::Pending), ..Default::default() }).await,
+        [c.clone(), b.clone()]
+    );
+    assert_eq!(
+        ids(store, EventQuery { status: Some(DeliveryStatus::Pending), target: Some(app("hr")), ..Default::default() }).await,
+        [b.clone()]
+    );
+}
+
+pub async fn event_query_pages_newest_first(store: &dyn Store) {
+    let mut all = Vec::new();
+    for i in 0..7 {
+        all.push(publish_to(store, event("crm", "acme", "user.created", T0.plus_ms(i)), &["hr"]).await.id);
+    }
+    all.reverse();
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .events(EventQuery { limit: 3, cursor: cursor.clone(), ..Default::default() })
+            .await
+            .unwrap();
+        assert!(page.events.len() <= 3);
+        seen.extend(page.events.into_iter().map(|r| r.event.id));
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, all);
+    let bad = store
+        .events(EventQuery { limit: 3, cursor: Some("garbage".into()), ..Default::default() })
+        .await;
+    assert_eq!(bad.unwrap_err(), StoreError::InvalidCursor);
+}
+
+pub async fn event_query_visibility_for_an_app(store: &dyn Store) {
+    let to_hr = publish_to(store, event("crm", "acme", "user.created", T0), &["hr"]).await.id;
+    let from_hr = publish_to(store, event("hr", "acme", "employee.hired", T0.plus_ms(1)), &["billing"]).await.id;
+    let unrelated = publish_to(store, event("crm", "acme", "user.created", T0.plus_ms(2)), &["billing"]).await.id;
+    let visible = |who: &str| EventQuery { visible_to: Some(app(who)), ..Default::default() };
+    assert_eq!(ids(store, visible("hr")).await, [from_hr.clone(), to_hr.clone()]);
+    assert_eq!(ids(store, visible("billing")).await, [unrelated.clone(), from_hr.clone()]);
+    assert_eq!(ids(store, visible("crm")).await, [unrelated, to_hr]);
+    assert!(ids(store, visible("nobody")).await.is_empty());
+}
+
+pub async fn closed_store_refuses_work(store: &dyn Store) {
+    publish_to(store, event("crm", "acme", "user.created", T0), &["hr"]).await;
+    store.close().await;
+    let result = store
+        .publish(vec![NewEvent { event: event("crm", "acme", "user.created", T0), targets: vec![] }], T0)
+        .await;
+    assert_eq!(result.unwrap_err(), StoreError::Closed);
+}

@@ -1,0 +1,63 @@
+//! The storage interface of switchboard ([`Store`]), the plain data it takes and returns, and
+//! its backends. Every state change goes through here; a backend must never reply before the
+//! change is durable. Backends take `now` from the caller and never read a clock for state.
+
+mod error;
+mod model;
+pub mod sqlite;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+use std::future::Future;
+use std::pin::Pin;
+
+pub use error::StoreError;
+pub use model::*;
+use switchboard_core::event::App;
+use switchboard_core::{AppId, EventId, Timestamp};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Everything switchboard keeps. Implemented by the SQLite backend (and later Redis); the
+/// conformance suite (feature `conformance`) holds each to the same behaviour.
+pub trait Store: Send + Sync + 'static {
+    /// Registers an app with its first key. Fails with `AppExists` when the id is taken.
+    fn create_app(&self, app: NewApp) -> BoxFuture<'_, Result<App>>;
+
+    /// Replaces an app's subscriptions and/or settings; applies to what happens next.
+    fn update_app(&self, update: AppUpdate) -> BoxFuture<'_, Result<App>>;
+
+    fn list_apps(&self) -> BoxFuture<'_, Result<Vec<App>>>;
+
+    /// The app owning a live key with this hash.
+    fn app_for_key(&self, hash: KeyHash) -> BoxFuture<'_, Result<Option<AppId>>>;
+
+    /// Stores events and their deliveries, all or nothing. An event whose idempotency key was
+    /// seen before from the same source is not stored again: its first result comes back
+    /// with `duplicate: true`.
+    fn publish(&self, events: Vec<NewEvent>, now: Timestamp) -> BoxFuture<'_, Result<Vec<Published>>>;
+
+    /// Leases up to `max` ready deliveries of `app`, oldest first.
+    fn lease(&self, req: LeaseRequest) -> BoxFuture<'_, Result<Leased>>;
+
+    /// Acknowledges deliveries held by `app`, all or nothing; returns how many changed
+    /// (a repeated ack of the same attempt changes nothing and is not an error).
+    fn ack(&self, app: AppId, acks: Vec<AckItem>, now: Timestamp) -> BoxFuture<'_, Result<usize>>;
+
+    /// Records a failed attempt of a delivery held by `app`.
+    fn nack(&self, app: AppId, nack: NackItem, now: Timestamp) -> BoxFuture<'_, Result<NackResult>>;
+
+    /// Returns up to `limit` expired leases to pending (or dead), recording a timed-out
+    /// attempt for each.
+    fn expire_leases(&self, now: Timestamp, limit: usize) -> BoxFuture<'_, Result<Expired>>;
+
+    fn event(&self, id: EventId) -> BoxFuture<'_, Result<Option<EventRecord>>>;
+
+    /// Events newest first, filtered, one page at a time.
+    fn events(&self, query: EventQuery) -> BoxFuture<'_, Result<EventPage>>;
+
+    /// Finishes pending writes and releases the files. Later calls fail with `Closed`.
+    fn close(&self) -> BoxFuture<'_, ()>;
+}

@@ -1,0 +1,144 @@
+//! The plain data that crosses the storage interface.
+
+use switchboard_core::event::{Delivery, Event};
+use switchboard_core::{
+    AppId, AppSettings, DeliveryId, DeliveryStatus, EventId, Subscription, TenantId, Timestamp,
+    TypePattern,
+};
+
+/// SHA-256 of an API key. Keys themselves are never stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyHash(pub [u8; 32]);
+
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub key_id: String,
+    pub hash: KeyHash,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewApp {
+    pub id: AppId,
+    pub subscriptions: Vec<Subscription>,
+    pub settings: AppSettings,
+    pub key: NewKey,
+    pub now: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+pub struct AppUpdate {
+    pub id: AppId,
+    pub subscriptions: Option<Vec<Subscription>>,
+    pub settings: Option<AppSettings>,
+}
+
+/// An event to store with the targets routing chose for it.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event: Event,
+    pub targets: Vec<AppId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryState {
+    pub id: DeliveryId,
+    pub target: AppId,
+    pub status: DeliveryStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub id: EventId,
+    /// True when the idempotency key was seen before and nothing was stored.
+    pub duplicate: bool,
+    pub deliveries: Vec<DeliveryState>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LeaseRequest {
+    pub app: AppId,
+    pub max: u32,
+    pub lease_ms: u64,
+    pub now: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeasedDelivery {
+    pub id: DeliveryId,
+    pub attempt: u32,
+    pub lease_expires_at: Timestamp,
+    pub event: Event,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Leased {
+    pub deliveries: Vec<LeasedDelivery>,
+    /// When nothing was ready: the earliest time a pending delivery of this app becomes
+    /// ready (a retry waiting for its backoff), so a long-poll can wake up then.
+    pub next_ready_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AckItem {
+    pub id: DeliveryId,
+    /// The attempt the consumer was handed. When given, an ack for an older attempt is refused
+    /// with `LeaseLost`.
+    pub attempt: Option<u32>,
+    /// JSON text.
+    pub data: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NackItem {
+    pub id: DeliveryId,
+    pub attempt: Option<u32>,
+    pub error: String,
+    pub retry_in_ms: Option<u64>,
+    pub permanent: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NackResult {
+    pub status: DeliveryStatus,
+    /// When the next attempt may start, if there is one.
+    pub retry_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Expired {
+    pub count: usize,
+    /// Apps that got deliveries back to pending: their long-polls should wake.
+    pub apps: Vec<AppId>,
+    /// The earliest lease deadline still standing.
+    pub next_deadline: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    pub event: Event,
+    pub deliveries: Vec<Delivery>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    /// Only events this app published or received (app keys); `None` for the admin.
+    pub visible_to: Option<AppId>,
+    pub tenant: Option<TenantId>,
+    pub event_type: Option<TypePattern>,
+    pub source: Option<AppId>,
+    pub target: Option<AppId>,
+    /// Events with at least one delivery (to `target`, when given) in this status.
+    pub status: Option<DeliveryStatus>,
+    /// Inclusive.
+    pub since: Option<Timestamp>,
+    /// Exclusive.
+    pub until: Option<Timestamp>,
+    pub limit: u32,
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventPage {
+    pub events: Vec<EventRecord>,
+    pub next_cursor: Option<String>,
+}

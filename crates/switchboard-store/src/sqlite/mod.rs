@@ -1,0 +1,178 @@
+//! The embedded store: SQLite in WAL mode in the data directory. One writer thread commits
+//! groups of requests (see `writer`); reads run on a small pool of read connections on the
+//! blocking thread pool. Durable on reply: `synchronous = FULL`, so each group commit
+//! fsyncs the WAL before anyone is answered.
+
+mod read;
+mod rows;
+mod schema;
+mod write;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use rusqlite::{Connection, OpenFlags};
+use switchboard_core::event::App;
+use switchboard_core::{AppId, EventId, Timestamp};
+
+use self::writer::Writer;
+use crate::{
+    AckItem, AppUpdate, BoxFuture, EventPage, EventQuery, EventRecord, Expired, KeyHash,
+    LeaseRequest, Leased, NackItem, NackResult, NewApp, NewEvent, Published, Result, Store,
+    StoreError,
+};
+
+pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
+
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "switchboard.db";
+
+const READERS: usize = 4;
+
+pub struct SqliteStore {
+    writer: Writer,
+    writer_thread: Mutex<Option<JoinHandle<()>>>,
+    readers: Arc<ReadPool>,
+}
+
+struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = OFF;
+         PRAGMA temp_store = MEMORY;
+         PRAGMA cache_size = -65536;",
+    )
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the store in `dir`, running any pending migrations.
+    pub fn open(dir: &Path) -> Result<SqliteStore> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create the data directory: {}", e.kind()))
+        })?;
+        let path = dir.join(DB_FILE);
+        let mut conn = Connection::open(&path)?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Internal(format!(
+                "the database refused WAL mode (got {mode})"
+            )));
+        }
+        configure(&conn)?;
+        schema::migrate(&mut conn)?;
+        let mut seed = [0u8; 8];
+        getrandom::fill(&mut seed).map_err(|e| StoreError::Internal(e.to_string()))?;
+        let (writer, handle) = Writer::spawn(conn, u64::from_le_bytes(seed))
+            .map_err(|e| StoreError::Internal(format!("cannot start the writer: {e}")))?;
+        Ok(SqliteStore {
+            writer,
+            writer_thread: Mutex::new(Some(handle)),
+            readers: Arc::new(ReadPool {
+                path,
+                idle: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.take()?;
+            let result = f(&conn);
+            pool.put(conn);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("read task failed: {e}")))?
+    }
+}
+
+impl ReadPool {
+    fn take(&self) -> Result<Connection> {
+        if let Some(conn) = self.idle.lock().expect("pool lock").pop() {
+            return Ok(conn);
+        }
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        configure(&conn)?;
+        Ok(conn)
+    }
+
+    fn put(&self, conn: Connection) {
+        let mut idle = self.idle.lock().expect("pool lock");
+        if idle.len() < READERS {
+            idle.push(conn);
+        }
+    }
+}
+
+impl Store for SqliteStore {
+    fn create_app(&self, app: NewApp) -> BoxFuture<'_, Result<App>> {
+        Box::pin(self.writer.write(move |ctx| write::create_app(ctx, app)))
+    }
+
+    fn update_app(&self, update: AppUpdate) -> BoxFuture<'_, Result<App>> {
+        Box::pin(self.writer.write(move |ctx| write::update_app(ctx, update)))
+    }
+
+    fn list_apps(&self) -> BoxFuture<'_, Result<Vec<App>>> {
+        Box::pin(self.read(read::list_apps))
+    }
+
+    fn app_for_key(&self, hash: KeyHash) -> BoxFuture<'_, Result<Option<AppId>>> {
+        Box::pin(self.read(move |conn| read::app_for_key(conn, hash)))
+    }
+
+    fn publish(&self, events: Vec<NewEvent>, now: Timestamp) -> BoxFuture<'_, Result<Vec<Published>>> {
+        Box::pin(self.writer.write(move |ctx| write::publish(ctx, events, now)))
+    }
+
+    fn lease(&self, req: LeaseRequest) -> BoxFuture<'_, Result<Leased>> {
+        Box::pin(self.writer.write(move |ctx| write::lease(ctx, req)))
+    }
+
+    fn ack(&self, app: AppId, acks: Vec<AckItem>, now: Timestamp) -> BoxFuture<'_, Result<usize>> {
+        Box::pin(self.writer.write(move |ctx| write::ack(ctx, app, acks, now)))
+    }
+
+    fn nack(&self, app: AppId, nack: NackItem, now: Timestamp) -> BoxFuture<'_, Result<NackResult>> {
+        Box::pin(self.writer.write(move |ctx| write::nack(ctx, app, nack, now)))
+    }
+
+    fn expire_leases(&self, now: Timestamp, limit: usize) -> BoxFuture<'_, Result<Expired>> {
+        Box::pin(self.writer.write(move |ctx| write::expire_leases(ctx, now, limit)))
+    }
+
+    fn event(&self, id: EventId) -> BoxFuture<'_, Result<Option<EventRecord>>> {
+        Box::pin(self.read(move |conn| read::event(conn, &id)))
+    }
+
+    fn events(&self, query: EventQuery) -> BoxFuture<'_, Result<EventPage>> {
+        Box::pin(self.read(move |conn| read::events(conn, &query)))
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.writer.close().await;
+            let handle = self.writer_thread.lock().expect("writer lock").take();
+            if let Some(handle) = handle {
+                let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+            }
+            self.readers.idle.lock().expect("pool lock").clear();
+        })
+    }
+}

@@ -1,0 +1,117 @@
+//! Mapping between SQLite rows and the core types. Stored values were valid when written;
+//! one that no longer parses is reported as an internal error, never a panic.
+
+use rusqlite::{Connection, OptionalExtension, Row};
+use switchboard_core::event::{App, Event};
+use switchboard_core::{
+    AppId, AppSettings, DeliveryId, DeliveryStatus, EventId, EventType, RetryPolicy, Subscription,
+    TenantId, Timestamp, TypePattern,
+};
+
+use crate::StoreError;
+
+/// The event columns, in the order [`event_from_row`] reads them, for a table aliased `e`.
+pub const EVENT_COLS: &str = "e.seq, e.id, e.tenant, e.type, e.source, e.time, e.idem_key, \
+     e.named_targets, e.entity_id, e.correlation_id, e.causation_id, e.historical, e.data";
+
+fn corrupt(what: &str, value: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        0,
+        rusqlite::types::Type::Text,
+        format!("stored {what} is invalid: {value}").into(),
+    )
+}
+
+pub fn app_id(s: &str) -> rusqlite::Result<AppId> {
+    AppId::parse(s).map_err(|_| corrupt("app id", s))
+}
+
+/// Reads an event starting at column `at`; returns it with its `seq`.
+pub fn event_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<(i64, Event)> {
+    let seq: i64 = row.get(at)?;
+    let id: String = row.get(at + 1)?;
+    let tenant: String = row.get(at + 2)?;
+    let event_type: String = row.get(at + 3)?;
+    let source: String = row.get(at + 4)?;
+    let named: Option<String> = row.get(at + 7)?;
+    let named_targets = match named {
+        None => None,
+        Some(list) if list.is_empty() => Some(Vec::new()),
+        Some(list) => Some(list.split(',').map(app_id).collect::<rusqlite::Result<Vec<_>>>()?),
+    };
+    let event = Event {
+        id: EventId::parse(&id).map_err(|_| corrupt("event id", &id))?,
+        tenant: TenantId::parse(&tenant).map_err(|_| corrupt("tenant", &tenant))?,
+        event_type: EventType::parse(&event_type).map_err(|_| corrupt("type", &event_type))?,
+        source: app_id(&source)?,
+        time: Timestamp(row.get(at + 5)?),
+        idempotency_key: row.get(at + 6)?,
+        named_targets,
+        entity_id: row.get(at + 8)?,
+        correlation_id: row.get(at + 9)?,
+        causation_id: row.get(at + 10)?,
+        historical: row.get(at + 11)?,
+        data: row.get(at + 12)?,
+    };
+    Ok((seq, event))
+}
+
+pub fn join_targets(targets: &[AppId]) -> String {
+    let names: Vec<&str> = targets.iter().map(AppId::as_str).collect();
+    names.join(",")
+}
+
+pub fn status(code: i64) -> rusqlite::Result<DeliveryStatus> {
+    DeliveryStatus::from_code(code).ok_or_else(|| corrupt("status", &code.to_string()))
+}
+
+const DELIVERY_PREFIX: &str = "dlv_";
+
+pub fn delivery_id(rowid: i64) -> DeliveryId {
+    DeliveryId::parse(&format!("{DELIVERY_PREFIX}{rowid}")).expect("well-formed delivery id")
+}
+
+/// The row id behind a delivery id, or `UnknownDelivery` for an id this store never made.
+pub fn delivery_rowid(id: &DeliveryId) -> Result<i64, StoreError> {
+    id.as_str()
+        .strip_prefix(DELIVERY_PREFIX)
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| StoreError::UnknownDelivery(id.clone()))
+}
+
+pub fn subscriptions_json(subs: &[Subscription]) -> String {
+    let patterns: Vec<String> = subs.iter().map(|s| s.pattern.to_string()).collect();
+    serde_json::to_string(&patterns).expect("strings serialize")
+}
+
+pub const APP_COLS: &str = "id, subscriptions, max_attempts, retry, created_at";
+
+pub fn app_from_row(row: &Row<'_>) -> rusqlite::Result<App> {
+    let id: String = row.get(0)?;
+    let subs: String = row.get(1)?;
+    let retry: String = row.get(3)?;
+    let patterns: Vec<String> =
+        serde_json::from_str(&subs).map_err(|_| corrupt("subscriptions", &subs))?;
+    let subscriptions = patterns
+        .iter()
+        .map(|p| {
+            TypePattern::parse(p)
+                .map(|pattern| Subscription { pattern })
+                .map_err(|_| corrupt("pattern", p))
+        })
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(App {
+        id: app_id(&id)?,
+        subscriptions,
+        settings: AppSettings {
+            max_attempts: row.get(2)?,
+            retry: RetryPolicy::parse(&retry).map_err(|_| corrupt("retry", &retry))?,
+        },
+        created_at: Timestamp(row.get(4)?),
+    })
+}
+
+pub fn load_app(conn: &Connection, id: &AppId) -> Result<Option<App>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {APP_COLS} FROM apps WHERE id = ?1"))?;
+    Ok(stmt.query_row([id.as_str()], app_from_row).optional()?)
+}

@@ -1,0 +1,96 @@
+//! The SQLite schema and its versioned migrations, applied in order on open
+//! (`PRAGMA user_version` records how far a database has come). Never edit a shipped
+//! migration: add the next one.
+
+use rusqlite::Connection;
+
+use crate::StoreError;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: apps, keys, events, deliveries, attempts.
+    r#"
+    CREATE TABLE apps (
+        id            TEXT PRIMARY KEY,
+        subscriptions TEXT NOT NULL,           -- JSON array of patterns
+        max_attempts  INTEGER NOT NULL,
+        retry         TEXT NOT NULL,           -- RetryPolicy in its text form
+        created_at    INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE app_keys (
+        key_id       TEXT PRIMARY KEY,
+        app_id       TEXT NOT NULL REFERENCES apps(id),
+        hash         BLOB NOT NULL UNIQUE,
+        created_at   INTEGER NOT NULL,
+        revoked_at   INTEGER
+    );
+
+    CREATE TABLE events (
+        seq            INTEGER PRIMARY KEY,
+        id             TEXT NOT NULL UNIQUE,
+        tenant         TEXT NOT NULL,
+        type           TEXT NOT NULL,
+        source         TEXT NOT NULL,
+        time           INTEGER NOT NULL,
+        idem_key       TEXT,
+        named_targets  TEXT,                   -- comma-separated, NULL when not named
+        entity_id      TEXT,
+        correlation_id TEXT,
+        causation_id   TEXT,
+        historical     INTEGER NOT NULL DEFAULT 0,
+        data           TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX events_idem ON events(source, idem_key) WHERE idem_key IS NOT NULL;
+    CREATE INDEX events_tenant ON events(tenant, seq);
+
+    CREATE TABLE deliveries (
+        id               INTEGER PRIMARY KEY,
+        event_seq        INTEGER NOT NULL,
+        target           TEXT NOT NULL,
+        status           INTEGER NOT NULL,     -- DeliveryStatus::code
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        available_at     INTEGER NOT NULL,
+        lease_expires_at INTEGER,
+        last_error       TEXT,
+        ack_data         TEXT,
+        created_at       INTEGER NOT NULL,
+        updated_at       INTEGER NOT NULL,
+        acked_at         INTEGER
+    );
+    CREATE INDEX deliveries_event ON deliveries(event_seq);
+    CREATE INDEX deliveries_target ON deliveries(target, event_seq);
+    CREATE INDEX deliveries_ready ON deliveries(target, available_at, id) WHERE status = 0;
+    CREATE INDEX deliveries_leases ON deliveries(lease_expires_at) WHERE status = 1;
+
+    CREATE TABLE attempts (
+        delivery_id INTEGER NOT NULL,
+        attempt     INTEGER NOT NULL,
+        started_at  INTEGER NOT NULL,
+        ended_at    INTEGER,
+        outcome     TEXT,
+        error       TEXT,
+        PRIMARY KEY (delivery_id, attempt)
+    ) WITHOUT ROWID;
+    "#,
+];
+
+/// The schema version this build writes.
+pub const CURRENT_VERSION: usize = MIGRATIONS.len();
+
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let version = version.max(0) as usize;
+    if version > CURRENT_VERSION {
+        return Err(StoreError::Internal(format!(
+            "the data directory has schema version {version}, newer than this build's {CURRENT_VERSION}: run a newer switchboard"
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "applied schema migration");
+    }
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! Group commit: one thread owns the only write connection. It takes every job waiting in
+//! its queue, runs each inside its own savepoint of one transaction, commits once (one fsync
+//! for the lot), and only then answers each job. A job that fails rolls back its savepoint
+//! alone. Nothing here knows what the jobs do.
+
+use std::thread::JoinHandle;
+
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::StoreError;
+
+/// At most this many jobs share one transaction.
+const MAX_GROUP: usize = 1024;
+
+/// What a job may use: the write connection and the writer's random source.
+pub struct WriteCtx {
+    pub conn: Connection,
+    pub rng: SplitMix64,
+}
+
+type Completion = Box<dyn FnOnce(bool) + Send>;
+type Job = Box<dyn FnOnce(&mut WriteCtx) -> Completion + Send>;
+
+enum Msg {
+    Job(Job),
+    Close(oneshot::Sender<()>),
+}
+
+pub struct Writer {
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl Writer {
+    pub fn spawn(conn: Connection, seed: u64) -> std::io::Result<(Writer, JoinHandle<()>)> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let ctx = WriteCtx {
+            conn,
+            rng: SplitMix64(seed),
+        };
+        let handle = std::thread::Builder::new()
+            .name("switchboard-writer".into())
+            .spawn(move || run(ctx, rx))?;
+        Ok((Writer { tx }, handle))
+    }
+
+    /// Runs `f` in the next group transaction and answers once that transaction is durable.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut WriteCtx) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |ctx| {
+            let result = in_savepoint(ctx, f);
+            Box::new(move |committed| {
+                let result = match (committed, result) {
+                    (true, r) => r,
+                    // The job's own error stands; a failed commit turns success into failure.
+                    (false, Err(e)) => Err(e),
+                    (false, Ok(_)) => Err(StoreError::Unavailable(
+                        "the write could not be committed".into(),
+                    )),
+                };
+                let _ = reply.send(result);
+            })
+        });
+        self.tx.send(Msg::Job(job)).map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| {
+            StoreError::Unavailable("the write was not committed: the store could not begin a transaction".into())
+        })?
+    }
+
+    /// Lets queued jobs finish, then stops the thread.
+    pub async fn close(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Msg::Close(done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+fn in_savepoint<T>(
+    ctx: &mut WriteCtx,
+    f: impl FnOnce(&mut WriteCtx) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    ctx.conn.execute_batch("SAVEPOINT job")?;
+    let result = f(ctx);
+    let end = match result {
+        Ok(_) => "RELEASE job",
+        Err(_) => "ROLLBACK TO job; RELEASE job",
+    };
+    ctx.conn.execute_batch(end)?;
+    result
+}
+
+fn run(mut ctx: WriteCtx, mut rx: mpsc::UnboundedReceiver<Msg>) {
+    let mut closing: Option<oneshot::Sender<()>> = None;
+    while closing.is_none() {
+        let Some(first) = rx.blocking_recv() else {
+            break;
+        };
+        let mut jobs: Vec<Job> = Vec::new();
+        match first {
+            Msg::Job(job) => jobs.push(job),
+            Msg::Close(done) => closing = Some(done),
+        }
+        while closing.is_none() && jobs.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(Msg::Job(job)) => jobs.push(job),
+                Ok(Msg::Close(done)) => closing = Some(done),
+                Err(_) => break,
+            }
+        }
+        if !jobs.is_empty() {
+            commit_group(&mut ctx, jobs);
+        }
+    }
+    if let Err(e) = ctx.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+        tracing::warn!(error = %e, "checkpoint on close failed");
+    }
+    drop(ctx);
+    if let Some(done) = closing {
+        let _ = done.send(());
+    }
+}
+
+fn commit_group(ctx: &mut WriteCtx, jobs: Vec<Job>) {
+    if let Err(e) = ctx.conn.execute_batch("BEGIN IMMEDIATE") {
+        tracing::error!(error = %e, "could not begin a write transaction");
+        // Dropping a job unanswered makes its caller see `Unavailable`; nothing ran.
+        drop(jobs);
+        return;
+    }
+    let completions: Vec<Completion> = jobs.into_iter().map(|job| job(ctx)).collect();
+    let committed = match ctx.conn.execute_batch("COMMIT") {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "group commit failed");
+            let _ = ctx.conn.execute_batch("ROLLBACK");
+            false
+        }
+    };
+    for complete in completions {
+        complete(committed);
+    }
+}
+
+/// A small, fast random source for retry jitter (not for secrets).
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `[0, 1)`.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
