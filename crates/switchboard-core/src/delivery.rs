@@ -118,7 +118,9 @@ impl Failure {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterFailure {
     /// Back to pending, available again at this time.
-    Retry { at: Timestamp },
+    Retry {
+        at: Timestamp,
+    },
     Dead,
 }
 
@@ -243,11 +245,15 @@ mod tests {
         };
         assert_eq!(
             after_failure(1, nack, &s, now, 0.0),
-            AfterFailure::Retry { at: Timestamp(11_000) }
+            AfterFailure::Retry {
+                at: Timestamp(11_000)
+            }
         );
         assert_eq!(
             after_failure(2, Failure::LeaseExpired, &s, now, 0.0),
-            AfterFailure::Retry { at: Timestamp(15_000) }
+            AfterFailure::Retry {
+                at: Timestamp(15_000)
+            }
         );
         assert_eq!(after_failure(3, nack, &s, now, 0.0), AfterFailure::Dead);
     }
@@ -268,7 +274,10 @@ mod tests {
             retry_in_ms: Some(42),
             permanent: true,
         };
-        assert_eq!(after_failure(1, permanent, &s, now, 0.0), AfterFailure::Dead);
+        assert_eq!(
+            after_failure(1, permanent, &s, now, 0.0),
+            AfterFailure::Dead
+        );
     }
 
     #[test]

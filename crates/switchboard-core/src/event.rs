@@ -43,7 +43,10 @@ pub struct App {
 
 impl App {
     pub fn patterns(&self) -> Vec<TypePattern> {
-        self.subscriptions.iter().map(|s| s.pattern.clone()).collect()
+        self.subscriptions
+            .iter()
+            .map(|s| s.pattern.clone())
+            .collect()
     }
 }
 

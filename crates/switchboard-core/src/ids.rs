@@ -97,7 +97,9 @@ impl AppId {
 impl TenantId {
     pub fn parse(s: &str) -> Result<Self, InvalidValue> {
         if s.is_empty() {
-            return Err(invalid("must not be empty: every event belongs to one tenant"));
+            return Err(invalid(
+                "must not be empty: every event belongs to one tenant",
+            ));
         }
         if s.len() > MAX_TENANT_LEN {
             return Err(invalid(format!(
@@ -213,10 +215,23 @@ mod tests {
 
     #[test]
     fn event_types() {
-        for good in ["user.created", "order.item.added", "a.b", "credit_v2.allocated"] {
+        for good in [
+            "user.created",
+            "order.item.added",
+            "a.b",
+            "credit_v2.allocated",
+        ] {
             assert!(EventType::parse(good).is_ok(), "{good}");
         }
-        for bad in ["user", "User.Created", "user..created", ".user", "user.", "user created.x", ""] {
+        for bad in [
+            "user",
+            "User.Created",
+            "user..created",
+            ".user",
+            "user.",
+            "user created.x",
+            "",
+        ] {
             let err = EventType::parse(bad).unwrap_err();
             assert!(err.0.contains("segment"), "{bad:?}: {err}");
         }

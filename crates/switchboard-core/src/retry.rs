@@ -111,7 +111,9 @@ mod tests {
         let delays: Vec<u64> = (1..=12).map(|n| p.delay_ms(n, 0.0)).collect();
         assert_eq!(
             delays,
-            [1000, 2000, 4000, 8000, 16000, 32000, 64000, 128000, 256000, 512000, 600000, 600000]
+            [
+                1000, 2000, 4000, 8000, 16000, 32000, 64000, 128000, 256000, 512000, 600000, 600000
+            ]
         );
         assert_eq!(p.delay_ms(1000, 0.0), 600_000);
     }
@@ -136,7 +138,12 @@ mod tests {
 
     #[test]
     fn parse_and_display_round_trip() {
-        for s in ["exponential 1s..10m", "exponential 250ms..1m", "0ms", "1s,1s"] {
+        for s in [
+            "exponential 1s..10m",
+            "exponential 250ms..1m",
+            "0ms",
+            "1s,1s",
+        ] {
             assert_eq!(RetryPolicy::parse(s).unwrap().to_string(), s);
         }
         for bad in ["exponential", "exponential 10m..1s", "1s,,2s", "fast"] {

@@ -101,7 +101,9 @@ mod tests {
     }
 
     fn patterns(list: &[&str]) -> Vec<TypePattern> {
-        list.iter().map(|p| TypePattern::parse(p).unwrap()).collect()
+        list.iter()
+            .map(|p| TypePattern::parse(p).unwrap())
+            .collect()
     }
 
     /// `subs` is (app, patterns); `expect` the targets, sorted.
@@ -135,7 +137,13 @@ mod tests {
         ];
         check_routing(subs, "crm", "user.created", None, &["audit", "hr"]);
         check_routing(subs, "shop", "order.created", None, &["audit", "billing"]);
-        check_routing(subs, "shop", "order.item.added", None, &["audit", "billing"]);
+        check_routing(
+            subs,
+            "shop",
+            "order.item.added",
+            None,
+            &["audit", "billing"],
+        );
         check_routing(subs, "shop", "orders.created", None, &["audit"]);
         check_routing(subs, "hr", "user.deleted", None, &["audit"]);
         check_routing(subs, "audit", "user.created", None, &["crm", "hr"]);
@@ -144,7 +152,13 @@ mod tests {
     #[test]
     fn named_targets_are_exact_and_may_include_the_source() {
         let subs: &[(&str, &[&str])] = &[("hr", &["*"]), ("billing", &["*"])];
-        check_routing(subs, "crm", "user.created", Some(&["billing"]), &["billing"]);
+        check_routing(
+            subs,
+            "crm",
+            "user.created",
+            Some(&["billing"]),
+            &["billing"],
+        );
         check_routing(subs, "crm", "user.created", Some(&["crm", "crm"]), &["crm"]);
         check_routing(subs, "crm", "user.created", Some(&[]), &[]);
     }
@@ -162,8 +176,19 @@ mod tests {
             TypePattern::Prefix("order.".into())
         );
         assert_eq!(TypePattern::parse("a.b.*").unwrap().to_string(), "a.b.*");
-        for bad in ["*.created", "order*", "ORDER.*", "order.*.x", "", ".*", "order"] {
-            assert!(TypePattern::parse(bad).is_err(), "{bad:?} should be refused");
+        for bad in [
+            "*.created",
+            "order*",
+            "ORDER.*",
+            "order.*.x",
+            "",
+            ".*",
+            "order",
+        ] {
+            assert!(
+                TypePattern::parse(bad).is_err(),
+                "{bad:?} should be refused"
+            );
         }
     }
 }

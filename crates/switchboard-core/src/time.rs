@@ -157,8 +157,13 @@ pub fn parse_duration_ms(s: &str) -> Result<u64, InvalidValue> {
 
 /// The inverse of [`parse_duration_ms`], picking the largest exact unit.
 pub fn format_duration_ms(ms: u64) -> String {
-    for (unit, factor) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
-        if ms >= factor && ms % factor == 0 {
+    for (unit, factor) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
+        if ms >= factor && ms.is_multiple_of(factor) {
             return format!("{}{unit}", ms / factor);
         }
     }
@@ -184,9 +189,17 @@ mod tests {
         let t = Timestamp(1_795_343_460_000);
         assert_eq!(Timestamp::parse("2026-11-22T10:31:00Z").unwrap(), t);
         assert_eq!(Timestamp::parse("2026-11-22T11:31:00+01:00").unwrap(), t);
-        assert_eq!(Timestamp::parse("2026-11-22T10:31:00.5Z").unwrap().0, t.0 + 500);
+        assert_eq!(
+            Timestamp::parse("2026-11-22T10:31:00.5Z").unwrap().0,
+            t.0 + 500
+        );
         assert_eq!(Timestamp::parse("1795343460000").unwrap(), t);
-        for bad in ["yesterday", "2026-11-22", "2026-13-01T00:00:00Z", "2026-11-22T10:31:00"] {
+        for bad in [
+            "yesterday",
+            "2026-11-22",
+            "2026-13-01T00:00:00Z",
+            "2026-11-22T10:31:00",
+        ] {
             assert!(Timestamp::parse(bad).is_err(), "{bad}");
         }
     }

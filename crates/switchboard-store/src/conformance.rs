@@ -138,7 +138,12 @@ pub async fn publish_to(store: &dyn Store, ev: Event, targets: &[&str]) -> Publi
     out.remove(0)
 }
 
-pub async fn lease(store: &dyn Store, who: &str, max: u32, now: Timestamp) -> Vec<crate::LeasedDelivery> {
+pub async fn lease(
+    store: &dyn Store,
+    who: &str,
+    max: u32,
+    now: Timestamp,
+) -> Vec<crate::LeasedDelivery> {
     store
         .lease(LeaseRequest {
             app: app(who),
@@ -171,7 +176,11 @@ fn nack_item(id: &DeliveryId, attempt: u32, permanent: bool, retry_in_ms: Option
 
 /// The status of `target`'s delivery of event `id`.
 pub async fn status_of(store: &dyn Store, id: &EventId, target: &str) -> DeliveryStatus {
-    let record = store.event(id.clone()).await.unwrap().expect("event stored");
+    let record = store
+        .event(id.clone())
+        .await
+        .unwrap()
+        .expect("event stored");
     record
         .deliveries
         .iter()
@@ -187,11 +196,18 @@ pub async fn apps_register_list_and_resolve_keys(store: &dyn Store) {
     let ids: Vec<&str> = apps.iter().map(|a| a.id.as_str()).collect();
     assert_eq!(ids, ["crm", "hr"]);
     let hr = &apps[1];
-    let patterns: Vec<String> = hr.subscriptions.iter().map(|s| s.pattern.to_string()).collect();
+    let patterns: Vec<String> = hr
+        .subscriptions
+        .iter()
+        .map(|s| s.pattern.to_string())
+        .collect();
     assert_eq!(patterns, ["user.created", "credit.*"]);
     assert_eq!(hr.settings.max_attempts, 8);
     assert_eq!(hr.settings.retry.to_string(), "1s,5s");
-    assert_eq!(store.app_for_key(key_hash("hr", 1)).await.unwrap(), Some(app("hr")));
+    assert_eq!(
+        store.app_for_key(key_hash("hr", 1)).await.unwrap(),
+        Some(app("hr"))
+    );
     assert_eq!(store.app_for_key(key_hash("hr", 2)).await.unwrap(), None);
 }
 
@@ -235,7 +251,11 @@ pub async fn update_app_changes_what_happens_next(store: &dyn Store) {
         .nack(app("hr"), nack_item(&leased[0].id, 1, false, None), T0)
         .await
         .unwrap();
-    assert_eq!(result.status, DeliveryStatus::Dead, "one attempt allowed now");
+    assert_eq!(
+        result.status,
+        DeliveryStatus::Dead,
+        "one attempt allowed now"
+    );
     assert_eq!(status_of(store, &p.id, "hr").await, DeliveryStatus::Dead);
     let unknown = store
         .update_app(AppUpdate {
@@ -263,7 +283,10 @@ pub async fn publish_creates_pending_deliveries(store: &dyn Store) {
         .collect();
     assert_eq!(
         targets,
-        [("billing", DeliveryStatus::Pending), ("hr", DeliveryStatus::Pending)]
+        [
+            ("billing", DeliveryStatus::Pending),
+            ("hr", DeliveryStatus::Pending)
+        ]
     );
     let record = store.event(p.id.clone()).await.unwrap().unwrap();
     assert_eq!(record.event, sent);
@@ -320,8 +343,14 @@ pub async fn idempotency_within_one_batch(store: &dyn Store) {
     let out = store
         .publish(
             vec![
-                NewEvent { event: a, targets: vec![app("hr")] },
-                NewEvent { event: b, targets: vec![app("hr")] },
+                NewEvent {
+                    event: a,
+                    targets: vec![app("hr")],
+                },
+                NewEvent {
+                    event: b,
+                    targets: vec![app("hr")],
+                },
             ],
             T0,
         )
@@ -335,14 +364,23 @@ pub async fn idempotency_within_one_batch(store: &dyn Store) {
 pub async fn lease_hands_out_oldest_first_without_duplicates(store: &dyn Store) {
     let mut published = Vec::new();
     for i in 0..5 {
-        let p = publish_to(store, event("crm", "acme", "user.created", T0.plus_ms(i)), &["hr"]).await;
+        let p = publish_to(
+            store,
+            event("crm", "acme", "user.created", T0.plus_ms(i)),
+            &["hr"],
+        )
+        .await;
         published.push(p.id);
     }
     let now = T0.plus_ms(10);
     let first = lease(store, "hr", 3, now).await;
     let second = lease(store, "hr", 3, now).await;
     let third = lease(store, "hr", 3, now).await;
-    let got: Vec<EventId> = first.iter().chain(&second).map(|d| d.event.id.clone()).collect();
+    let got: Vec<EventId> = first
+        .iter()
+        .chain(&second)
+        .map(|d| d.event.id.clone())
+        .collect();
     assert_eq!(got, published);
     assert!(third.is_empty());
     for d in first.iter().chain(&second) {
@@ -393,10 +431,24 @@ pub async fn repeated_ack_changes_nothing(store: &dyn Store) {
     publish_to(store, event("crm", "acme", "user.created", T0), &["hr"]).await;
     let leased = lease(store, "hr", 1, T0).await;
     let item = ack_item(&leased[0].id, 1, None);
-    assert_eq!(store.ack(app("hr"), vec![item.clone(), item.clone()], T0).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .ack(app("hr"), vec![item.clone(), item.clone()], T0)
+            .await
+            .unwrap(),
+        1
+    );
     assert_eq!(store.ack(app("hr"), vec![item], T0).await.unwrap(), 0);
-    let nack = store.nack(app("hr"), nack_item(&leased[0].id, 1, false, None), T0).await;
-    assert!(matches!(nack, Err(StoreError::NotInFlight { status: DeliveryStatus::Acknowledged, .. })));
+    let nack = store
+        .nack(app("hr"), nack_item(&leased[0].id, 1, false, None), T0)
+        .await;
+    assert!(matches!(
+        nack,
+        Err(StoreError::NotInFlight {
+            status: DeliveryStatus::Acknowledged,
+            ..
+        })
+    ));
 }
 
 pub async fn ack_batch_is_all_or_nothing(store: &dyn Store) {
@@ -411,9 +463,14 @@ pub async fn ack_batch_is_all_or_nothing(store: &dyn Store) {
         )
         .await;
     assert_eq!(result.unwrap_err(), StoreError::UnknownDelivery(bogus));
-    assert_eq!(status_of(store, &p.id, "hr").await, DeliveryStatus::InFlight);
+    assert_eq!(
+        status_of(store, &p.id, "hr").await,
+        DeliveryStatus::InFlight
+    );
     let garbage = DeliveryId::parse("not-a-delivery").unwrap();
-    let result = store.ack(app("hr"), vec![ack_item(&garbage, 1, None)], T0).await;
+    let result = store
+        .ack(app("hr"), vec![ack_item(&garbage, 1, None)], T0)
+        .await;
     assert_eq!(result.unwrap_err(), StoreError::UnknownDelivery(garbage));
 }
 
@@ -421,11 +478,18 @@ pub async fn another_apps_delivery_looks_unknown(store: &dyn Store) {
     let p = publish_to(store, event("crm", "acme", "user.created", T0), &["hr"]).await;
     let leased = lease(store, "hr", 1, T0).await;
     let id = leased[0].id.clone();
-    let ack = store.ack(app("billing"), vec![ack_item(&id, 1, None)], T0).await;
+    let ack = store
+        .ack(app("billing"), vec![ack_item(&id, 1, None)], T0)
+        .await;
     assert_eq!(ack.unwrap_err(), StoreError::UnknownDelivery(id.clone()));
-    let nack = store.nack(app("crm"), nack_item(&id, 1, true, None), T0).await;
+    let nack = store
+        .nack(app("crm"), nack_item(&id, 1, true, None), T0)
+        .await;
     assert_eq!(nack.unwrap_err(), StoreError::UnknownDelivery(id));
-    assert_eq!(status_of(store, &p.id, "hr").await, DeliveryStatus::InFlight);
+    assert_eq!(
+        status_of(store, &p.id, "hr").await,
+        DeliveryStatus::InFlight
+    );
 }
 
 pub async fn nack_backs_off_then_redelivers(store: &dyn Store) {
@@ -439,9 +503,17 @@ pub async fn nack_backs_off_then_redelivers(store: &dyn Store) {
     assert_eq!(result.status, DeliveryStatus::Pending);
     let retry_at = result.retry_at.expect("a retry time");
     // The first backoff is 1 s, less up to 20 % jitter.
-    assert!((T0.plus_ms(800)..=T0.plus_ms(1000)).contains(&retry_at), "{retry_at:?}");
+    assert!(
+        (T0.plus_ms(800)..=T0.plus_ms(1000)).contains(&retry_at),
+        "{retry_at:?}"
+    );
     let early = store
-        .lease(LeaseRequest { app: app("hr"), max: 1, lease_ms: 1000, now: T0.plus_ms(1) })
+        .lease(LeaseRequest {
+            app: app("hr"),
+            max: 1,
+            lease_ms: 1000,
+            now: T0.plus_ms(1),
+        })
         .await
         .unwrap();
     assert!(early.deliveries.is_empty());
@@ -462,7 +534,11 @@ pub async fn nack_retry_in_overrides_backoff(store: &dyn Store) {
     publish_to(store, event("crm", "acme", "user.created", T0), &["hr"]).await;
     let leased = lease(store, "hr", 1, T0).await;
     let result = store
-        .nack(app("hr"), nack_item(&leased[0].id, 1, false, Some(60_000)), T0)
+        .nack(
+            app("hr"),
+            nack_item(&leased[0].id, 1, false, Some(60_000)),
+            T0,
+        )
         .await
         .unwrap();
     assert_eq!(result.retry_at, Some(T0.plus_ms(60_000)));
@@ -478,9 +554,19 @@ pub async fn permanent_nack_is_dead(store: &dyn Store) {
         .nack(app("hr"), nack_item(&leased[0].id, 1, true, None), T0)
         .await
         .unwrap();
-    assert_eq!(result, crate::NackResult { status: DeliveryStatus::Dead, retry_at: None });
+    assert_eq!(
+        result,
+        crate::NackResult {
+            status: DeliveryStatus::Dead,
+            retry_at: None
+        }
+    );
     assert_eq!(status_of(store, &p.id, "hr").await, DeliveryStatus::Dead);
-    assert!(lease(store, "hr", 1, T0.plus_ms(10_000_000)).await.is_empty());
+    assert!(
+        lease(store, "hr", 1, T0.plus_ms(10_000_000))
+            .await
+            .is_empty()
+    );
 }
 
 pub async fn dead_after_max_attempts(store: &dyn Store) {
@@ -492,10 +578,18 @@ pub async fn dead_after_max_attempts(store: &dyn Store) {
         assert_eq!(leased.len(), 1, "attempt {attempt}");
         assert_eq!(leased[0].attempt, attempt);
         let r = store
-            .nack(app("hr"), nack_item(&leased[0].id, attempt, false, Some(0)), now)
+            .nack(
+                app("hr"),
+                nack_item(&leased[0].id, attempt, false, Some(0)),
+                now,
+            )
             .await
             .unwrap();
-        let expect = if attempt < 3 { DeliveryStatus::Pending } else { DeliveryStatus::Dead };
+        let expect = if attempt < 3 {
+            DeliveryStatus::Pending
+        } else {
+            DeliveryStatus::Dead
+        };
         assert_eq!(r.status, expect);
         now = now.plus_ms(1);
     }
@@ -510,7 +604,10 @@ pub async fn expired_lease_returns_to_pending(store: &dyn Store) {
     let p = publish_to(store, event("crm", "acme", "user.created", T0), &["hr"]).await;
     let leased = lease(store, "hr", 1, T0).await;
     let deadline = leased[0].lease_expires_at;
-    let early = store.expire_leases(Timestamp(deadline.millis() - 1), 100).await.unwrap();
+    let early = store
+        .expire_leases(Timestamp(deadline.millis() - 1), 100)
+        .await
+        .unwrap();
     assert_eq!(early.count, 0);
     assert_eq!(early.next_deadline, Some(deadline));
     // At the deadline itself the lease is over.
@@ -522,7 +619,10 @@ pub async fn expired_lease_returns_to_pending(store: &dyn Store) {
     let d = &record.deliveries[0];
     assert_eq!(d.status, DeliveryStatus::Pending);
     assert_eq!(d.history[0].outcome, Some(AttemptOutcome::TimedOut));
-    assert!(d.available_at > deadline, "a backoff applies after a timeout");
+    assert!(
+        d.available_at > deadline,
+        "a backoff applies after a timeout"
+    );
     let nothing = store.expire_leases(deadline.plus_ms(1), 100).await.unwrap();
     assert_eq!(nothing.count, 0);
 }
@@ -537,15 +637,30 @@ pub async fn stale_lease_cannot_ack(store: &dyn Store) {
     assert_eq!(second.id, first.id);
     assert_eq!(second.attempt, 2);
     let stale = store
-        .ack(app("hr"), vec![ack_item(&first.id, 1, None)], later.plus_ms(10_001))
+        .ack(
+            app("hr"),
+            vec![ack_item(&first.id, 1, None)],
+            later.plus_ms(10_001),
+        )
         .await;
     assert_eq!(
         stale.unwrap_err(),
-        StoreError::LeaseLost { id: first.id.clone(), given: 1, current: 2 }
+        StoreError::LeaseLost {
+            id: first.id.clone(),
+            given: 1,
+            current: 2
+        }
     );
-    assert_eq!(status_of(store, &p.id, "hr").await, DeliveryStatus::InFlight);
+    assert_eq!(
+        status_of(store, &p.id, "hr").await,
+        DeliveryStatus::InFlight
+    );
     let fresh = store
-        .ack(app("hr"), vec![ack_item(&second.id, 2, None)], later.plus_ms(10_002))
+        .ack(
+            app("hr"),
+            vec![ack_item(&second.id, 2, None)],
+            later.plus_ms(10_002),
+        )
         .await
         .unwrap();
     assert_eq!(fresh, 1);
@@ -557,49 +672,174 @@ async fn ids(store: &dyn Store, q: EventQuery) -> Vec<EventId> {
 }
 
 pub async fn event_query_filters(store: &dyn Store) {
-    let a = publish_to(store, event("crm", "acme", "user.created", T0), &["hr"]).await.id;
-    let b = publish_to(store, event("crm", "globex", "user.created", T0.plus_ms(10)), &["hr", "billing"]).await.id;
-    let c = publish_to(store, event("shop", "acme", "order.created", T0.plus_ms(20)), &["billing"]).await.id;
-    let d = publish_to(store, event("shop", "acme", "order.item.added", T0.plus_ms(30)), &[]).await.id;
+    let a = publish_to(store, event("crm", "acme", "user.created", T0), &["hr"])
+        .await
+        .id;
+    let b = publish_to(
+        store,
+        event("crm", "globex", "user.created", T0.plus_ms(10)),
+        &["hr", "billing"],
+    )
+    .await
+    .id;
+    let c = publish_to(
+        store,
+        event("shop", "acme", "order.created", T0.plus_ms(20)),
+        &["billing"],
+    )
+    .await
+    .id;
+    let d = publish_to(
+        store,
+        event("shop", "acme", "order.item.added", T0.plus_ms(30)),
+        &[],
+    )
+    .await
+    .id;
     let tenant = |t: &str| Some(TenantId::parse(t).unwrap());
     let pattern = |p: &str| Some(TypePattern::parse(p).unwrap());
-    assert_eq!(ids(store, EventQuery::default()).await, [d.clone(), c.clone(), b.clone(), a.clone()]);
-    assert_eq!(ids(store, EventQuery { tenant: tenant("acme"), ..Default::default() }).await, [d.clone(), c.clone(), a.clone()]);
-    assert_eq!(ids(store, EventQuery { event_type: pattern("order.*"), ..Default::default() }).await, [d.clone(), c.clone()]);
-    assert_eq!(ids(store, EventQuery { event_type: pattern("user.created"), ..Default::default() }).await, [b.clone(), a.clone()]);
-    assert_eq!(ids(store, EventQuery { source: Some(app("shop")), ..Default::default() }).await, [d.clone(), c.clone()]);
-    assert_eq!(ids(store, EventQuery { target: Some(app("billing")), ..Default::default() }).await, [c.clone(), b.clone()]);
     assert_eq!(
-        ids(store, EventQuery { since: Some(T0.plus_ms(10)), until: Some(T0.plus_ms(30)), ..Default::default() }).await,
+        ids(store, EventQuery::default()).await,
+        [d.clone(), c.clone(), b.clone(), a.clone()]
+    );
+    assert_eq!(
+        ids(
+            store,
+            EventQuery {
+                tenant: tenant("acme"),
+                ..Default::default()
+            }
+        )
+        .await,
+        [d.clone(), c.clone(), a.clone()]
+    );
+    assert_eq!(
+        ids(
+            store,
+            EventQuery {
+                event_type: pattern("order.*"),
+                ..Default::default()
+            }
+        )
+        .await,
+        [d.clone(), c.clone()]
+    );
+    assert_eq!(
+        ids(
+            store,
+            EventQuery {
+                event_type: pattern("user.created"),
+                ..Default::default()
+            }
+        )
+        .await,
+        [b.clone(), a.clone()]
+    );
+    assert_eq!(
+        ids(
+            store,
+            EventQuery {
+                source: Some(app("shop")),
+                ..Default::default()
+            }
+        )
+        .await,
+        [d.clone(), c.clone()]
+    );
+    assert_eq!(
+        ids(
+            store,
+            EventQuery {
+                target: Some(app("billing")),
+                ..Default::default()
+            }
+        )
+        .await,
+        [c.clone(), b.clone()]
+    );
+    assert_eq!(
+        ids(
+            store,
+            EventQuery {
+                since: Some(T0.plus_ms(10)),
+                until: Some(T0.plus_ms(30)),
+                ..Default::default()
+            }
+        )
+        .await,
         [c.clone(), b.clone()]
     );
     // Lease and ack hr's delivery of `a`: the status filter follows.
     let leased = lease(store, "hr", 1, T0.plus_ms(40)).await;
     assert_eq!(leased[0].event.id, a);
-    store.ack(app("hr"), vec![ack_item(&leased[0].id, 1, None)], T0.plus_ms(41)).await.unwrap();
+    store
+        .ack(
+            app("hr"),
+            vec![ack_item(&leased[0].id, 1, None)],
+            T0.plus_ms(41),
+        )
+        .await
+        .unwrap();
     let acked = Some(DeliveryStatus::Acknowledged);
-    assert_eq!(ids(store, EventQuery { status: acked, ..Default::default() }).await, [a.clone()]);
     assert_eq!(
-        ids(store, EventQuery { status: Some(DeliveryStatus::Pending), ..Default::default() }).await,
+        ids(
+            store,
+            EventQuery {
+                status: acked,
+                ..Default::default()
+            }
+        )
+        .await,
+        [a]
+    );
+    assert_eq!(
+        ids(
+            store,
+            EventQuery {
+                status: Some(DeliveryStatus::Pending),
+                ..Default::default()
+            }
+        )
+        .await,
         [c.clone(), b.clone()]
     );
     assert_eq!(
-        ids(store, EventQuery { status: Some(DeliveryStatus::Pending), target: Some(app("hr")), ..Default::default() }).await,
-        [b.clone()]
+        ids(
+            store,
+            EventQuery {
+                status: Some(DeliveryStatus::Pending),
+                target: Some(app("hr")),
+                ..Default::default()
+            }
+        )
+        .await,
+        [b]
     );
 }
 
 pub async fn event_query_pages_newest_first(store: &dyn Store) {
     let mut all = Vec::new();
     for i in 0..7 {
-        all.push(publish_to(store, event("crm", "acme", "user.created", T0.plus_ms(i)), &["hr"]).await.id);
+        all.push(
+            publish_to(
+                store,
+                event("crm", "acme", "user.created", T0.plus_ms(i)),
+                &["hr"],
+            )
+            .await
+            .id,
+        );
     }
     all.reverse();
     let mut seen = Vec::new();
     let mut cursor = None;
     loop {
         let page = store
-            .events(EventQuery { limit: 3, cursor: cursor.clone(), ..Default::default() })
+            .events(EventQuery {
+                limit: 3,
+                cursor: cursor.clone(),
+                ..Default::default()
+            })
             .await
             .unwrap();
         assert!(page.events.len() <= 3);
@@ -611,18 +851,45 @@ pub async fn event_query_pages_newest_first(store: &dyn Store) {
     }
     assert_eq!(seen, all);
     let bad = store
-        .events(EventQuery { limit: 3, cursor: Some("garbage".into()), ..Default::default() })
+        .events(EventQuery {
+            limit: 3,
+            cursor: Some("garbage".into()),
+            ..Default::default()
+        })
         .await;
     assert_eq!(bad.unwrap_err(), StoreError::InvalidCursor);
 }
 
 pub async fn event_query_visibility_for_an_app(store: &dyn Store) {
-    let to_hr = publish_to(store, event("crm", "acme", "user.created", T0), &["hr"]).await.id;
-    let from_hr = publish_to(store, event("hr", "acme", "employee.hired", T0.plus_ms(1)), &["billing"]).await.id;
-    let unrelated = publish_to(store, event("crm", "acme", "user.created", T0.plus_ms(2)), &["billing"]).await.id;
-    let visible = |who: &str| EventQuery { visible_to: Some(app(who)), ..Default::default() };
-    assert_eq!(ids(store, visible("hr")).await, [from_hr.clone(), to_hr.clone()]);
-    assert_eq!(ids(store, visible("billing")).await, [unrelated.clone(), from_hr.clone()]);
+    let to_hr = publish_to(store, event("crm", "acme", "user.created", T0), &["hr"])
+        .await
+        .id;
+    let from_hr = publish_to(
+        store,
+        event("hr", "acme", "employee.hired", T0.plus_ms(1)),
+        &["billing"],
+    )
+    .await
+    .id;
+    let unrelated = publish_to(
+        store,
+        event("crm", "acme", "user.created", T0.plus_ms(2)),
+        &["billing"],
+    )
+    .await
+    .id;
+    let visible = |who: &str| EventQuery {
+        visible_to: Some(app(who)),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(store, visible("hr")).await,
+        [from_hr.clone(), to_hr.clone()]
+    );
+    assert_eq!(
+        ids(store, visible("billing")).await,
+        [unrelated.clone(), from_hr.clone()]
+    );
     assert_eq!(ids(store, visible("crm")).await, [unrelated, to_hr]);
     assert!(ids(store, visible("nobody")).await.is_empty());
 }
@@ -631,7 +898,13 @@ pub async fn closed_store_refuses_work(store: &dyn Store) {
     publish_to(store, event("crm", "acme", "user.created", T0), &["hr"]).await;
     store.close().await;
     let result = store
-        .publish(vec![NewEvent { event: event("crm", "acme", "user.created", T0), targets: vec![] }], T0)
+        .publish(
+            vec![NewEvent {
+                event: event("crm", "acme", "user.created", T0),
+                targets: vec![],
+            }],
+            T0,
+        )
         .await;
     assert_eq!(result.unwrap_err(), StoreError::Closed);
 }

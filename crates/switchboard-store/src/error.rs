@@ -12,7 +12,10 @@ pub enum StoreError {
     #[error("unknown delivery: {0}")]
     UnknownDelivery(DeliveryId),
     #[error("delivery {id} is {status}, not in flight: it can no longer be acked or nacked")]
-    NotInFlight { id: DeliveryId, status: DeliveryStatus },
+    NotInFlight {
+        id: DeliveryId,
+        status: DeliveryStatus,
+    },
     #[error(
         "lease lost: delivery {id} is on attempt {current}, not {given}; its lease expired and it was handed out again"
     )]

@@ -37,7 +37,11 @@ pub trait Store: Send + Sync + 'static {
     /// Stores events and their deliveries, all or nothing. An event whose idempotency key was
     /// seen before from the same source is not stored again: its first result comes back
     /// with `duplicate: true`.
-    fn publish(&self, events: Vec<NewEvent>, now: Timestamp) -> BoxFuture<'_, Result<Vec<Published>>>;
+    fn publish(
+        &self,
+        events: Vec<NewEvent>,
+        now: Timestamp,
+    ) -> BoxFuture<'_, Result<Vec<Published>>>;
 
     /// Leases up to `max` ready deliveries of `app`, oldest first.
     fn lease(&self, req: LeaseRequest) -> BoxFuture<'_, Result<Leased>>;
@@ -47,7 +51,8 @@ pub trait Store: Send + Sync + 'static {
     fn ack(&self, app: AppId, acks: Vec<AckItem>, now: Timestamp) -> BoxFuture<'_, Result<usize>>;
 
     /// Records a failed attempt of a delivery held by `app`.
-    fn nack(&self, app: AppId, nack: NackItem, now: Timestamp) -> BoxFuture<'_, Result<NackResult>>;
+    fn nack(&self, app: AppId, nack: NackItem, now: Timestamp)
+    -> BoxFuture<'_, Result<NackResult>>;
 
     /// Returns up to `limit` expired leases to pending (or dead), recording a timed-out
     /// attempt for each.

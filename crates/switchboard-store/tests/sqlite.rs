@@ -31,7 +31,13 @@ async fn data_survives_reopening() {
     let record = reopened.event(p.id).await.unwrap().expect("event survives");
     assert_eq!(record.deliveries.len(), 1);
     assert_eq!(reopened.list_apps().await.unwrap().len(), 1);
-    let page = reopened.events(EventQuery { limit: 10, ..Default::default() }).await.unwrap();
+    let page = reopened
+        .events(EventQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(page.events.len(), 1);
     reopened.close().await;
 }

@@ -137,8 +137,15 @@ impl Store for SqliteStore {
         Box::pin(self.read(move |conn| read::app_for_key(conn, hash)))
     }
 
-    fn publish(&self, events: Vec<NewEvent>, now: Timestamp) -> BoxFuture<'_, Result<Vec<Published>>> {
-        Box::pin(self.writer.write(move |ctx| write::publish(ctx, events, now)))
+    fn publish(
+        &self,
+        events: Vec<NewEvent>,
+        now: Timestamp,
+    ) -> BoxFuture<'_, Result<Vec<Published>>> {
+        Box::pin(
+            self.writer
+                .write(move |ctx| write::publish(ctx, events, now)),
+        )
     }
 
     fn lease(&self, req: LeaseRequest) -> BoxFuture<'_, Result<Leased>> {
@@ -146,15 +153,29 @@ impl Store for SqliteStore {
     }
 
     fn ack(&self, app: AppId, acks: Vec<AckItem>, now: Timestamp) -> BoxFuture<'_, Result<usize>> {
-        Box::pin(self.writer.write(move |ctx| write::ack(ctx, app, acks, now)))
+        Box::pin(
+            self.writer
+                .write(move |ctx| write::ack(ctx, app, acks, now)),
+        )
     }
 
-    fn nack(&self, app: AppId, nack: NackItem, now: Timestamp) -> BoxFuture<'_, Result<NackResult>> {
-        Box::pin(self.writer.write(move |ctx| write::nack(ctx, app, nack, now)))
+    fn nack(
+        &self,
+        app: AppId,
+        nack: NackItem,
+        now: Timestamp,
+    ) -> BoxFuture<'_, Result<NackResult>> {
+        Box::pin(
+            self.writer
+                .write(move |ctx| write::nack(ctx, app, nack, now)),
+        )
     }
 
     fn expire_leases(&self, now: Timestamp, limit: usize) -> BoxFuture<'_, Result<Expired>> {
-        Box::pin(self.writer.write(move |ctx| write::expire_leases(ctx, now, limit)))
+        Box::pin(
+            self.writer
+                .write(move |ctx| write::expire_leases(ctx, now, limit)),
+        )
     }
 
     fn event(&self, id: EventId) -> BoxFuture<'_, Result<Option<EventRecord>>> {

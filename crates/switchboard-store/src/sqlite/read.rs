@@ -11,14 +11,15 @@ use crate::{EventPage, EventQuery, EventRecord, KeyHash, StoreError};
 
 pub fn list_apps(conn: &Connection) -> Result<Vec<App>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!("SELECT {APP_COLS} FROM apps ORDER BY id"))?;
-    let apps = stmt.query_map([], app_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+    let apps = stmt
+        .query_map([], app_from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(apps)
 }
 
 pub fn app_for_key(conn: &Connection, hash: KeyHash) -> Result<Option<AppId>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT app_id FROM app_keys WHERE hash = ?1 AND revoked_at IS NULL",
-    )?;
+    let mut stmt =
+        conn.prepare_cached("SELECT app_id FROM app_keys WHERE hash = ?1 AND revoked_at IS NULL")?;
     let id: Option<String> = stmt.query_row([&hash.0[..]], |r| r.get(0)).optional()?;
     Ok(id.map(|s| rows::app_id(&s)).transpose()?)
 }
@@ -79,10 +80,15 @@ fn record(conn: &Connection, seq: i64, event: Event) -> Result<EventRecord, Stor
 }
 
 pub fn event(conn: &Connection, id: &EventId) -> Result<Option<EventRecord>, StoreError> {
-    let mut stmt =
-        conn.prepare_cached(&format!("SELECT {EVENT_COLS} FROM events e WHERE e.id = ?1"))?;
-    let found = stmt.query_row([id.as_str()], |r| event_from_row(r, 0)).optional()?;
-    found.map(|(seq, event)| record(conn, seq, event)).transpose()
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {EVENT_COLS} FROM events e WHERE e.id = ?1"
+    ))?;
+    let found = stmt
+        .query_row([id.as_str()], |r| event_from_row(r, 0))
+        .optional()?;
+    found
+        .map(|(seq, event)| record(conn, seq, event))
+        .transpose()
 }
 
 pub fn events(conn: &Connection, q: &EventQuery) -> Result<EventPage, StoreError> {

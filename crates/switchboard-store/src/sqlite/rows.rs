@@ -37,7 +37,11 @@ pub fn event_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<(i64, Event)
     let named_targets = match named {
         None => None,
         Some(list) if list.is_empty() => Some(Vec::new()),
-        Some(list) => Some(list.split(',').map(app_id).collect::<rusqlite::Result<Vec<_>>>()?),
+        Some(list) => Some(
+            list.split(',')
+                .map(app_id)
+                .collect::<rusqlite::Result<Vec<_>>>()?,
+        ),
     };
     let event = Event {
         id: EventId::parse(&id).map_err(|_| corrupt("event id", &id))?,

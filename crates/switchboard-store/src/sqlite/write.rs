@@ -35,7 +35,12 @@ pub fn create_app(ctx: &mut WriteCtx, app: NewApp) -> Result<App, StoreError> {
     )?;
     conn.execute(
         "INSERT INTO app_keys (key_id, app_id, hash, created_at) VALUES (?1, ?2, ?3, ?4)",
-        params![app.key.key_id, app.id.as_str(), &app.key.hash.0[..], app.now.millis()],
+        params![
+            app.key.key_id,
+            app.id.as_str(),
+            &app.key.hash.0[..],
+            app.now.millis()
+        ],
     )?;
     Ok(App {
         id: app.id,
@@ -208,8 +213,9 @@ fn held(
     id: &switchboard_core::DeliveryId,
 ) -> Result<Held, StoreError> {
     let rowid = delivery_rowid(id)?;
-    let mut stmt =
-        ctx.conn.prepare_cached("SELECT target, status, attempts FROM deliveries WHERE id = ?1")?;
+    let mut stmt = ctx
+        .conn
+        .prepare_cached("SELECT target, status, attempts FROM deliveries WHERE id = ?1")?;
     let row: Option<(String, i64, u32)> = stmt
         .query_row([rowid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
@@ -269,7 +275,14 @@ pub fn ack(
              lease_expires_at = NULL WHERE id = ?1",
         )?
         .execute(params![held.rowid, item.data, now.millis()])?;
-        end_attempt(ctx, held.rowid, held.attempts, now, AttemptOutcome::Acknowledged, None)?;
+        end_attempt(
+            ctx,
+            held.rowid,
+            held.attempts,
+            now,
+            AttemptOutcome::Acknowledged,
+            None,
+        )?;
         changed += 1;
     }
     Ok(changed)
@@ -288,7 +301,13 @@ fn end_attempt(
             "UPDATE attempts SET ended_at = ?3, outcome = ?4, error = ?5 \
              WHERE delivery_id = ?1 AND attempt = ?2",
         )?
-        .execute(params![rowid, attempt, now.millis(), outcome.as_str(), error])?;
+        .execute(params![
+            rowid,
+            attempt,
+            now.millis(),
+            outcome.as_str(),
+            error
+        ])?;
     Ok(())
 }
 
@@ -350,7 +369,15 @@ pub fn nack(
         retry_in_ms: nack.retry_in_ms,
         permanent: nack.permanent,
     };
-    fail(ctx, held.rowid, held.attempts, failure, &settings, &nack.error, now)
+    fail(
+        ctx,
+        held.rowid,
+        held.attempts,
+        failure,
+        &settings,
+        &nack.error,
+        now,
+    )
 }
 
 pub fn expire_leases(

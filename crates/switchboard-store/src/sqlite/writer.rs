@@ -65,9 +65,13 @@ impl Writer {
                 let _ = reply.send(result);
             })
         });
-        self.tx.send(Msg::Job(job)).map_err(|_| StoreError::Closed)?;
+        self.tx
+            .send(Msg::Job(job))
+            .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| {
-            StoreError::Unavailable("the write was not committed: the store could not begin a transaction".into())
+            StoreError::Unavailable(
+                "the write was not committed: the store could not begin a transaction".into(),
+            )
         })?
     }
 

@@ -1,0 +1,222 @@
+//! The HTTP client: one method per endpoint of the switchboard API.
+//! It must not retry, sleep or log; retry policy belongs to callers such as the consumer.
+
+use std::fmt;
+use std::time::Duration;
+
+use reqwest::{Method, RequestBuilder};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::error::{Error, api_error, transport};
+use crate::query::{encode, events_query_string};
+use crate::types::{
+    Ack, AckRequest, AckResponse, AppInfo, AppList, AppUpdate, ConsumeRequest, ConsumeResponse,
+    CreatedApp, Delivery, EventBatch, EventView, EventsPage, EventsQuery, Health, Nack,
+    NackOutcome, NewApp, NewEvent, PublishResponse, PublishedEvent,
+};
+
+/// How long establishing a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Extra time a consume request gets beyond its long-poll `wait_ms`.
+const CONSUME_GRACE: Duration = Duration::from_secs(10);
+
+/// A handle on one switchboard server, authenticated with one API key.
+///
+/// Cheap to clone: clones share the connection pool. There is no overall request timeout
+/// (consume long-polls), only a 5 s connect timeout; `consume` sets its own per-request
+/// timeout of `wait_ms` + 10 s.
+#[derive(Clone)]
+pub struct Client {
+    base_url: String,
+    api_key: String,
+    http: reqwest::Client,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("base_url", &self.base_url)
+            .field("api_key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Client {
+    /// A client for the server at `base_url` (e.g. `http://localhost:8080`) using `api_key`.
+    ///
+    /// # Panics
+    ///
+    /// When the underlying HTTP client cannot be initialised (as `reqwest::Client::new` does);
+    /// use [`Client::with_http`] to supply one yourself.
+    pub fn new(base_url: impl Into<String>, api_key: impl Into<String>) -> Client {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build()
+            .expect("cannot initialise the HTTP client");
+        Client::with_http(base_url, api_key, http)
+    }
+
+    /// A client using a preconfigured `reqwest::Client`. It should have no overall timeout
+    /// shorter than a consume long-poll.
+    pub fn with_http(
+        base_url: impl Into<String>,
+        api_key: impl Into<String>,
+        http: reqwest::Client,
+    ) -> Client {
+        let mut base_url = base_url.into();
+        while base_url.ends_with('/') {
+            base_url.pop();
+        }
+        Client {
+            base_url,
+            api_key: api_key.into(),
+            http,
+        }
+    }
+
+    /// The same server (and connection pool) with another API key.
+    pub fn with_key(&self, api_key: impl Into<String>) -> Client {
+        Client {
+            base_url: self.base_url.clone(),
+            api_key: api_key.into(),
+            http: self.http.clone(),
+        }
+    }
+
+    /// The server's base URL, without trailing slash.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// `GET /healthz`: `Ok` when the server answers `{"status":"ok"}`.
+    pub async fn health(&self) -> Result<(), Error> {
+        let health: Health = self.send(self.request(Method::GET, "/healthz")).await?;
+        if health.status == "ok" {
+            Ok(())
+        } else {
+            Err(Error::Decode(format!(
+                "unexpected health status {:?}",
+                health.status
+            )))
+        }
+    }
+
+    /// `POST /v1/apps` (admin key): registers an app and returns its new API key.
+    pub async fn create_app(&self, app: &NewApp) -> Result<CreatedApp, Error> {
+        self.send_json(Method::POST, "/v1/apps", app).await
+    }
+
+    /// `GET /v1/apps` (admin key): every registered app.
+    pub async fn list_apps(&self) -> Result<Vec<AppInfo>, Error> {
+        let list: AppList = self.send(self.request(Method::GET, "/v1/apps")).await?;
+        Ok(list.apps)
+    }
+
+    /// `PATCH /v1/apps/{id}` (admin key): changes the `Some` fields of `update`.
+    pub async fn update_app(&self, id: &str, update: &AppUpdate) -> Result<AppInfo, Error> {
+        let path = format!("/v1/apps/{}", encode(id));
+        self.send_json(Method::PATCH, &path, update).await
+    }
+
+    /// `POST /v1/events` (app key) with a single event.
+    pub async fn publish(&self, event: &NewEvent) -> Result<PublishedEvent, Error> {
+        let response: PublishResponse = self.send_json(Method::POST, "/v1/events", event).await?;
+        response
+            .events
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Decode("publish response holds no event".to_owned()))
+    }
+
+    /// `POST /v1/events` (app key) with `{"events":[..]}`; results in the same order.
+    pub async fn publish_batch(&self, events: &[NewEvent]) -> Result<Vec<PublishedEvent>, Error> {
+        let body = EventBatch { events };
+        let response: PublishResponse = self.send_json(Method::POST, "/v1/events", &body).await?;
+        Ok(response.events)
+    }
+
+    /// `POST /v1/consume` (app key): leases up to `req.max` deliveries, waiting up to
+    /// `req.wait_ms` for some to become available. An empty result means none came.
+    pub async fn consume(&self, req: &ConsumeRequest) -> Result<Vec<Delivery>, Error> {
+        let timeout = Duration::from_millis(req.wait_ms).saturating_add(CONSUME_GRACE);
+        let request = self
+            .request(Method::POST, "/v1/consume")
+            .json(req)
+            .timeout(timeout);
+        let response: ConsumeResponse = self.send(request).await?;
+        Ok(response.deliveries)
+    }
+
+    /// `POST /v1/ack` (app key): acknowledges deliveries; returns how many the server took.
+    pub async fn ack(&self, acks: &[Ack]) -> Result<u64, Error> {
+        let response: AckResponse = self
+            .send_json(Method::POST, "/v1/ack", &AckRequest { acks })
+            .await?;
+        Ok(response.acknowledged)
+    }
+
+    /// `POST /v1/nack` (app key): reports a failed delivery.
+    pub async fn nack(&self, nack: &Nack) -> Result<NackOutcome, Error> {
+        self.send_json(Method::POST, "/v1/nack", nack).await
+    }
+
+    /// `GET /v1/events/{id}`: an event with its deliveries and their history.
+    pub async fn event(&self, id: &str) -> Result<EventView, Error> {
+        let path = format!("/v1/events/{}", encode(id));
+        self.send(self.request(Method::GET, &path)).await
+    }
+
+    /// `GET /v1/events`: one page of events matching `query`.
+    pub async fn events(&self, query: &EventsQuery) -> Result<EventsPage, Error> {
+        let path = format!("/v1/events{}", events_query_string(query));
+        self.send(self.request(Method::GET, &path)).await
+    }
+
+    /// Raw escape hatch for tests and malformed input: sends `body` as-is with content type
+    /// JSON to `path` with `method` and this client's key. Any status is returned, not turned
+    /// into an error; the body is parsed as JSON, or `Value::Null` when empty or not JSON.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(u16, Value), Error> {
+        let mut request = self.request(method, path);
+        if let Some(body) = body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body);
+        }
+        let response = request.send().await.map_err(|e| transport(&e))?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.map_err(|e| transport(&e))?;
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok((status, value))
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http
+            .request(method, format!("{}{}", self.base_url, path))
+            .bearer_auth(&self.api_key)
+    }
+
+    async fn send_json<B, T>(&self, method: Method, path: &str, body: &B) -> Result<T, Error>
+    where
+        B: Serialize + ?Sized,
+        T: DeserializeOwned,
+    {
+        self.send(self.request(method, path).json(body)).await
+    }
+
+    async fn send<T: DeserializeOwned>(&self, request: RequestBuilder) -> Result<T, Error> {
+        let response = request.send().await.map_err(|e| transport(&e))?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| transport(&e))?;
+        if !status.is_success() {
+            return Err(api_error(status.as_u16(), &bytes));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| Error::Decode(e.to_string()))
+    }
+}

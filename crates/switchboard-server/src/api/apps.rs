@@ -1,0 +1,181 @@
+//! App registration and settings (admin only). The API key is returned once, at creation.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State as AxState};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::json;
+use switchboard_core::{AppId, AppSettings, RetryPolicy, Subscription, TypePattern};
+use switchboard_store::{AppUpdate, NewApp, NewKey};
+
+use super::views::AppView;
+use super::{Body, Problems, in_range, parse_json};
+use crate::State;
+use crate::auth::{Caller, generate_key, hash_key};
+use crate::clock;
+use crate::error::ApiError;
+
+const MAX_SUBSCRIPTIONS: usize = 100;
+const MAX_ATTEMPTS_LIMIT: u64 = 1000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppIn {
+    id: String,
+    #[serde(default)]
+    subscriptions: Vec<String>,
+    max_attempts: Option<u64>,
+    backoff: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppPatch {
+    subscriptions: Option<Vec<String>>,
+    max_attempts: Option<u64>,
+    backoff: Option<String>,
+}
+
+fn parse_subscriptions(p: &mut Problems, subs: &[String]) -> Vec<Subscription> {
+    if subs.len() > MAX_SUBSCRIPTIONS {
+        p.add(
+            "subscriptions",
+            format!(
+                "{} patterns is over the limit of {MAX_SUBSCRIPTIONS}",
+                subs.len()
+            ),
+        );
+        return Vec::new();
+    }
+    subs.iter()
+        .enumerate()
+        .filter_map(|(i, s)| p.check(format!("subscriptions[{i}]"), TypePattern::parse(s)))
+        .map(|pattern| Subscription { pattern })
+        .collect()
+}
+
+fn parse_settings(
+    p: &mut Problems,
+    base: AppSettings,
+    max_attempts: Option<u64>,
+    backoff: Option<&str>,
+) -> AppSettings {
+    let mut settings = base;
+    if let Some(n) = max_attempts {
+        in_range(p, "max_attempts", n, 1, MAX_ATTEMPTS_LIMIT);
+        settings.max_attempts = n.clamp(1, MAX_ATTEMPTS_LIMIT) as u32;
+    }
+    if let Some(b) = backoff
+        && let Some(policy) = p.check("backoff", RetryPolicy::parse(b))
+    {
+        settings.retry = policy;
+    }
+    settings
+}
+
+pub async fn create(
+    AxState(state): AxState<Arc<State>>,
+    caller: Caller,
+    Body(body): Body,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    caller.require_admin()?;
+    let input: AppIn = parse_json(
+        &body,
+        "app (expected {\"id\", \"subscriptions\", \"max_attempts\"?, \"backoff\"?})",
+    )?;
+    let mut p = Problems::default();
+    let id = p.check("id", AppId::parse(&input.id));
+    let subscriptions = parse_subscriptions(&mut p, &input.subscriptions);
+    let settings = parse_settings(
+        &mut p,
+        AppSettings::default(),
+        input.max_attempts,
+        input.backoff.as_deref(),
+    );
+    p.into_result()?;
+    let id = id.expect("checked");
+    if id.as_str() == "switchboard" {
+        return Err(ApiError::field(
+            "id",
+            "`switchboard` is reserved for the hub itself: pick another id",
+        ));
+    }
+    let (api_key, key_id) = generate_key();
+    let app = state
+        .store
+        .create_app(NewApp {
+            id,
+            subscriptions,
+            settings,
+            key: NewKey {
+                key_id: key_id.clone(),
+                hash: hash_key(&api_key),
+            },
+            now: clock::now(),
+        })
+        .await?;
+    state.registry.reload(&*state.store).await?;
+    let mut body = serde_json::to_value(AppView::of(&app)).expect("serializable");
+    body["api_key"] = json!(api_key);
+    body["key_id"] = json!(key_id);
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+pub async fn list(
+    AxState(state): AxState<Arc<State>>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require_admin()?;
+    let apps = state.store.list_apps().await?;
+    let views: Vec<AppView> = apps.iter().map(AppView::of).collect();
+    Ok(Json(json!({ "apps": views })))
+}
+
+pub async fn update(
+    AxState(state): AxState<Arc<State>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(body): Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require_admin()?;
+    let id = AppId::parse(&id).map_err(|e| ApiError::field("id", e.0))?;
+    let patch: AppPatch = parse_json(
+        &body,
+        "app update (expected {\"subscriptions\"?, \"max_attempts\"?, \"backoff\"?})",
+    )?;
+    let current = state
+        .registry
+        .apps()
+        .iter()
+        .find(|a| a.id == id)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found("unknown_app", format!("unknown app: {id}")))?;
+    let mut p = Problems::default();
+    let subscriptions = patch
+        .subscriptions
+        .as_deref()
+        .map(|s| parse_subscriptions(&mut p, s));
+    let settings = (patch.max_attempts.is_some() || patch.backoff.is_some()).then(|| {
+        parse_settings(
+            &mut p,
+            current.settings.clone(),
+            patch.max_attempts,
+            patch.backoff.as_deref(),
+        )
+    });
+    p.into_result()?;
+    let app = state
+        .store
+        .update_app(AppUpdate {
+            id,
+            subscriptions,
+            settings,
+        })
+        .await?;
+    state.registry.reload(&*state.store).await?;
+    Ok(Json(
+        serde_json::to_value(AppView::of(&app)).expect("serializable"),
+    ))
+}

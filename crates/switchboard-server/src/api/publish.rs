@@ -1,0 +1,322 @@
+//! `POST /v1/events`: validate, route, store durably, wake the targets' consumers. A
+//! rejected request stores nothing; the 2xx is sent only after the commit.
+
+use std::sync::Arc;
+
+use axum::extract::State as AxState;
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use serde_json::value::RawValue;
+use switchboard_core::event::Event;
+use switchboard_core::ids::parse_opaque;
+use switchboard_core::routing::route;
+use switchboard_core::{AppId, DeliveryStatus, EventId, EventType, TenantId, Timestamp};
+use switchboard_store::{NewEvent, Published};
+
+use super::{Body, Problems, json_response, parse_json};
+use crate::State;
+use crate::auth::Caller;
+use crate::clock;
+use crate::error::ApiError;
+
+/// Most targets one event may name.
+const MAX_TARGETS: usize = 100;
+
+/// One body shape for both forms: a single event, or `{"events": [...]}`. (serde cannot
+/// flatten with `deny_unknown_fields`, hence the repeated fields.)
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishIn<'a> {
+    #[serde(borrow)]
+    events: Option<Vec<EventIn<'a>>>,
+    #[serde(rename = "type")]
+    event_type: Option<Value>,
+    tenant: Option<Value>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    target: Option<Value>,
+    id: Option<Value>,
+    entity_id: Option<Value>,
+    correlation_id: Option<Value>,
+    causation_id: Option<Value>,
+}
+
+impl<'a> PublishIn<'a> {
+    fn split(self) -> (Option<Vec<EventIn<'a>>>, EventIn<'a>) {
+        let single = EventIn {
+            event_type: self.event_type,
+            tenant: self.tenant,
+            data: self.data,
+            target: self.target,
+            id: self.id,
+            entity_id: self.entity_id,
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+        };
+        (self.events, single)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventIn<'a> {
+    #[serde(rename = "type")]
+    event_type: Option<Value>,
+    tenant: Option<Value>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    target: Option<Value>,
+    id: Option<Value>,
+    entity_id: Option<Value>,
+    correlation_id: Option<Value>,
+    causation_id: Option<Value>,
+}
+
+impl EventIn<'_> {
+    fn is_empty(&self) -> bool {
+        self.event_type.is_none()
+            && self.tenant.is_none()
+            && self.data.is_none()
+            && self.target.is_none()
+            && self.id.is_none()
+            && self.entity_id.is_none()
+            && self.correlation_id.is_none()
+            && self.causation_id.is_none()
+    }
+}
+
+#[derive(Serialize)]
+struct PublishedView<'a> {
+    id: &'a EventId,
+    duplicate: bool,
+    deliveries: Vec<DeliveryStateView<'a>>,
+}
+
+#[derive(Serialize)]
+struct DeliveryStateView<'a> {
+    delivery_id: &'a str,
+    target: &'a AppId,
+    status: DeliveryStatus,
+}
+
+#[derive(Serialize)]
+pub struct PublishOut<'a> {
+    events: Vec<PublishedView<'a>>,
+}
+
+fn string<'v>(p: &mut Problems, field: &str, v: &'v Option<Value>) -> Option<&'v str> {
+    match v {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => {
+            p.add(field, "must be a string");
+            None
+        }
+    }
+}
+
+fn opaque(p: &mut Problems, field: String, v: &Option<Value>) -> Option<String> {
+    let s = string(p, &field, v)?;
+    p.check(field, parse_opaque(s))
+}
+
+/// Validates one event; problems are named `{prefix}type`, `{prefix}tenant`...
+fn validate(
+    p: &mut Problems,
+    prefix: &str,
+    input: &EventIn<'_>,
+    source: &AppId,
+    now: Timestamp,
+    known: &dyn Fn(&AppId) -> bool,
+) -> Option<Event> {
+    let before = p.0.len();
+    let f = |name: &str| format!("{prefix}{name}");
+    let event_type = match string(p, &f("type"), &input.event_type) {
+        Some(t) => p.check(f("type"), EventType::parse(t)),
+        None => {
+            p.add(f("type"), "is required: an event type like `user.created`");
+            None
+        }
+    };
+    let tenant = match string(p, &f("tenant"), &input.tenant) {
+        Some(t) => p.check(f("tenant"), TenantId::parse(t)),
+        None => {
+            p.add(f("tenant"), "is required: the tenant the event belongs to");
+            None
+        }
+    };
+    let data = match input.data {
+        Some(raw) if raw.get().starts_with('{') => Some(raw.get().to_owned()),
+        Some(_) => {
+            p.add(f("data"), "must be a JSON object, like {\"user_id\": 42}");
+            None
+        }
+        None => {
+            p.add(f("data"), "is required: a JSON object (use {} for none)");
+            None
+        }
+    };
+    let named_targets = match &input.target {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(vec![s.clone()]),
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => Some(
+            items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+        ),
+        Some(_) => {
+            p.add(f("target"), "must be an app id or a list of app ids");
+            None
+        }
+    };
+    let named_targets: Option<Vec<AppId>> = named_targets.map(|names| {
+        if names.len() > MAX_TARGETS {
+            p.add(
+                f("target"),
+                format!("{} targets is over the limit of {MAX_TARGETS}", names.len()),
+            );
+        }
+        names
+            .iter()
+            .filter_map(|n| {
+                let app = p.check(f("target"), AppId::parse(n))?;
+                if !known(&app) {
+                    p.add(
+                        f("target"),
+                        format!("unknown app: {app}: register it first with POST /v1/apps"),
+                    );
+                    return None;
+                }
+                Some(app)
+            })
+            .collect()
+    });
+    let idempotency_key = opaque(p, f("id"), &input.id);
+    let entity_id = opaque(p, f("entity_id"), &input.entity_id);
+    let correlation_id = opaque(p, f("correlation_id"), &input.correlation_id);
+    let causation_id = opaque(p, f("causation_id"), &input.causation_id);
+    if p.0.len() > before {
+        return None;
+    }
+    let mut entropy = [0u8; 10];
+    getrandom::fill(&mut entropy).expect("the OS random source works");
+    Some(Event {
+        id: EventId::generate(now.millis(), entropy),
+        tenant: tenant?,
+        event_type: event_type?,
+        source: source.clone(),
+        time: now,
+        data: data?,
+        idempotency_key,
+        named_targets,
+        entity_id,
+        correlation_id,
+        causation_id,
+        historical: false,
+    })
+}
+
+pub async fn publish(
+    AxState(state): AxState<Arc<State>>,
+    caller: Caller,
+    Body(body): Body,
+) -> Result<Response, ApiError> {
+    let source = caller.require_app("publishing")?.clone();
+    let input: PublishIn = parse_json(&body, "event or {\"events\": [...]} batch")?;
+    let limits = &state.config.limits;
+    let (events, single) = input.split();
+    let (inputs, batch): (Vec<EventIn>, bool) = match events {
+        Some(events) => {
+            if !single.is_empty() {
+                return Err(ApiError::field(
+                    "events",
+                    "a batch body has only `events`: move the other fields into each event",
+                ));
+            }
+            if events.is_empty() {
+                return Err(ApiError::field(
+                    "events",
+                    "is empty: send at least one event",
+                ));
+            }
+            if events.len() > limits.max_batch {
+                return Err(ApiError::field(
+                    "events",
+                    format!(
+                        "a batch of {} is over the limit of {}: split it",
+                        events.len(),
+                        limits.max_batch
+                    ),
+                ));
+            }
+            (events, true)
+        }
+        None => (vec![single], false),
+    };
+
+    let now = clock::now();
+    let apps = state.registry.apps();
+    let known = |id: &AppId| apps.iter().any(|a| &a.id == id);
+    let mut p = Problems::default();
+    let events: Vec<Event> = inputs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, input)| {
+            let prefix = if batch {
+                format!("events[{i}].")
+            } else {
+                String::new()
+            };
+            validate(&mut p, &prefix, input, &source, now, &known)
+        })
+        .collect();
+    p.into_result()?;
+
+    let patterns: Vec<(AppId, Vec<switchboard_core::TypePattern>)> =
+        apps.iter().map(|a| (a.id.clone(), a.patterns())).collect();
+    let new_events: Vec<NewEvent> = events
+        .into_iter()
+        .map(|event| {
+            let targets = route(
+                &source,
+                &event.event_type,
+                event.named_targets.as_deref(),
+                patterns.iter().map(|(id, p)| (id, p.as_slice())),
+            );
+            NewEvent { event, targets }
+        })
+        .collect();
+
+    let published = state.store.publish(new_events, now).await?;
+    let woken: Vec<&AppId> = published
+        .iter()
+        .filter(|p| !p.duplicate)
+        .flat_map(|p| p.deliveries.iter().map(|d| &d.target))
+        .collect();
+    state.wake.wake(woken);
+    Ok(json_response(StatusCode::CREATED, &reply(&published)))
+}
+
+fn reply(published: &[Published]) -> PublishOut<'_> {
+    PublishOut {
+        events: published
+            .iter()
+            .map(|p| PublishedView {
+                id: &p.id,
+                duplicate: p.duplicate,
+                deliveries: p
+                    .deliveries
+                    .iter()
+                    .map(|d| DeliveryStateView {
+                        delivery_id: d.id.as_str(),
+                        target: &d.target,
+                        status: d.status,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}

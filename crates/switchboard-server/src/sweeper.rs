@@ -1,0 +1,69 @@
+//! The lease sweeper: a background worker that returns expired leases to pending (or dead),
+//! in bounded batches, waking at the earliest lease deadline. Owned by `run`'s JoinSet and
+//! stopped by the shutdown token; it never holds a request open.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use switchboard_core::Timestamp;
+use tokio::sync::Notify;
+
+use crate::{State, clock};
+
+/// Leases expired per store call.
+const BATCH: usize = 1000;
+/// The sweeper looks at least this often, for leases it was not told about.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+
+/// Lets lease handlers tell the sweeper about a deadline earlier than its next wake-up.
+#[derive(Default)]
+pub struct Signal {
+    next_wake: AtomicI64,
+    notify: Notify,
+}
+
+impl Signal {
+    pub fn lease_deadline(&self, deadline: Timestamp) {
+        if deadline.millis() < self.next_wake.load(Ordering::Acquire) {
+            self.notify.notify_one();
+        }
+    }
+}
+
+pub async fn run(state: Arc<State>) {
+    let signal = &state.sweeper;
+    loop {
+        let now = clock::now();
+        let next_deadline = match state.store.expire_leases(now, BATCH).await {
+            Ok(expired) => {
+                if expired.count > 0 {
+                    tracing::debug!(count = expired.count, "expired leases");
+                    state.wake.wake(&expired.apps);
+                }
+                if expired.count == BATCH {
+                    // More are waiting: go again at once (but let shutdown in).
+                    if state.shutdown.is_cancelled() {
+                        return;
+                    }
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                expired.next_deadline
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "lease sweep failed");
+                None
+            }
+        };
+        let max_wake = now.plus_ms(MAX_SLEEP.as_millis() as u64);
+        let wake_at = next_deadline.map_or(max_wake, |d| d.min(max_wake));
+        signal.next_wake.store(wake_at.millis(), Ordering::Release);
+        let sleep = Duration::from_millis(wake_at.since(clock::now()));
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(sleep) => {}
+            _ = signal.notify.notified() => {}
+        }
+    }
+}

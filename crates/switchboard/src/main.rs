@@ -1,0 +1,142 @@
+//! The `switchboard` binary: `serve` runs the hub. Reads flags and the environment, sets up
+//! logging and signals, and hands IO and shutdown to `switchboard_server::run`.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use switchboard_server::Config;
+use switchboard_store::sqlite::SqliteStore;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "switchboard",
+    version,
+    about = "A self-hosted event hub that tracks every delivery"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the hub on the embedded store.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:7800")]
+    listen: SocketAddr,
+    /// Where the embedded store keeps its files (created if missing).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_DATA_DIR",
+        default_value = "./switchboard-data"
+    )]
+    data_dir: PathBuf,
+    /// Largest request body, in bytes.
+    #[arg(long, env = "SWITCHBOARD_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    max_body_bytes: usize,
+}
+
+const ADMIN_KEY_FILE: &str = "admin.key";
+
+/// The admin key: `SWITCHBOARD_ADMIN_KEY`, else the one saved in the data directory, else a
+/// new one, saved there (mode 0600) and said once in the log.
+fn admin_key(data_dir: &Path) -> anyhow::Result<String> {
+    if let Ok(key) = std::env::var("SWITCHBOARD_ADMIN_KEY")
+        && !key.trim().is_empty()
+    {
+        return Ok(key.trim().to_owned());
+    }
+    let path = data_dir.join(ADMIN_KEY_FILE);
+    if let Ok(saved) = std::fs::read_to_string(&path) {
+        return Ok(saved.trim().to_owned());
+    }
+    let (key, _) = switchboard_server::generate_key();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(&path)
+        .with_context(|| format!("cannot save the admin key to {}", path.display()))?;
+    writeln!(file, "{key}")?;
+    file.sync_all()?;
+    tracing::warn!(
+        admin_key = %key,
+        file = %path.display(),
+        "generated an admin key; it is shown this once and kept in the file"
+    );
+    Ok(key)
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            args.data_dir.display()
+        )
+    })?;
+    let mut config = Config::new(admin_key(&args.data_dir)?);
+    config.limits.max_body_bytes = args.max_body_bytes;
+    let store = SqliteStore::open(&args.data_dir)
+        .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data_dir = %args.data_dir.display(), "switchboard listening");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    switchboard_server::run(config, listener, Arc::new(store), shutdown).await?;
+    tracing::info!("switchboard stopped");
+    Ok(())
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+        _ = shutdown.cancelled() => return,
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+    shutdown.cancel();
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+    }
+}

@@ -1,0 +1,10 @@
+//! Integration tests: a real server on port 0 with a real SQLite file, driven through the
+//! client SDK. One module per feature; `harness` starts and stops hubs.
+
+mod access;
+mod consume;
+mod crash;
+mod harness;
+mod inspect;
+mod publish;
+mod validation;

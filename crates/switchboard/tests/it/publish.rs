@@ -1,0 +1,176 @@
+//! Publishing: routing, idempotency, batches.
+
+use serde_json::json;
+use switchboard_client::{DeliveryStatus, NewEvent};
+
+use crate::harness::{Hub, event, lookup, publish, stored_count};
+
+/// Registers `subs` (app, patterns), publishes `ty` from `source` (to `named` targets when
+/// given) and checks who gets a delivery.
+async fn check_routing(
+    subs: &[(&str, &[&str])],
+    source: &str,
+    ty: &str,
+    named: Option<&[&str]>,
+    expect: &[&str],
+) {
+    let hub = Hub::start().await;
+    let mut clients = std::collections::HashMap::new();
+    for (app, patterns) in subs {
+        clients.insert(*app, hub.app(app, patterns).await);
+    }
+    let mut ev = event(ty, "acme");
+    if let Some(named) = named {
+        ev = ev.to_many(named.iter().copied());
+    }
+    let published = publish(&clients[source], ev).await;
+    let targets: Vec<&str> = published
+        .deliveries
+        .iter()
+        .map(|d| d.target.as_str())
+        .collect();
+    assert_eq!(targets, expect, "{ty} from {source}");
+    assert!(
+        published
+            .deliveries
+            .iter()
+            .all(|d| d.status == DeliveryStatus::Pending)
+    );
+    let stored = lookup(&clients[source], &published.id).await;
+    let stored_targets: Vec<&str> = stored
+        .deliveries
+        .iter()
+        .map(|d| d.target.as_str())
+        .collect();
+    assert_eq!(stored_targets, expect);
+    hub.stop().await;
+}
+
+const SUITE: &[(&str, &[&str])] = &[
+    ("crm", &["credit.*"]),
+    ("hr", &["user.created", "credit.*"]),
+    ("audit", &["*"]),
+    ("billing", &["order.*"]),
+];
+
+#[tokio::test]
+async fn routes_by_subscription_never_to_the_source() {
+    check_routing(SUITE, "crm", "user.created", None, &["audit", "hr"]).await;
+}
+
+#[tokio::test]
+async fn prefix_patterns_match_deeper_types() {
+    check_routing(
+        SUITE,
+        "crm",
+        "order.item.added",
+        None,
+        &["audit", "billing"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn named_targets_get_it_exactly() {
+    check_routing(
+        SUITE,
+        "crm",
+        "user.created",
+        Some(&["billing", "crm"]),
+        &["billing", "crm"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_event_nobody_wants_is_stored_with_no_deliveries() {
+    check_routing(
+        &[("crm", &[]), ("hr", &["user.created"])],
+        "crm",
+        "nobody.cares",
+        None,
+        &[],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_same_id_twice_is_published_once() {
+    let hub = Hub::start().await;
+    let crm = hub.app("crm", &[]).await;
+    hub.app("hr", &["*"]).await;
+    let shop = hub.app("shop", &[]).await;
+    let first = publish(&crm, event("user.created", "acme").id("user-42-created")).await;
+    let again = publish(&crm, event("user.created", "acme").id("user-42-created")).await;
+    assert!(!first.duplicate);
+    assert!(again.duplicate);
+    assert_eq!(again.id, first.id);
+    assert_eq!(again.deliveries, first.deliveries);
+    // The key is per source app: another app may use the same id.
+    let other = publish(&shop, event("user.created", "acme").id("user-42-created")).await;
+    assert!(!other.duplicate);
+    assert_ne!(other.id, first.id);
+    assert_eq!(stored_count(&hub).await, 2);
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn a_batch_is_stored_in_order() {
+    let hub = Hub::start().await;
+    let crm = hub.app("crm", &[]).await;
+    hub.app("hr", &["user.*"]).await;
+    let events: Vec<NewEvent> = (0..100)
+        .map(|i| NewEvent::new("user.created", "acme", json!({"i": i})).entity(format!("u{i}")))
+        .collect();
+    let published = crm.publish_batch(&events).await.unwrap();
+    assert_eq!(published.len(), 100);
+    for p in &published {
+        assert_eq!(p.deliveries.len(), 1);
+    }
+    let ev = lookup(&crm, &published[57].id).await;
+    assert_eq!(ev.event.data, json!({"i": 57}));
+    assert_eq!(ev.event.entity_id.as_deref(), Some("u57"));
+    assert_eq!(stored_count(&hub).await, 100);
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn event_fields_come_back_as_sent() {
+    let hub = Hub::start().await;
+    let crm = hub.app("crm", &[]).await;
+    let hr = hub.app("hr", &["*"]).await;
+    let sent = NewEvent::new(
+        "user.created",
+        "tenant-7",
+        json!({"user": {"id": 42, "tags": ["a", "b"]}, "ok": true}),
+    )
+    .id("k1")
+    .entity("user-42")
+    .correlation("corr-1")
+    .causation("cause-1");
+    let p = publish(&crm, sent).await;
+    let got = hr
+        .consume(&switchboard_client::ConsumeRequest {
+            max: 1,
+            wait_ms: 0,
+            lease_ms: 30_000,
+        })
+        .await
+        .unwrap();
+    let e = &got[0].event;
+    assert_eq!(e.id, p.id);
+    assert_eq!(e.tenant, "tenant-7");
+    assert_eq!(e.event_type, "user.created");
+    assert_eq!(e.source, "crm");
+    assert_eq!(
+        e.data,
+        json!({"user": {"id": 42, "tags": ["a", "b"]}, "ok": true})
+    );
+    assert_eq!(e.idempotency_key.as_deref(), Some("k1"));
+    assert_eq!(e.entity_id.as_deref(), Some("user-42"));
+    assert_eq!(e.correlation_id.as_deref(), Some("corr-1"));
+    assert_eq!(e.causation_id.as_deref(), Some("cause-1"));
+    assert!(!e.historical);
+    assert!(e.time.ends_with('Z'));
+    hub.stop().await;
+}
