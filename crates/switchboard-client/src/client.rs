@@ -10,11 +10,12 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::error::{Error, api_error, transport};
-use crate::query::{encode, events_query_string};
+use crate::query::{encode, events_query_string, query_string};
 use crate::types::{
     Ack, AckRequest, AckResponse, AppInfo, AppList, AppUpdate, ConsumeRequest, ConsumeResponse,
-    CreatedApp, Delivery, EventBatch, EventView, EventsPage, EventsQuery, Health, Nack,
-    NackOutcome, NewApp, NewEvent, PublishResponse, PublishedEvent,
+    CreatedApp, DeadFilter, DeadLettersPage, Delivery, EventBatch, EventView, EventsPage,
+    EventsQuery, Health, Nack, NackOutcome, NewApp, NewEvent, PublishResponse, PublishedEvent,
+    UnacknowledgedPage,
 };
 
 /// How long establishing a connection may take.
@@ -160,6 +161,92 @@ impl Client {
     /// `POST /v1/nack` (app key): reports a failed delivery.
     pub async fn nack(&self, nack: &Nack) -> Result<NackOutcome, Error> {
         self.send_json(Method::POST, "/v1/nack", nack).await
+    }
+
+    /// `POST /v1/deliveries/{id}/extend` (app key): pushes the lease of a delivery this
+    /// consumer holds to `lease_ms` from now; returns the new deadline (RFC 3339).
+    pub async fn extend(&self, delivery: &Delivery, lease_ms: u64) -> Result<String, Error> {
+        #[derive(Serialize)]
+        struct Body {
+            lease_ms: u64,
+            attempt: u32,
+        }
+        #[derive(serde::Deserialize)]
+        struct Reply {
+            lease_expires_at: String,
+        }
+        let path = format!("/v1/deliveries/{}/extend", encode(&delivery.delivery_id));
+        let body = Body {
+            lease_ms,
+            attempt: delivery.attempt,
+        };
+        let reply: Reply = self.send_json(Method::POST, &path, &body).await?;
+        Ok(reply.lease_expires_at)
+    }
+
+    /// `GET /v1/dead-letters`: one page of dead deliveries matching `filter`, newest first.
+    pub async fn dead_letters(
+        &self,
+        filter: &DeadFilter,
+        limit: Option<u32>,
+        cursor: Option<&str>,
+    ) -> Result<DeadLettersPage, Error> {
+        let limit = limit.map(|n| n.to_string());
+        let query = query_string(&[
+            ("tenant", filter.tenant.as_deref()),
+            ("target", filter.target.as_deref()),
+            ("type", filter.event_type.as_deref()),
+            ("since", filter.since.as_deref()),
+            ("until", filter.until.as_deref()),
+            ("limit", limit.as_deref()),
+            ("cursor", cursor),
+        ]);
+        let path = format!("/v1/dead-letters{query}");
+        self.send(self.request(Method::GET, &path)).await
+    }
+
+    /// `POST /v1/dead-letters/requeue` with ids: all must be dead, or nothing moves.
+    pub async fn requeue(&self, delivery_ids: &[String]) -> Result<u64, Error> {
+        self.requeue_body(&serde_json::json!({ "delivery_ids": delivery_ids }))
+            .await
+    }
+
+    /// `POST /v1/dead-letters/requeue` with a filter: every matching dead delivery, moved
+    /// in bounded batches; returns how many moved.
+    pub async fn requeue_matching(&self, filter: &DeadFilter) -> Result<u64, Error> {
+        self.requeue_body(&serde_json::json!({ "filter": filter }))
+            .await
+    }
+
+    async fn requeue_body(&self, body: &Value) -> Result<u64, Error> {
+        #[derive(serde::Deserialize)]
+        struct Reply {
+            requeued: u64,
+        }
+        let reply: Reply = self
+            .send_json(Method::POST, "/v1/dead-letters/requeue", body)
+            .await?;
+        Ok(reply.requeued)
+    }
+
+    /// `GET /v1/tenants/{tenant}/unacknowledged`: deliveries not yet acknowledged nor dead,
+    /// oldest first, created at least `older_than_ms` ago.
+    pub async fn unacknowledged(
+        &self,
+        tenant: &str,
+        older_than_ms: u64,
+        limit: Option<u32>,
+        cursor: Option<&str>,
+    ) -> Result<UnacknowledgedPage, Error> {
+        let older = older_than_ms.to_string();
+        let limit = limit.map(|n| n.to_string());
+        let query = query_string(&[
+            ("older_than_ms", Some(older.as_str())),
+            ("limit", limit.as_deref()),
+            ("cursor", cursor),
+        ]);
+        let path = format!("/v1/tenants/{}/unacknowledged{query}", encode(tenant));
+        self.send(self.request(Method::GET, &path)).await
     }
 
     /// `GET /v1/events/{id}`: an event with its deliveries and their history.

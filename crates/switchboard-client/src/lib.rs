@@ -45,9 +45,10 @@ pub use consumer::Consumer;
 pub use error::{Error, FieldError};
 pub use handler::HandlerError;
 pub use types::{
-    Ack, AppInfo, AppUpdate, AttemptView, ConsumeRequest, CreatedApp, Delivery, DeliveryStatus,
-    DeliveryView, Event, EventView, EventsPage, EventsQuery, Nack, NackOutcome, NewApp, NewEvent,
-    PublishedDelivery, PublishedEvent, Target,
+    Ack, AppInfo, AppUpdate, AttemptView, ConsumeRequest, CreatedApp, DeadFilter, DeadLettersPage,
+    Delivery, DeliveryRecord, DeliveryStatus, DeliveryView, Event, EventView, EventsPage,
+    EventsQuery, Nack, NackOutcome, NewApp, NewEvent, PublishedDelivery, PublishedEvent,
+    Subscription, Target, UnacknowledgedPage,
 };
 
 /// The HTTP method type taken by [`Client::raw`].

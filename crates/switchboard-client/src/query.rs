@@ -20,6 +20,19 @@ pub(crate) fn encode(value: &str) -> String {
     out
 }
 
+/// `?name=value&...` for the pairs that have a value, or empty when none has.
+pub(crate) fn query_string(pairs: &[(&str, Option<&str>)]) -> String {
+    let mut out = String::new();
+    for (name, value) in pairs {
+        let Some(value) = value else { continue };
+        out.push(if out.is_empty() { '?' } else { '&' });
+        out.push_str(name);
+        out.push('=');
+        out.push_str(&encode(value));
+    }
+    out
+}
+
 /// The query string for `query`, including the leading `?`, or empty when no filter is set.
 pub(crate) fn events_query_string(query: &EventsQuery) -> String {
     let limit = query.limit.map(|n| n.to_string());
@@ -34,15 +47,7 @@ pub(crate) fn events_query_string(query: &EventsQuery) -> String {
         ("limit", limit.as_deref()),
         ("cursor", query.cursor.as_deref()),
     ];
-    let mut out = String::new();
-    for (name, value) in pairs {
-        let Some(value) = value else { continue };
-        out.push(if out.is_empty() { '?' } else { '&' });
-        out.push_str(name);
-        out.push('=');
-        out.push_str(&encode(value));
-    }
-    out
+    query_string(&pairs)
 }
 
 #[cfg(test)]

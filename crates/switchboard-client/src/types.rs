@@ -39,8 +39,8 @@ impl DeliveryStatus {
 pub struct NewApp {
     /// The app's id, e.g. `hr`.
     pub id: String,
-    /// Event type patterns, e.g. `user.created` or `credit.*`.
-    pub subscriptions: Vec<String>,
+    /// Event type patterns, e.g. `user.created` or `credit.*`, possibly ordered.
+    pub subscriptions: Vec<Subscription>,
     /// Attempts before a delivery goes dead; server default when `None`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
@@ -51,7 +51,7 @@ pub struct NewApp {
 
 impl NewApp {
     /// An app with `id` and `subscriptions`, using the server's retry defaults.
-    pub fn new<S: Into<String>>(
+    pub fn new<S: Into<Subscription>>(
         id: impl Into<String>,
         subscriptions: impl IntoIterator<Item = S>,
     ) -> NewApp {
@@ -61,6 +61,45 @@ impl NewApp {
             max_attempts: None,
             backoff: None,
         }
+    }
+}
+
+/// One subscription: a pattern (`order.*`), or a pattern with per-entity ordering.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Subscription {
+    /// `user.created`, `order.*` or `*`.
+    Pattern(String),
+    /// With `ordered: true`, deliveries of one entity (tenant + `entity_id`) are handed out one
+    /// at a time, in publish order.
+    Detailed {
+        /// The pattern.
+        pattern: String,
+        /// Per-entity ordering.
+        #[serde(default)]
+        ordered: bool,
+    },
+}
+
+impl Subscription {
+    /// An ordered subscription to `pattern`.
+    pub fn ordered(pattern: impl Into<String>) -> Subscription {
+        Subscription::Detailed {
+            pattern: pattern.into(),
+            ordered: true,
+        }
+    }
+}
+
+impl From<&str> for Subscription {
+    fn from(pattern: &str) -> Subscription {
+        Subscription::Pattern(pattern.to_owned())
+    }
+}
+
+impl From<String> for Subscription {
+    fn from(pattern: String) -> Subscription {
+        Subscription::Pattern(pattern)
     }
 }
 
@@ -75,7 +114,7 @@ pub struct CreatedApp {
     pub key_id: String,
     /// Event type patterns the app subscribes to.
     #[serde(default)]
-    pub subscriptions: Vec<String>,
+    pub subscriptions: Vec<Subscription>,
     /// Attempts before a delivery goes dead.
     pub max_attempts: u32,
     /// Retry backoff description.
@@ -91,7 +130,7 @@ pub struct AppInfo {
     pub id: String,
     /// Event type patterns the app subscribes to.
     #[serde(default)]
-    pub subscriptions: Vec<String>,
+    pub subscriptions: Vec<Subscription>,
     /// Attempts before a delivery goes dead.
     pub max_attempts: u32,
     /// Retry backoff description.
@@ -470,13 +509,25 @@ pub struct DeliveryView {
     pub history: Vec<AttemptView>,
 }
 
-/// One attempt of a delivery.
+/// One entry of a delivery's history: an attempt (`kind` = `attempt`) or a requeue from the
+/// dead letters (`kind` = `requeue`, with `at` and `by`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct AttemptView {
-    /// Attempt number, starting at 1.
+    /// `attempt` or `requeue`.
+    #[serde(default = "attempt_kind")]
+    pub kind: String,
+    /// Attempt number, starting at 1 (0 for a requeue).
+    #[serde(default)]
     pub attempt: u32,
-    /// RFC 3339 time it was handed out.
+    /// RFC 3339 time it was handed out (empty for a requeue).
+    #[serde(default)]
     pub started_at: String,
+    /// For a requeue: RFC 3339 time.
+    #[serde(default)]
+    pub at: Option<String>,
+    /// For a requeue: who asked (`admin` or an app id).
+    #[serde(default)]
+    pub by: Option<String>,
     /// RFC 3339 time it ended, when it has.
     #[serde(default)]
     pub ended_at: Option<String>,
@@ -624,4 +675,64 @@ mod tests {
         assert_eq!(view.deliveries[0].ack_data, Some(json!({"ok": true})));
         assert_eq!(view.deliveries[0].latency_ms, Some(12));
     }
+}
+
+fn attempt_kind() -> String {
+    "attempt".to_owned()
+}
+
+/// A dead or unacknowledged delivery with its event, from `GET /v1/dead-letters` and
+/// `GET /v1/tenants/{tenant}/unacknowledged`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct DeliveryRecord {
+    /// The delivery.
+    #[serde(flatten)]
+    pub delivery: DeliveryView,
+    /// Milliseconds since the delivery was created.
+    #[serde(default)]
+    pub age_ms: u64,
+    /// Its event.
+    pub event: Event,
+}
+
+/// One page of `GET /v1/dead-letters`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct DeadLettersPage {
+    /// Dead deliveries, newest first.
+    #[serde(default)]
+    pub dead_letters: Vec<DeliveryRecord>,
+    /// Pass as the next query's cursor; `None` on the last page.
+    #[serde(default)]
+    pub next_cursor: Option<String>,
+}
+
+/// One page of `GET /v1/tenants/{tenant}/unacknowledged`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct UnacknowledgedPage {
+    /// Open deliveries, oldest first.
+    #[serde(default)]
+    pub unacknowledged: Vec<DeliveryRecord>,
+    /// Pass as the next query's cursor; `None` on the last page.
+    #[serde(default)]
+    pub next_cursor: Option<String>,
+}
+
+/// Which dead deliveries: every set field narrows (`event_type` may be a pattern).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DeadFilter {
+    /// Only this tenant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Only deliveries to this app.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Only events of this type or pattern.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<String>,
+    /// Died at or after (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// Died before (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
 }

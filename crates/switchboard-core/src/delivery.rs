@@ -133,7 +133,8 @@ impl AfterFailure {
     }
 }
 
-/// The rule after a failure of attempt number `attempts` (1-based, the one that just failed):
+/// The rule after a failure of attempt number `attempts` (1-based, the one that just failed,
+/// counted since the delivery was last requeued: a requeue gives a fresh budget):
 /// dead on a permanent nack or once `max_attempts` are used, else a retry after the policy's
 /// backoff (or the nack's `retry_in_ms`).
 pub fn after_failure(

@@ -6,7 +6,6 @@ use serde::Serialize;
 use crate::delivery::{AttemptOutcome, DeliveryStatus};
 use crate::ids::{AppId, DeliveryId, EventId, EventType, TenantId};
 use crate::retry::RetryPolicy;
-use crate::routing::TypePattern;
 use crate::time::Timestamp;
 
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 8;
@@ -27,11 +26,7 @@ impl Default for AppSettings {
     }
 }
 
-/// One pattern an app subscribes to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Subscription {
-    pub pattern: TypePattern,
-}
+pub use crate::routing::Subscription;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct App {
@@ -39,15 +34,6 @@ pub struct App {
     pub subscriptions: Vec<Subscription>,
     pub settings: AppSettings,
     pub created_at: Timestamp,
-}
-
-impl App {
-    pub fn patterns(&self) -> Vec<TypePattern> {
-        self.subscriptions
-            .iter()
-            .map(|s| s.pattern.clone())
-            .collect()
-    }
 }
 
 /// An event as switchboard stores it. Immutable once published.
@@ -81,6 +67,14 @@ pub struct Attempt {
     pub error: Option<String>,
 }
 
+/// A dead delivery sent back to pending, with a fresh attempt budget.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Requeue {
+    pub at: Timestamp,
+    /// Who asked: `admin` or an app id.
+    pub by: String,
+}
+
 /// A delivery as the inspection endpoints show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
@@ -99,6 +93,7 @@ pub struct Delivery {
     pub lease_expires_at: Option<Timestamp>,
     pub acknowledged_at: Option<Timestamp>,
     pub history: Vec<Attempt>,
+    pub requeues: Vec<Requeue>,
 }
 
 impl Delivery {

@@ -13,5 +13,5 @@ pub use delivery::{AfterFailure, AttemptOutcome, DeliveryStatus, Failure};
 pub use event::{AppSettings, Subscription};
 pub use ids::{AppId, DeliveryId, EventId, EventType, InvalidValue, TenantId};
 pub use retry::RetryPolicy;
-pub use routing::TypePattern;
+pub use routing::{Route, TypePattern};
 pub use time::Timestamp;

@@ -69,27 +69,72 @@ impl Serialize for TypePattern {
     }
 }
 
+/// One pattern an app subscribes to. An `ordered` subscription hands out the deliveries of
+/// one entity (same tenant and `entity_id`) one at a time, in publish order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Subscription {
+    pub pattern: TypePattern,
+    pub ordered: bool,
+}
+
+impl Subscription {
+    pub fn unordered(pattern: TypePattern) -> Subscription {
+        Subscription {
+            pattern,
+            ordered: false,
+        }
+    }
+}
+
+/// One target chosen by routing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub app: AppId,
+    /// The target has an ordered subscription matching the type: its deliveries of one
+    /// entity go one at a time (when the event has an `entity_id`).
+    pub ordered: bool,
+}
+
+fn ordered_for(subscriptions: &[Subscription], event_type: &EventType) -> bool {
+    subscriptions
+        .iter()
+        .any(|s| s.ordered && s.pattern.matches(event_type))
+}
+
 /// The routing rule. Named targets get the event, exactly and once each (even the source,
 /// when it names itself). Without names, every app with a matching subscription gets it,
-/// except the source. The result is sorted and free of duplicates.
+/// except the source. The result is sorted by app and free of duplicates.
 pub fn route<'a>(
     source: &AppId,
     event_type: &EventType,
     named: Option<&[AppId]>,
-    apps: impl IntoIterator<Item = (&'a AppId, &'a [TypePattern])>,
-) -> Vec<AppId> {
-    let mut targets: Vec<AppId> = match named {
-        Some(named) => named.to_vec(),
+    apps: impl IntoIterator<Item = (&'a AppId, &'a [Subscription])>,
+) -> Vec<Route> {
+    let apps: Vec<(&AppId, &[Subscription])> = apps.into_iter().collect();
+    let mut routes: Vec<Route> = match named {
+        Some(named) => named
+            .iter()
+            .map(|app| Route {
+                app: app.clone(),
+                ordered: apps
+                    .iter()
+                    .find(|(id, _)| *id == app)
+                    .is_some_and(|(_, subs)| ordered_for(subs, event_type)),
+            })
+            .collect(),
         None => apps
-            .into_iter()
+            .iter()
             .filter(|(app, _)| *app != source)
-            .filter(|(_, patterns)| patterns.iter().any(|p| p.matches(event_type)))
-            .map(|(app, _)| app.clone())
+            .filter(|(_, subs)| subs.iter().any(|s| s.pattern.matches(event_type)))
+            .map(|(app, subs)| Route {
+                app: (*app).clone(),
+                ordered: ordered_for(subs, event_type),
+            })
             .collect(),
     };
-    targets.sort();
-    targets.dedup();
-    targets
+    routes.sort_by(|a, b| a.app.cmp(&b.app));
+    routes.dedup_by(|a, b| a.app == b.app);
+    routes
 }
 
 #[cfg(test)]
@@ -100,9 +145,16 @@ mod tests {
         AppId::parse(s).unwrap()
     }
 
-    fn patterns(list: &[&str]) -> Vec<TypePattern> {
+    /// `order.*` is unordered; `!order.*` is the same pattern, ordered.
+    fn to_subs(list: &[&str]) -> Vec<Subscription> {
         list.iter()
-            .map(|p| TypePattern::parse(p).unwrap())
+            .map(|p| match p.strip_prefix('!') {
+                Some(p) => Subscription {
+                    pattern: TypePattern::parse(p).unwrap(),
+                    ordered: true,
+                },
+                None => Subscription::unordered(TypePattern::parse(p).unwrap()),
+            })
             .collect()
     }
 
@@ -114,8 +166,8 @@ mod tests {
         named: Option<&[&str]>,
         expect: &[&str],
     ) {
-        let apps: Vec<(AppId, Vec<TypePattern>)> =
-            subs.iter().map(|(a, p)| (app(a), patterns(p))).collect();
+        let apps: Vec<(AppId, Vec<Subscription>)> =
+            subs.iter().map(|(a, p)| (app(a), to_subs(p))).collect();
         let named: Option<Vec<AppId>> = named.map(|n| n.iter().map(|a| app(a)).collect());
         let got = route(
             &app(source),
@@ -123,7 +175,10 @@ mod tests {
             named.as_deref(),
             apps.iter().map(|(a, p)| (a, p.as_slice())),
         );
-        let expect: Vec<AppId> = expect.iter().map(|a| app(a)).collect();
+        let got: Vec<String> = got
+            .iter()
+            .map(|r| format!("{}{}", if r.ordered { "!" } else { "" }, r.app))
+            .collect();
         assert_eq!(got, expect, "routing {event_type} from {source}");
     }
 
@@ -161,6 +216,14 @@ mod tests {
         );
         check_routing(subs, "crm", "user.created", Some(&["crm", "crm"]), &["crm"]);
         check_routing(subs, "crm", "user.created", Some(&[]), &[]);
+    }
+
+    #[test]
+    fn ordered_subscriptions_mark_their_routes() {
+        let subs: &[(&str, &[&str])] = &[("hr", &["!user.*", "credit.*"]), ("audit", &["*"])];
+        check_routing(subs, "crm", "user.created", None, &["audit", "!hr"]);
+        check_routing(subs, "crm", "credit.added", None, &["audit", "hr"]);
+        check_routing(subs, "crm", "user.created", Some(&["hr"]), &["!hr"]);
     }
 
     #[test]

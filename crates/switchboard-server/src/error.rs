@@ -91,6 +91,7 @@ impl From<StoreError> for ApiError {
             StoreError::UnknownDelivery(_) => (StatusCode::NOT_FOUND, "unknown_delivery"),
             StoreError::NotInFlight { .. } => (StatusCode::CONFLICT, "not_in_flight"),
             StoreError::LeaseLost { .. } => (StatusCode::CONFLICT, "lease_lost"),
+            StoreError::NotDead { .. } => (StatusCode::CONFLICT, "not_dead"),
             StoreError::InvalidCursor => {
                 return ApiError::field("cursor", e.to_string());
             }

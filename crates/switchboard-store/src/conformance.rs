@@ -8,12 +8,13 @@ use std::sync::Arc;
 use switchboard_core::event::Event;
 use switchboard_core::{
     AppId, AppSettings, AttemptOutcome, DeliveryId, DeliveryStatus, EventId, EventType,
-    RetryPolicy, Subscription, TenantId, Timestamp, TypePattern,
+    RetryPolicy, Route, Subscription, TenantId, Timestamp, TypePattern,
 };
 
 use crate::{
-    AckItem, AppUpdate, EventQuery, KeyHash, LeaseRequest, NackItem, NewApp, NewEvent, NewKey,
-    Published, Store, StoreError,
+    AckItem, AppUpdate, DeadFilter, DeadLetterQuery, EventQuery, ExtendItem, KeyHash, LeaseRequest,
+    NackItem, NewApp, NewEvent, NewKey, Published, RequeueRequest, RequeueSelector, Store,
+    StoreError, UnackedQuery,
 };
 
 /// A store under test and whatever must live as long as it (a temp dir, a server process).
@@ -50,6 +51,16 @@ macro_rules! conformance_tests {
             event_query_filters,
             event_query_pages_newest_first,
             event_query_visibility_for_an_app,
+            ordered_deliveries_go_one_at_a_time_per_entity,
+            ordered_deliveries_within_one_batch,
+            a_dead_delivery_releases_the_next_of_its_entity,
+            extend_lease_pushes_the_deadline,
+            dead_letters_list_with_filters_and_pages,
+            requeue_by_ids_gives_a_fresh_budget,
+            requeue_of_a_live_delivery_changes_nothing,
+            requeue_by_filter_moves_a_bounded_batch,
+            requeue_by_an_app_is_limited_to_its_deliveries,
+            unacknowledged_lists_open_deliveries_oldest_first,
             closed_store_refuses_work
         );
     };
@@ -79,12 +90,17 @@ fn key_hash(app: &str, n: u8) -> KeyHash {
     KeyHash(h)
 }
 
-/// Registers `id` subscribed to `patterns`, with `max_attempts` and a 1 s then 5 s backoff.
+/// Registers `id` subscribed to `patterns` (`!order.*` is an ordered subscription), with
+/// `max_attempts` and a 1 s then 5 s backoff.
 pub async fn register(store: &dyn Store, id: &str, patterns: &[&str], max_attempts: u32) {
     let subscriptions = patterns
         .iter()
-        .map(|p| Subscription {
-            pattern: TypePattern::parse(p).unwrap(),
+        .map(|p| match p.strip_prefix('!') {
+            Some(p) => Subscription {
+                pattern: TypePattern::parse(p).unwrap(),
+                ordered: true,
+            },
+            None => Subscription::unordered(TypePattern::parse(p).unwrap()),
         })
         .collect();
     store
@@ -127,10 +143,24 @@ pub fn event(source: &str, tenant: &str, ty: &str, time: Timestamp) -> Event {
     }
 }
 
-/// Publishes one event to `targets` at `time`.
+/// A route to `target`; `!hr` is an ordered route.
+pub fn route(target: &str) -> Route {
+    match target.strip_prefix('!') {
+        Some(t) => Route {
+            app: app(t),
+            ordered: true,
+        },
+        None => Route {
+            app: app(target),
+            ordered: false,
+        },
+    }
+}
+
+/// Publishes one event to `targets` (`!hr` for an ordered route) at `time`.
 pub async fn publish_to(store: &dyn Store, ev: Event, targets: &[&str]) -> Published {
     let time = ev.time;
-    let targets = targets.iter().map(|t| app(t)).collect();
+    let targets = targets.iter().map(|t| route(t)).collect();
     let mut out = store
         .publish(vec![NewEvent { event: ev, targets }], time)
         .await
@@ -345,11 +375,11 @@ pub async fn idempotency_within_one_batch(store: &dyn Store) {
             vec![
                 NewEvent {
                     event: a,
-                    targets: vec![app("hr")],
+                    targets: vec![route("hr")],
                 },
                 NewEvent {
                     event: b,
-                    targets: vec![app("hr")],
+                    targets: vec![route("hr")],
                 },
             ],
             T0,
@@ -907,4 +937,533 @@ pub async fn closed_store_refuses_work(store: &dyn Store) {
         )
         .await;
     assert_eq!(result.unwrap_err(), StoreError::Closed);
+}
+
+/// Leases everything ready for `who` at `now` and returns the event ids, in order.
+async fn lease_ids(
+    store: &dyn Store,
+    who: &str,
+    now: Timestamp,
+) -> Vec<(EventId, DeliveryId, u32)> {
+    lease(store, who, 100, now)
+        .await
+        .into_iter()
+        .map(|d| (d.event.id, d.id, d.attempt))
+        .collect()
+}
+
+fn of_entity(entity: Option<&str>, time: Timestamp) -> Event {
+    let mut ev = event("crm", "acme", "user.updated", time);
+    ev.entity_id = entity.map(str::to_owned);
+    ev
+}
+
+pub async fn ordered_deliveries_go_one_at_a_time_per_entity(store: &dyn Store) {
+    register(store, "hr", &["!user.*"], 8).await;
+    let a1 = publish_to(store, of_entity(Some("a"), T0), &["!hr"])
+        .await
+        .id;
+    let b1 = publish_to(store, of_entity(Some("b"), T0.plus_ms(1)), &["!hr"])
+        .await
+        .id;
+    let a2 = publish_to(store, of_entity(Some("a"), T0.plus_ms(2)), &["!hr"])
+        .await
+        .id;
+    let loose = publish_to(store, of_entity(None, T0.plus_ms(3)), &["!hr"])
+        .await
+        .id;
+    let a3 = publish_to(store, of_entity(Some("a"), T0.plus_ms(4)), &["!hr"])
+        .await
+        .id;
+    let now = T0.plus_ms(10);
+    let first: Vec<EventId> = lease_ids(store, "hr", now)
+        .await
+        .into_iter()
+        .map(|l| l.0)
+        .collect();
+    assert_eq!(
+        first,
+        [a1.clone(), b1.clone(), loose],
+        "one per entity; no entity, no order"
+    );
+    assert!(
+        lease_ids(store, "hr", now).await.is_empty(),
+        "a2 waits for a1"
+    );
+    // a1 fails and is retried: a2 still waits, b is not held back by a.
+    let a1_delivery = store.event(a1.clone()).await.unwrap().unwrap().deliveries[0]
+        .id
+        .clone();
+    store
+        .nack(app("hr"), nack_item(&a1_delivery, 1, false, Some(0)), now)
+        .await
+        .unwrap();
+    let b2 = publish_to(store, of_entity(Some("b"), now), &["!hr"])
+        .await
+        .id;
+    let b1_delivery = store.event(b1).await.unwrap().unwrap().deliveries[0]
+        .id
+        .clone();
+    store
+        .ack(app("hr"), vec![ack_item(&b1_delivery, 1, None)], now)
+        .await
+        .unwrap();
+    let second: Vec<EventId> = lease_ids(store, "hr", now)
+        .await
+        .into_iter()
+        .map(|l| l.0)
+        .collect();
+    assert_eq!(
+        second,
+        [a1.clone(), b2],
+        "a1 again (attempt 2), and b2 after b1's ack"
+    );
+    store
+        .ack(app("hr"), vec![ack_item(&a1_delivery, 2, None)], now)
+        .await
+        .unwrap();
+    let third: Vec<EventId> = lease_ids(store, "hr", now)
+        .await
+        .into_iter()
+        .map(|l| l.0)
+        .collect();
+    assert_eq!(third, std::slice::from_ref(&a2));
+    let a2_delivery = store.event(a2).await.unwrap().unwrap().deliveries[0]
+        .id
+        .clone();
+    store
+        .ack(app("hr"), vec![ack_item(&a2_delivery, 1, None)], now)
+        .await
+        .unwrap();
+    let fourth: Vec<EventId> = lease_ids(store, "hr", now)
+        .await
+        .into_iter()
+        .map(|l| l.0)
+        .collect();
+    assert_eq!(fourth, [a3]);
+}
+
+pub async fn ordered_deliveries_within_one_batch(store: &dyn Store) {
+    register(store, "hr", &["!user.*"], 8).await;
+    let batch: Vec<NewEvent> = (0..3)
+        .map(|i| NewEvent {
+            event: of_entity(Some("a"), T0.plus_ms(i)),
+            targets: vec![route("!hr")],
+        })
+        .collect();
+    let ids: Vec<EventId> = store
+        .publish(batch, T0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    for expected in &ids {
+        let got = lease_ids(store, "hr", T0).await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(&got[0].0, expected);
+        store
+            .ack(app("hr"), vec![ack_item(&got[0].1, 1, None)], T0)
+            .await
+            .unwrap();
+    }
+}
+
+pub async fn a_dead_delivery_releases_the_next_of_its_entity(store: &dyn Store) {
+    register(store, "hr", &["!user.*"], 8).await;
+    let a1 = publish_to(store, of_entity(Some("a"), T0), &["!hr"])
+        .await
+        .id;
+    let a2 = publish_to(store, of_entity(Some("a"), T0.plus_ms(1)), &["!hr"])
+        .await
+        .id;
+    let got = lease_ids(store, "hr", T0).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, a1);
+    store
+        .nack(app("hr"), nack_item(&got[0].1, 1, true, None), T0)
+        .await
+        .unwrap();
+    let next = lease_ids(store, "hr", T0.plus_ms(5)).await;
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].0, a2);
+}
+
+pub async fn extend_lease_pushes_the_deadline(store: &dyn Store) {
+    register(store, "hr", &["*"], 8).await;
+    let p = publish_to(store, event("crm", "acme", "user.created", T0), &["hr"]).await;
+    let leased = lease(store, "hr", 1, T0).await.remove(0);
+    let extend = |attempt, lease_ms| ExtendItem {
+        id: leased.id.clone(),
+        attempt: Some(attempt),
+        lease_ms,
+    };
+    let until = store
+        .extend_lease(app("hr"), extend(1, 120_000), T0.plus_ms(1000))
+        .await
+        .unwrap();
+    assert_eq!(until, T0.plus_ms(121_000));
+    assert_eq!(
+        store
+            .expire_leases(leased.lease_expires_at, 100)
+            .await
+            .unwrap()
+            .count,
+        0
+    );
+    let record = store.event(p.id.clone()).await.unwrap().unwrap();
+    assert_eq!(record.deliveries[0].lease_expires_at, Some(until));
+    let stale = store.extend_lease(app("hr"), extend(7, 1000), T0).await;
+    assert!(
+        matches!(
+            stale,
+            Err(StoreError::LeaseLost {
+                given: 7,
+                current: 1,
+                ..
+            })
+        ),
+        "{stale:?}"
+    );
+    let other = store
+        .extend_lease(app("billing"), extend(1, 1000), T0)
+        .await;
+    assert_eq!(
+        other.unwrap_err(),
+        StoreError::UnknownDelivery(leased.id.clone())
+    );
+    store
+        .ack(
+            app("hr"),
+            vec![ack_item(&leased.id, 1, None)],
+            T0.plus_ms(2000),
+        )
+        .await
+        .unwrap();
+    let done = store
+        .extend_lease(app("hr"), extend(1, 1000), T0.plus_ms(3000))
+        .await;
+    assert!(matches!(
+        done,
+        Err(StoreError::NotInFlight {
+            status: DeliveryStatus::Acknowledged,
+            ..
+        })
+    ));
+}
+
+/// Publishes an event of `ty` for `tenant` to `target` and kills its delivery at `now`
+/// with a permanent nack.
+async fn make_dead(
+    store: &dyn Store,
+    tenant: &str,
+    ty: &str,
+    target: &str,
+    now: Timestamp,
+) -> DeliveryId {
+    publish_to(store, event("crm", tenant, ty, now), &[target]).await;
+    let leased = lease(store, target, 1, now).await.remove(0);
+    store
+        .nack(app(target), nack_item(&leased.id, 1, true, None), now)
+        .await
+        .unwrap();
+    leased.id
+}
+
+async fn dead_ids(store: &dyn Store, filter: DeadFilter) -> Vec<DeliveryId> {
+    let page = store
+        .dead_letters(DeadLetterQuery {
+            filter,
+            limit: 100,
+            cursor: None,
+        })
+        .await
+        .unwrap();
+    page.items.into_iter().map(|r| r.delivery.id).collect()
+}
+
+pub async fn dead_letters_list_with_filters_and_pages(store: &dyn Store) {
+    let a = make_dead(store, "acme", "user.created", "hr", T0).await;
+    let b = make_dead(store, "globex", "user.created", "hr", T0.plus_ms(10)).await;
+    let c = make_dead(store, "acme", "order.created", "billing", T0.plus_ms(20)).await;
+    publish_to(store, event("crm", "acme", "user.created", T0), &["hr"]).await; // alive
+    assert_eq!(
+        dead_ids(store, DeadFilter::default()).await,
+        [c.clone(), b.clone(), a.clone()]
+    );
+    let tenant = Some(TenantId::parse("acme").unwrap());
+    assert_eq!(
+        dead_ids(
+            store,
+            DeadFilter {
+                tenant,
+                ..Default::default()
+            }
+        )
+        .await,
+        [c.clone(), a.clone()]
+    );
+    assert_eq!(
+        dead_ids(
+            store,
+            DeadFilter {
+                target: Some(app("hr")),
+                ..Default::default()
+            }
+        )
+        .await,
+        [b.clone(), a.clone()]
+    );
+    let orders = Some(TypePattern::parse("order.*").unwrap());
+    assert_eq!(
+        dead_ids(
+            store,
+            DeadFilter {
+                event_type: orders,
+                ..Default::default()
+            }
+        )
+        .await,
+        std::slice::from_ref(&c)
+    );
+    let window = DeadFilter {
+        since: Some(T0.plus_ms(10)),
+        until: Some(T0.plus_ms(20)),
+        ..Default::default()
+    };
+    assert_eq!(dead_ids(store, window).await, std::slice::from_ref(&b));
+    assert_eq!(
+        dead_ids(
+            store,
+            DeadFilter {
+                visible_to: Some(app("billing")),
+                ..Default::default()
+            }
+        )
+        .await,
+        std::slice::from_ref(&c)
+    );
+    let page = store
+        .dead_letters(DeadLetterQuery {
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 2);
+    let rest = store
+        .dead_letters(DeadLetterQuery {
+            limit: 2,
+            cursor: page.next_cursor,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rest.items.len(), 1);
+    assert_eq!(rest.next_cursor, None);
+    let item = &rest.items[0];
+    assert_eq!(item.delivery.id, a);
+    assert_eq!(item.event.event_type.as_str(), "user.created");
+    assert_eq!(item.delivery.last_error.as_deref(), Some("boom"));
+    assert_eq!(item.delivery.history.len(), 1);
+}
+
+pub async fn requeue_by_ids_gives_a_fresh_budget(store: &dyn Store) {
+    register(store, "hr", &["*"], 1).await;
+    let p = publish_to(store, event("crm", "acme", "user.created", T0), &["hr"]).await;
+    let leased = lease(store, "hr", 1, T0).await.remove(0);
+    let dead = store
+        .nack(app("hr"), nack_item(&leased.id, 1, false, None), T0)
+        .await
+        .unwrap();
+    assert_eq!(dead.status, DeliveryStatus::Dead);
+    let requeued = store
+        .requeue(RequeueRequest {
+            selector: RequeueSelector::Ids(vec![leased.id.clone()]),
+            by: "admin".into(),
+            visible_to: None,
+            now: T0.plus_ms(5),
+        })
+        .await
+        .unwrap();
+    assert_eq!(requeued.count, 1);
+    assert_eq!(requeued.apps, [app("hr")]);
+    let again = lease(store, "hr", 1, T0.plus_ms(5)).await.remove(0);
+    assert_eq!(again.attempt, 2);
+    // The budget is fresh: one more attempt, then dead again.
+    let r = store
+        .nack(
+            app("hr"),
+            nack_item(&again.id, 2, false, None),
+            T0.plus_ms(6),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, DeliveryStatus::Dead);
+    let d = &store.event(p.id).await.unwrap().unwrap().deliveries[0];
+    assert_eq!(d.history.len(), 2, "the attempt history is kept");
+    assert_eq!(
+        d.requeues,
+        [switchboard_core::event::Requeue {
+            at: T0.plus_ms(5),
+            by: "admin".into()
+        }]
+    );
+}
+
+pub async fn requeue_of_a_live_delivery_changes_nothing(store: &dyn Store) {
+    let dead = make_dead(store, "acme", "user.created", "hr", T0).await;
+    let live = publish_to(store, event("crm", "acme", "user.created", T0), &["hr"])
+        .await
+        .deliveries[0]
+        .id
+        .clone();
+    let result = store
+        .requeue(RequeueRequest {
+            selector: RequeueSelector::Ids(vec![dead.clone(), live.clone()]),
+            by: "admin".into(),
+            visible_to: None,
+            now: T0,
+        })
+        .await;
+    assert_eq!(
+        result.unwrap_err(),
+        StoreError::NotDead {
+            id: live,
+            status: DeliveryStatus::Pending
+        }
+    );
+    assert_eq!(dead_ids(store, DeadFilter::default()).await, [dead]);
+    let unknown = DeliveryId::parse("dlv_77777").unwrap();
+    let result = store
+        .requeue(RequeueRequest {
+            selector: RequeueSelector::Ids(vec![unknown.clone()]),
+            by: "admin".into(),
+            visible_to: None,
+            now: T0,
+        })
+        .await;
+    assert_eq!(result.unwrap_err(), StoreError::UnknownDelivery(unknown));
+}
+
+pub async fn requeue_by_filter_moves_a_bounded_batch(store: &dyn Store) {
+    for i in 0..12 {
+        make_dead(store, "acme", "user.created", "hr", T0.plus_ms(i)).await;
+    }
+    let other = make_dead(store, "globex", "user.created", "hr", T0).await;
+    let filter = DeadFilter {
+        tenant: Some(TenantId::parse("acme").unwrap()),
+        ..Default::default()
+    };
+    let by_filter = |limit| RequeueRequest {
+        selector: RequeueSelector::Filter {
+            filter: filter.clone(),
+            limit,
+        },
+        by: "admin".into(),
+        visible_to: None,
+        now: T0.plus_ms(100),
+    };
+    assert_eq!(store.requeue(by_filter(5)).await.unwrap().count, 5);
+    assert_eq!(store.requeue(by_filter(5)).await.unwrap().count, 5);
+    assert_eq!(store.requeue(by_filter(5)).await.unwrap().count, 2);
+    assert_eq!(store.requeue(by_filter(5)).await.unwrap().count, 0);
+    assert_eq!(dead_ids(store, DeadFilter::default()).await, [other]);
+    assert_eq!(lease(store, "hr", 100, T0.plus_ms(100)).await.len(), 12);
+}
+
+pub async fn requeue_by_an_app_is_limited_to_its_deliveries(store: &dyn Store) {
+    let hr_dead = make_dead(store, "acme", "user.created", "hr", T0).await;
+    let billing_dead = make_dead(store, "acme", "user.created", "billing", T0).await;
+    let as_hr = |selector| RequeueRequest {
+        selector,
+        by: "hr".into(),
+        visible_to: Some(app("hr")),
+        now: T0,
+    };
+    let refused = store
+        .requeue(as_hr(RequeueSelector::Ids(vec![billing_dead.clone()])))
+        .await;
+    assert_eq!(
+        refused.unwrap_err(),
+        StoreError::UnknownDelivery(billing_dead.clone())
+    );
+    let all = RequeueSelector::Filter {
+        filter: DeadFilter::default(),
+        limit: 100,
+    };
+    assert_eq!(store.requeue(as_hr(all)).await.unwrap().count, 1);
+    assert_eq!(dead_ids(store, DeadFilter::default()).await, [billing_dead]);
+    let back = lease(store, "hr", 1, T0).await;
+    assert_eq!(back[0].id, hr_dead);
+}
+
+pub async fn unacknowledged_lists_open_deliveries_oldest_first(store: &dyn Store) {
+    register(store, "hr", &["*"], 8).await;
+    let pending = publish_to(store, event("crm", "acme", "user.created", T0), &["hr"])
+        .await
+        .deliveries[0]
+        .id
+        .clone();
+    let in_flight = publish_to(
+        store,
+        event("crm", "acme", "user.created", T0.plus_ms(1)),
+        &["billing"],
+    )
+    .await
+    .deliveries[0]
+        .id
+        .clone();
+    lease(store, "billing", 1, T0.plus_ms(1)).await;
+    let failing = publish_to(
+        store,
+        event("crm", "acme", "user.created", T0.plus_ms(2)),
+        &["audit"],
+    )
+    .await
+    .deliveries[0]
+        .id
+        .clone();
+    let l = lease(store, "audit", 1, T0.plus_ms(2)).await.remove(0);
+    store
+        .nack(
+            app("audit"),
+            nack_item(&l.id, 1, false, None),
+            T0.plus_ms(2),
+        )
+        .await
+        .unwrap();
+    make_dead(store, "acme", "user.created", "crm", T0.plus_ms(3)).await;
+    publish_to(store, event("crm", "globex", "user.created", T0), &["hr"]).await;
+    let query = |created_before, limit, cursor| UnackedQuery {
+        tenant: TenantId::parse("acme").unwrap(),
+        visible_to: None,
+        created_before,
+        limit,
+        cursor,
+    };
+    let page = store
+        .unacknowledged(query(T0.plus_ms(10), 100, None))
+        .await
+        .unwrap();
+    let ids: Vec<DeliveryId> = page.items.iter().map(|r| r.delivery.id.clone()).collect();
+    assert_eq!(ids, [pending.clone(), in_flight.clone(), failing.clone()]);
+    assert_eq!(page.items[2].delivery.last_error.as_deref(), Some("boom"));
+    assert_eq!(page.items[2].delivery.attempts, 1);
+    let older = store
+        .unacknowledged(query(T0.plus_ms(1), 100, None))
+        .await
+        .unwrap();
+    assert_eq!(older.items.len(), 2);
+    let first = store
+        .unacknowledged(query(T0.plus_ms(10), 2, None))
+        .await
+        .unwrap();
+    assert_eq!(first.items.len(), 2);
+    let rest = store
+        .unacknowledged(query(T0.plus_ms(10), 2, first.next_cursor))
+        .await
+        .unwrap();
+    let ids: Vec<DeliveryId> = rest.items.iter().map(|r| r.delivery.id.clone()).collect();
+    assert_eq!(ids, [failing]);
 }

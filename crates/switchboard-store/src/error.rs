@@ -24,6 +24,11 @@ pub enum StoreError {
         given: u32,
         current: u32,
     },
+    #[error("delivery {id} is {status}, not dead: only dead deliveries can be requeued")]
+    NotDead {
+        id: DeliveryId,
+        status: DeliveryStatus,
+    },
     #[error("invalid cursor: pass the next_cursor of a previous page unchanged")]
     InvalidCursor,
     #[error("the store is closed")]

@@ -58,6 +58,23 @@ pub trait Store: Send + Sync + 'static {
     /// attempt for each.
     fn expire_leases(&self, now: Timestamp, limit: usize) -> BoxFuture<'_, Result<Expired>>;
 
+    /// Pushes the lease deadline of a delivery `app` holds to `now + lease_ms`; returns it.
+    fn extend_lease(
+        &self,
+        app: AppId,
+        item: ExtendItem,
+        now: Timestamp,
+    ) -> BoxFuture<'_, Result<Timestamp>>;
+
+    /// Dead deliveries with their events, newest first, one page at a time.
+    fn dead_letters(&self, query: DeadLetterQuery) -> BoxFuture<'_, Result<DeliveryPage>>;
+
+    /// Returns dead deliveries to pending with a fresh attempt budget, recording who asked.
+    fn requeue(&self, req: RequeueRequest) -> BoxFuture<'_, Result<Requeued>>;
+
+    /// A tenant's deliveries not yet acknowledged nor dead, oldest first.
+    fn unacknowledged(&self, query: UnackedQuery) -> BoxFuture<'_, Result<DeliveryPage>>;
+
     fn event(&self, id: EventId) -> BoxFuture<'_, Result<Option<EventRecord>>>;
 
     /// Events newest first, filtered, one page at a time.

@@ -2,8 +2,8 @@
 
 use switchboard_core::event::{Delivery, Event};
 use switchboard_core::{
-    AppId, AppSettings, DeliveryId, DeliveryStatus, EventId, Subscription, TenantId, Timestamp,
-    TypePattern,
+    AppId, AppSettings, DeliveryId, DeliveryStatus, EventId, Route, Subscription, TenantId,
+    Timestamp, TypePattern,
 };
 
 /// SHA-256 of an API key. Keys themselves are never stored.
@@ -36,7 +36,7 @@ pub struct AppUpdate {
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     pub event: Event,
-    pub targets: Vec<AppId>,
+    pub targets: Vec<Route>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,4 +141,82 @@ pub struct EventQuery {
 pub struct EventPage {
     pub events: Vec<EventRecord>,
     pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExtendItem {
+    pub id: DeliveryId,
+    pub attempt: Option<u32>,
+    /// The new lease runs this long from `now`.
+    pub lease_ms: u64,
+}
+
+/// A delivery with its event: one row of the dead-letter and unacknowledged lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryRecord {
+    pub event: Event,
+    pub delivery: Delivery,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryPage {
+    pub items: Vec<DeliveryRecord>,
+    pub next_cursor: Option<String>,
+}
+
+/// Which dead deliveries: every field narrows.
+#[derive(Debug, Clone, Default)]
+pub struct DeadFilter {
+    /// Only deliveries to or from this app (app keys); `None` for the admin.
+    pub visible_to: Option<AppId>,
+    pub tenant: Option<TenantId>,
+    pub target: Option<AppId>,
+    pub event_type: Option<TypePattern>,
+    /// Died at or after (inclusive).
+    pub since: Option<Timestamp>,
+    /// Died before (exclusive).
+    pub until: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetterQuery {
+    pub filter: DeadFilter,
+    pub limit: u32,
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum RequeueSelector {
+    /// Exactly these; all must be dead and visible, or nothing moves.
+    Ids(Vec<DeliveryId>),
+    /// Up to `limit` dead deliveries matching the filter, oldest first.
+    Filter { filter: DeadFilter, limit: usize },
+}
+
+#[derive(Debug, Clone)]
+pub struct RequeueRequest {
+    pub selector: RequeueSelector,
+    /// `admin` or the app asking, recorded in the history.
+    pub by: String,
+    /// For app keys: only their own deliveries (as target).
+    pub visible_to: Option<AppId>,
+    pub now: Timestamp,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Requeued {
+    pub count: usize,
+    /// Apps that got deliveries back: their long-polls should wake.
+    pub apps: Vec<AppId>,
+}
+
+/// Deliveries of a tenant not acknowledged yet (pending, failing or in flight), oldest first.
+#[derive(Debug, Clone)]
+pub struct UnackedQuery {
+    pub tenant: TenantId,
+    pub visible_to: Option<AppId>,
+    /// Only deliveries created at or before this time.
+    pub created_before: Timestamp,
+    pub limit: u32,
+    pub cursor: Option<String>,
 }

@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::{Path, State as AxState};
 use axum::http::StatusCode;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use switchboard_core::{AppId, AppSettings, RetryPolicy, Subscription, TypePattern};
 use switchboard_store::{AppUpdate, NewApp, NewKey};
 
@@ -25,7 +25,7 @@ const MAX_ATTEMPTS_LIMIT: u64 = 1000;
 struct AppIn {
     id: String,
     #[serde(default)]
-    subscriptions: Vec<String>,
+    subscriptions: Vec<Value>,
     max_attempts: Option<u64>,
     backoff: Option<String>,
 }
@@ -33,12 +33,13 @@ struct AppIn {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AppPatch {
-    subscriptions: Option<Vec<String>>,
+    subscriptions: Option<Vec<Value>>,
     max_attempts: Option<u64>,
     backoff: Option<String>,
 }
 
-fn parse_subscriptions(p: &mut Problems, subs: &[String]) -> Vec<Subscription> {
+/// Subscriptions are patterns (`"order.*"`) or `{"pattern": "order.*", "ordered": true}`.
+fn parse_subscriptions(p: &mut Problems, subs: &[Value]) -> Vec<Subscription> {
     if subs.len() > MAX_SUBSCRIPTIONS {
         p.add(
             "subscriptions",
@@ -49,11 +50,49 @@ fn parse_subscriptions(p: &mut Problems, subs: &[String]) -> Vec<Subscription> {
         );
         return Vec::new();
     }
-    subs.iter()
-        .enumerate()
-        .filter_map(|(i, s)| p.check(format!("subscriptions[{i}]"), TypePattern::parse(s)))
-        .map(|pattern| Subscription { pattern })
-        .collect()
+    let mut out = Vec::with_capacity(subs.len());
+    for (i, item) in subs.iter().enumerate() {
+        let field = format!("subscriptions[{i}]");
+        let (pattern, ordered) = match item {
+            Value::String(s) => (s.as_str(), false),
+            Value::Object(o) => {
+                let unknown: Vec<&String> = o
+                    .keys()
+                    .filter(|k| !matches!(k.as_str(), "pattern" | "ordered"))
+                    .collect();
+                if let Some(k) = unknown.first() {
+                    p.add(
+                        &field,
+                        format!("unknown field `{k}`: use `pattern` and `ordered`"),
+                    );
+                    continue;
+                }
+                let Some(pattern) = o.get("pattern").and_then(Value::as_str) else {
+                    p.add(
+                        format!("{field}.pattern"),
+                        "is required: a pattern like `order.*`",
+                    );
+                    continue;
+                };
+                match o.get("ordered") {
+                    None => (pattern, false),
+                    Some(Value::Bool(b)) => (pattern, *b),
+                    Some(_) => {
+                        p.add(format!("{field}.ordered"), "must be true or false");
+                        continue;
+                    }
+                }
+            }
+            _ => {
+                p.add(&field, "must be a pattern like `order.*` or {\"pattern\": \"order.*\", \"ordered\": true}");
+                continue;
+            }
+        };
+        if let Some(pattern) = p.check(field, TypePattern::parse(pattern)) {
+            out.push(Subscription { pattern, ordered });
+        }
+    }
+    out
 }
 
 fn parse_settings(

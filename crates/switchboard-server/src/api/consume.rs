@@ -263,3 +263,48 @@ pub async fn nack(
         },
     ))
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExtendIn {
+    lease_ms: u64,
+    attempt: Option<u32>,
+}
+
+/// `POST /v1/deliveries/{id}/extend`: a consumer holding a lease pushes its deadline, for long
+/// work. The new deadline is `now + lease_ms`.
+pub async fn extend(
+    AxState(state): AxState<Arc<State>>,
+    caller: Caller,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    Body(body): Body,
+) -> Result<Response, ApiError> {
+    let app = caller.require_app("extending a lease")?.clone();
+    let input: ExtendIn = parse_json(
+        &body,
+        "extend request (expected {\"lease_ms\", \"attempt\"?})",
+    )?;
+    let limits = &state.config.limits;
+    let mut p = Problems::default();
+    let id = p.check("id", DeliveryId::parse(&id));
+    in_range(
+        &mut p,
+        "lease_ms",
+        input.lease_ms,
+        limits.min_lease_ms,
+        limits.max_lease_ms,
+    );
+    p.into_result()?;
+    let id = id.expect("checked");
+    let item = switchboard_store::ExtendItem {
+        id: id.clone(),
+        attempt: input.attempt,
+        lease_ms: input.lease_ms,
+    };
+    let until = state.store.extend_lease(app, item, clock::now()).await?;
+    state.sweeper.lease_deadline(until);
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "delivery_id": id, "lease_expires_at": until }),
+    ))
+}

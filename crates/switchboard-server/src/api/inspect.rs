@@ -12,12 +12,12 @@ use switchboard_core::{AppId, DeliveryStatus, EventId, TenantId, Timestamp, Type
 use switchboard_store::{EventQuery, EventRecord};
 
 use super::views::RecordView;
-use super::{Problems, json_response, query_params};
+use super::{Problems, json_response, page_limit, query_params};
 use crate::State;
 use crate::auth::Caller;
 use crate::error::ApiError;
 
-const DEFAULT_PAGE: u32 = 50;
+pub const DEFAULT_PAGE: u32 = 50;
 
 fn visible(caller: &Caller, record: &EventRecord) -> bool {
     match caller {
@@ -77,15 +77,12 @@ pub async fn list(
     });
     let since = get("since").and_then(|s| p.check("since", Timestamp::parse(s)));
     let until = get("until").and_then(|s| p.check("until", Timestamp::parse(s)));
-    let max_page = state.config.limits.max_page;
-    let limit = match get("limit").map(str::parse::<u32>) {
-        None => DEFAULT_PAGE,
-        Some(Ok(n)) if (1..=max_page).contains(&n) => n,
-        Some(_) => {
-            p.add("limit", format!("must be a number from 1 to {max_page}"));
-            DEFAULT_PAGE
-        }
-    };
+    let limit = page_limit(
+        &mut p,
+        get("limit"),
+        DEFAULT_PAGE,
+        state.config.limits.max_page,
+    );
     p.into_result()?;
     let visible_to = match &caller {
         Caller::Admin => None,

@@ -3,8 +3,10 @@
 
 mod apps;
 mod consume;
+mod dead_letters;
 mod inspect;
 mod publish;
+mod tenants;
 mod views;
 
 use std::collections::HashMap;
@@ -34,6 +36,13 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/v1/consume", post(consume::consume))
         .route("/v1/ack", post(consume::ack))
         .route("/v1/nack", post(consume::nack))
+        .route("/v1/deliveries/{id}/extend", post(consume::extend))
+        .route("/v1/dead-letters", get(dead_letters::list))
+        .route("/v1/dead-letters/requeue", post(dead_letters::requeue))
+        .route(
+            "/v1/tenants/{tenant}/unacknowledged",
+            get(tenants::unacknowledged),
+        )
         .fallback(|| async {
             ApiError::not_found(
                 "not_found",
@@ -179,5 +188,17 @@ pub fn in_range(problems: &mut Problems, field: &str, value: u64, min: u64, max:
             field,
             format!("{value} is out of range: use {min} to {max}"),
         );
+    }
+}
+
+/// The `limit` query parameter: 1 to `max`, `default` when absent.
+pub fn page_limit(p: &mut Problems, value: Option<&str>, default: u32, max: u32) -> u32 {
+    match value.map(str::parse::<u32>) {
+        None => default,
+        Some(Ok(n)) if (1..=max).contains(&n) => n,
+        Some(_) => {
+            p.add("limit", format!("must be a number from 1 to {max}"));
+            default
+        }
     }
 }

@@ -275,8 +275,6 @@ pub async fn publish(
         .collect();
     p.into_result()?;
 
-    let patterns: Vec<(AppId, Vec<switchboard_core::TypePattern>)> =
-        apps.iter().map(|a| (a.id.clone(), a.patterns())).collect();
     let new_events: Vec<NewEvent> = events
         .into_iter()
         .map(|event| {
@@ -284,7 +282,7 @@ pub async fn publish(
                 &source,
                 &event.event_type,
                 event.named_targets.as_deref(),
-                patterns.iter().map(|(id, p)| (id, p.as_slice())),
+                apps.iter().map(|a| (&a.id, a.subscriptions.as_slice())),
             );
             NewEvent { event, targets }
         })

@@ -3,9 +3,9 @@
 
 use serde::Serialize;
 use serde_json::value::RawValue;
-use switchboard_core::event::{App, Attempt, Delivery, Event};
+use switchboard_core::event::{App, Attempt, Delivery, Event, Requeue};
 use switchboard_core::{AppId, DeliveryStatus, Timestamp};
-use switchboard_store::EventRecord;
+use switchboard_store::{DeliveryRecord, EventRecord};
 
 /// Stored JSON text as a raw value; stored text is always valid JSON, so a failure is a bug
 /// worth seeing rather than hiding.
@@ -74,11 +74,40 @@ pub struct DeliveryView<'a> {
     pub acknowledged_at: Option<Timestamp>,
     /// Publish → ack, once acknowledged.
     pub latency_ms: Option<u64>,
-    pub history: &'a [Attempt],
+    /// Attempts and requeues, oldest first, each with a `kind`.
+    pub history: Vec<HistoryEntry<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum HistoryEntry<'a> {
+    Attempt(&'a Attempt),
+    Requeue(&'a Requeue),
+}
+
+impl HistoryEntry<'_> {
+    fn at(&self) -> Timestamp {
+        match self {
+            HistoryEntry::Attempt(a) => a.started_at,
+            HistoryEntry::Requeue(r) => r.at,
+        }
+    }
+}
+
+fn history(d: &Delivery) -> Vec<HistoryEntry<'_>> {
+    let mut entries: Vec<HistoryEntry> = d
+        .history
+        .iter()
+        .map(HistoryEntry::Attempt)
+        .chain(d.requeues.iter().map(HistoryEntry::Requeue))
+        .collect();
+    // Stable: an attempt and a requeue at the same millisecond keep attempt first.
+    entries.sort_by_key(HistoryEntry::at);
+    entries
 }
 
 impl<'a> DeliveryView<'a> {
-    fn of(d: &'a Delivery, event_time: Timestamp) -> DeliveryView<'a> {
+    pub fn of(d: &'a Delivery, event_time: Timestamp) -> DeliveryView<'a> {
         DeliveryView {
             delivery_id: d.id.as_str(),
             target: d.target.as_str(),
@@ -92,7 +121,7 @@ impl<'a> DeliveryView<'a> {
             lease_expires_at: d.lease_expires_at,
             acknowledged_at: d.acknowledged_at,
             latency_ms: d.latency_ms(event_time),
-            history: &d.history,
+            history: history(d),
         }
     }
 }
@@ -120,7 +149,8 @@ impl<'a> RecordView<'a> {
 #[derive(Serialize)]
 pub struct AppView<'a> {
     pub id: &'a str,
-    pub subscriptions: Vec<String>,
+    /// Patterns as strings; ordered ones as `{"pattern", "ordered": true}`.
+    pub subscriptions: Vec<serde_json::Value>,
     pub max_attempts: u32,
     pub backoff: String,
     pub created_at: Timestamp,
@@ -133,11 +163,34 @@ impl<'a> AppView<'a> {
             subscriptions: a
                 .subscriptions
                 .iter()
-                .map(|s| s.pattern.to_string())
+                .map(|s| match s.ordered {
+                    false => serde_json::Value::String(s.pattern.to_string()),
+                    true => serde_json::json!({"pattern": s.pattern.to_string(), "ordered": true}),
+                })
                 .collect(),
             max_attempts: a.settings.max_attempts,
             backoff: a.settings.retry.to_string(),
             created_at: a.created_at,
+        }
+    }
+}
+
+/// A delivery with its event: a row of the dead-letter and unacknowledged lists.
+#[derive(Serialize)]
+pub struct DeliveryRecordView<'a> {
+    #[serde(flatten)]
+    pub delivery: DeliveryView<'a>,
+    /// Milliseconds since the delivery was created (at publish).
+    pub age_ms: u64,
+    pub event: EventView<'a>,
+}
+
+impl<'a> DeliveryRecordView<'a> {
+    pub fn of(r: &'a DeliveryRecord, now: Timestamp) -> DeliveryRecordView<'a> {
+        DeliveryRecordView {
+            delivery: DeliveryView::of(&r.delivery, r.event.time),
+            age_ms: now.since(r.delivery.created_at),
+            event: EventView::of(&r.event),
         }
     }
 }

@@ -19,9 +19,9 @@ use switchboard_core::{AppId, EventId, Timestamp};
 
 use self::writer::Writer;
 use crate::{
-    AckItem, AppUpdate, BoxFuture, EventPage, EventQuery, EventRecord, Expired, KeyHash,
-    LeaseRequest, Leased, NackItem, NackResult, NewApp, NewEvent, Published, Result, Store,
-    StoreError,
+    AckItem, AppUpdate, BoxFuture, DeadLetterQuery, DeliveryPage, EventPage, EventQuery,
+    EventRecord, Expired, ExtendItem, KeyHash, LeaseRequest, Leased, NackItem, NackResult, NewApp,
+    NewEvent, Published, RequeueRequest, Requeued, Result, Store, StoreError, UnackedQuery,
 };
 
 pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
@@ -176,6 +176,30 @@ impl Store for SqliteStore {
             self.writer
                 .write(move |ctx| write::expire_leases(ctx, now, limit)),
         )
+    }
+
+    fn extend_lease(
+        &self,
+        app: AppId,
+        item: ExtendItem,
+        now: Timestamp,
+    ) -> BoxFuture<'_, Result<Timestamp>> {
+        Box::pin(
+            self.writer
+                .write(move |ctx| write::extend_lease(ctx, app, item, now)),
+        )
+    }
+
+    fn dead_letters(&self, query: DeadLetterQuery) -> BoxFuture<'_, Result<DeliveryPage>> {
+        Box::pin(self.read(move |conn| read::dead_letters(conn, &query)))
+    }
+
+    fn requeue(&self, req: RequeueRequest) -> BoxFuture<'_, Result<Requeued>> {
+        Box::pin(self.writer.write(move |ctx| write::requeue(ctx, req)))
+    }
+
+    fn unacknowledged(&self, query: UnackedQuery) -> BoxFuture<'_, Result<DeliveryPage>> {
+        Box::pin(self.read(move |conn| read::unacknowledged(conn, &query)))
     }
 
     fn event(&self, id: EventId) -> BoxFuture<'_, Result<Option<EventRecord>>> {

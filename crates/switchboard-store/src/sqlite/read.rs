@@ -2,12 +2,82 @@
 //! last committed state without blocking writes.
 
 use rusqlite::types::Value;
-use rusqlite::{Connection, OptionalExtension, params_from_iter};
-use switchboard_core::event::{App, Attempt, Delivery, Event};
+use rusqlite::{Connection, OptionalExtension, Row, params_from_iter};
+use switchboard_core::event::{App, Attempt, Delivery, Event, Requeue};
 use switchboard_core::{AppId, AttemptOutcome, EventId, Timestamp, TypePattern};
 
 use super::rows::{self, APP_COLS, EVENT_COLS, app_from_row, delivery_id, event_from_row};
-use crate::{EventPage, EventQuery, EventRecord, KeyHash, StoreError};
+use crate::{
+    DeadFilter, DeadLetterQuery, DeliveryPage, DeliveryRecord, EventPage, EventQuery, EventRecord,
+    KeyHash, StoreError, UnackedQuery,
+};
+
+/// A WHERE clause built piece by piece, with numbered arguments.
+pub struct Sql {
+    pub sql: String,
+    pub args: Vec<Value>,
+}
+
+impl Sql {
+    fn new(start: &str) -> Sql {
+        Sql {
+            sql: start.to_owned(),
+            args: Vec::new(),
+        }
+    }
+
+    /// Appends `clause`, whose single `?` becomes the next numbered argument.
+    pub fn push_arg(&mut self, clause: &str, value: Value) {
+        self.args.push(value);
+        self.sql
+            .push_str(&clause.replace('?', &format!("?{}", self.args.len())));
+    }
+
+    fn type_pattern(&mut self, column: &str, pattern: &Option<TypePattern>) {
+        match pattern {
+            None | Some(TypePattern::All) => {}
+            Some(TypePattern::Exact(t)) => {
+                self.push_arg(&format!(" AND {column} = ?"), t.to_string().into())
+            }
+            Some(TypePattern::Prefix(p)) => {
+                // Every type starting with `p` sorts in [p, p + '\u{10FFFF}').
+                self.push_arg(&format!(" AND {column} >= ?"), p.clone().into());
+                self.push_arg(
+                    &format!(" AND {column} < ?"),
+                    format!("{p}\u{10FFFF}").into(),
+                );
+            }
+        }
+    }
+}
+
+/// The WHERE clause selecting dead deliveries (`d`, joined to their events `e`).
+pub struct DeadSql;
+
+impl DeadSql {
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new(f: &DeadFilter) -> Sql {
+        let mut q = Sql::new("d.status = 3");
+        if let Some(tenant) = &f.tenant {
+            q.push_arg(" AND d.tenant = ?", tenant.to_string().into());
+        }
+        if let Some(target) = &f.target {
+            q.push_arg(" AND d.target = ?", target.to_string().into());
+        }
+        q.type_pattern("e.type", &f.event_type);
+        if let Some(since) = f.since {
+            q.push_arg(" AND d.updated_at >= ?", since.millis().into());
+        }
+        if let Some(until) = f.until {
+            q.push_arg(" AND d.updated_at < ?", until.millis().into());
+        }
+        if let Some(app) = &f.visible_to {
+            q.push_arg(" AND (d.target = ?", app.to_string().into());
+            q.push_arg(" OR e.source = ?)", app.to_string().into());
+        }
+        q
+    }
+}
 
 pub fn list_apps(conn: &Connection) -> Result<Vec<App>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!("SELECT {APP_COLS} FROM apps ORDER BY id"))?;
@@ -24,50 +94,73 @@ pub fn app_for_key(conn: &Connection, hash: KeyHash) -> Result<Option<AppId>, St
     Ok(id.map(|s| rows::app_id(&s)).transpose()?)
 }
 
-fn deliveries_of(conn: &Connection, seq: i64) -> Result<Vec<Delivery>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, target, status, attempts, last_error, ack_data, created_at, updated_at, \
-         available_at, lease_expires_at, acked_at FROM deliveries WHERE event_seq = ?1 ORDER BY target",
-    )?;
-    let mut history = conn.prepare_cached(
-        "SELECT attempt, started_at, ended_at, outcome, error FROM attempts \
-         WHERE delivery_id = ?1 ORDER BY attempt",
-    )?;
-    let mut deliveries = stmt
-        .query_map([seq], |r| {
-            let rowid: i64 = r.get(0)?;
-            Ok((
-                rowid,
-                Delivery {
-                    id: delivery_id(rowid),
-                    target: rows::app_id(&r.get::<_, String>(1)?)?,
-                    status: rows::status(r.get(2)?)?,
-                    attempts: r.get(3)?,
-                    last_error: r.get(4)?,
-                    ack_data: r.get(5)?,
-                    created_at: Timestamp(r.get(6)?),
-                    updated_at: Timestamp(r.get(7)?),
-                    available_at: Timestamp(r.get(8)?),
-                    lease_expires_at: r.get::<_, Option<i64>>(9)?.map(Timestamp),
-                    acknowledged_at: r.get::<_, Option<i64>>(10)?.map(Timestamp),
-                    history: Vec::new(),
-                },
-            ))
+/// The delivery columns, in the order [`delivery_from_row`] reads them, for alias `d`.
+const DELIVERY_COLS: &str = "d.id, d.target, d.status, d.attempts, d.last_error, d.ack_data, \
+     d.created_at, d.updated_at, d.available_at, d.lease_expires_at, d.acked_at";
+const DELIVERY_COL_COUNT: usize = 11;
+
+/// Reads a delivery (without history) starting at column `at`; returns it with its row id.
+fn delivery_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<(i64, Delivery)> {
+    let rowid: i64 = r.get(at)?;
+    Ok((
+        rowid,
+        Delivery {
+            id: delivery_id(rowid),
+            target: rows::app_id(&r.get::<_, String>(at + 1)?)?,
+            status: rows::status(r.get(at + 2)?)?,
+            attempts: r.get(at + 3)?,
+            last_error: r.get(at + 4)?,
+            ack_data: r.get(at + 5)?,
+            created_at: Timestamp(r.get(at + 6)?),
+            updated_at: Timestamp(r.get(at + 7)?),
+            available_at: Timestamp(r.get(at + 8)?),
+            lease_expires_at: r.get::<_, Option<i64>>(at + 9)?.map(Timestamp),
+            acknowledged_at: r.get::<_, Option<i64>>(at + 10)?.map(Timestamp),
+            history: Vec::new(),
+            requeues: Vec::new(),
+        },
+    ))
+}
+
+/// Fills in the attempts and requeues of a delivery.
+fn with_history(conn: &Connection, rowid: i64, delivery: &mut Delivery) -> Result<(), StoreError> {
+    delivery.history = conn
+        .prepare_cached(
+            "SELECT attempt, started_at, ended_at, outcome, error FROM attempts \
+             WHERE delivery_id = ?1 ORDER BY attempt",
+        )?
+        .query_map([rowid], |r| {
+            let outcome: Option<String> = r.get(3)?;
+            Ok(Attempt {
+                attempt: r.get(0)?,
+                started_at: Timestamp(r.get(1)?),
+                ended_at: r.get::<_, Option<i64>>(2)?.map(Timestamp),
+                outcome: outcome.as_deref().and_then(AttemptOutcome::parse),
+                error: r.get(4)?,
+            })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    delivery.requeues = conn
+        .prepare_cached("SELECT at, by FROM requeues WHERE delivery_id = ?1 ORDER BY at")?
+        .query_map([rowid], |r| {
+            Ok(Requeue {
+                at: Timestamp(r.get(0)?),
+                by: r.get(1)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(())
+}
+
+fn deliveries_of(conn: &Connection, seq: i64) -> Result<Vec<Delivery>, StoreError> {
+    let mut deliveries = conn
+        .prepare_cached(&format!(
+            "SELECT {DELIVERY_COLS} FROM deliveries d WHERE d.event_seq = ?1 ORDER BY d.target"
+        ))?
+        .query_map([seq], |r| delivery_from_row(r, 0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
     for (rowid, delivery) in &mut deliveries {
-        delivery.history = history
-            .query_map([*rowid], |r| {
-                let outcome: Option<String> = r.get(3)?;
-                Ok(Attempt {
-                    attempt: r.get(0)?,
-                    started_at: Timestamp(r.get(1)?),
-                    ended_at: r.get::<_, Option<i64>>(2)?.map(Timestamp),
-                    outcome: outcome.as_deref().and_then(AttemptOutcome::parse),
-                    error: r.get(4)?,
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        with_history(conn, *rowid, delivery)?;
     }
     Ok(deliveries.into_iter().map(|(_, d)| d).collect())
 }
@@ -91,69 +184,57 @@ pub fn event(conn: &Connection, id: &EventId) -> Result<Option<EventRecord>, Sto
         .transpose()
 }
 
+fn parse_cursor(cursor: &Option<String>) -> Result<Option<i64>, StoreError> {
+    cursor
+        .as_deref()
+        .map(|c| c.parse().map_err(|_| StoreError::InvalidCursor))
+        .transpose()
+}
+
 pub fn events(conn: &Connection, q: &EventQuery) -> Result<EventPage, StoreError> {
-    let mut sql = format!("SELECT {EVENT_COLS} FROM events e WHERE 1 = 1");
-    let mut args: Vec<Value> = Vec::new();
-    let mut arg = |sql: &mut String, clause: &str, value: Value| {
-        args.push(value);
-        sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
-    };
+    let mut sql = Sql::new(&format!("SELECT {EVENT_COLS} FROM events e WHERE 1 = 1"));
     if let Some(tenant) = &q.tenant {
-        arg(&mut sql, " AND e.tenant = ?", tenant.to_string().into());
+        sql.push_arg(" AND e.tenant = ?", tenant.to_string().into());
     }
-    match &q.event_type {
-        None | Some(TypePattern::All) => {}
-        Some(TypePattern::Exact(t)) => arg(&mut sql, " AND e.type = ?", t.to_string().into()),
-        Some(TypePattern::Prefix(p)) => {
-            // Every type starting with `p` sorts in [p, p + '\u{10FFFF}').
-            arg(&mut sql, " AND e.type >= ?", p.clone().into());
-            arg(&mut sql, " AND e.type < ?", format!("{p}\u{10FFFF}").into());
-        }
-    }
+    sql.type_pattern("e.type", &q.event_type);
     if let Some(source) = &q.source {
-        arg(&mut sql, " AND e.source = ?", source.to_string().into());
+        sql.push_arg(" AND e.source = ?", source.to_string().into());
     }
     if let Some(since) = q.since {
-        arg(&mut sql, " AND e.time >= ?", since.millis().into());
+        sql.push_arg(" AND e.time >= ?", since.millis().into());
     }
     if let Some(until) = q.until {
-        arg(&mut sql, " AND e.time < ?", until.millis().into());
+        sql.push_arg(" AND e.time < ?", until.millis().into());
     }
-    if let Some(cursor) = &q.cursor {
-        let seq: i64 = cursor.parse().map_err(|_| StoreError::InvalidCursor)?;
-        arg(&mut sql, " AND e.seq < ?", seq.into());
+    if let Some(seq) = parse_cursor(&q.cursor)? {
+        sql.push_arg(" AND e.seq < ?", seq.into());
     }
     if q.target.is_some() || q.status.is_some() {
-        sql.push_str(" AND EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq");
+        sql.sql
+            .push_str(" AND EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq");
         if let Some(target) = &q.target {
-            arg(&mut sql, " AND d.target = ?", target.to_string().into());
+            sql.push_arg(" AND d.target = ?", target.to_string().into());
         }
         if let Some(status) = q.status {
-            arg(&mut sql, " AND d.status = ?", status.code().into());
+            sql.push_arg(" AND d.status = ?", status.code().into());
         }
-        sql.push(')');
+        sql.sql.push(')');
     }
     if let Some(app) = &q.visible_to {
-        arg(&mut sql, " AND (e.source = ?", app.to_string().into());
-        arg(
-            &mut sql,
+        sql.push_arg(" AND (e.source = ?", app.to_string().into());
+        sql.push_arg(
             " OR EXISTS (SELECT 1 FROM deliveries v WHERE v.event_seq = e.seq AND v.target = ?))",
             app.to_string().into(),
         );
     }
     let limit = q.limit.max(1) as i64;
-    arg(&mut sql, " ORDER BY e.seq DESC LIMIT ?", (limit + 1).into());
+    sql.push_arg(" ORDER BY e.seq DESC LIMIT ?", (limit + 1).into());
 
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut found = stmt
-        .query_map(params_from_iter(args), |r| event_from_row(r, 0))?
+    let mut found = conn
+        .prepare_cached(&sql.sql)?
+        .query_map(params_from_iter(sql.args), |r| event_from_row(r, 0))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    let next_cursor = if found.len() as i64 > limit {
-        found.truncate(limit as usize);
-        found.last().map(|(seq, _)| seq.to_string())
-    } else {
-        None
-    };
+    let next_cursor = page_cursor(&mut found, limit, |(seq, _)| *seq);
     let events = found
         .into_iter()
         .map(|(seq, event)| record(conn, seq, event))
@@ -162,4 +243,66 @@ pub fn events(conn: &Connection, q: &EventQuery) -> Result<EventPage, StoreError
         events,
         next_cursor,
     })
+}
+
+/// Trims a `limit + 1` result to `limit`; the cursor is the key of the last kept row.
+fn page_cursor<T>(rows: &mut Vec<T>, limit: i64, key: impl Fn(&T) -> i64) -> Option<String> {
+    if rows.len() as i64 <= limit {
+        return None;
+    }
+    rows.truncate(limit as usize);
+    rows.last().map(|r| key(r).to_string())
+}
+
+/// Runs a delivery query (selecting delivery then event columns) into a page.
+fn delivery_page(conn: &Connection, sql: Sql, limit: i64) -> Result<DeliveryPage, StoreError> {
+    let mut found = conn
+        .prepare_cached(&sql.sql)?
+        .query_map(params_from_iter(sql.args), |r| {
+            let (rowid, delivery) = delivery_from_row(r, 0)?;
+            let (_, event) = event_from_row(r, DELIVERY_COL_COUNT)?;
+            Ok((rowid, DeliveryRecord { event, delivery }))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let next_cursor = page_cursor(&mut found, limit, |(rowid, _)| *rowid);
+    let mut items = Vec::with_capacity(found.len());
+    for (rowid, mut record) in found {
+        with_history(conn, rowid, &mut record.delivery)?;
+        items.push(record);
+    }
+    Ok(DeliveryPage { items, next_cursor })
+}
+
+pub fn dead_letters(conn: &Connection, q: &DeadLetterQuery) -> Result<DeliveryPage, StoreError> {
+    let filter = DeadSql::new(&q.filter);
+    let mut sql = Sql::new(&format!(
+        "SELECT {DELIVERY_COLS}, {EVENT_COLS} FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE {}",
+        filter.sql
+    ));
+    sql.args = filter.args;
+    if let Some(rowid) = parse_cursor(&q.cursor)? {
+        sql.push_arg(" AND d.id < ?", rowid.into());
+    }
+    let limit = q.limit.max(1) as i64;
+    sql.push_arg(" ORDER BY d.id DESC LIMIT ?", (limit + 1).into());
+    delivery_page(conn, sql, limit)
+}
+
+pub fn unacknowledged(conn: &Connection, q: &UnackedQuery) -> Result<DeliveryPage, StoreError> {
+    let mut sql = Sql::new(&format!(
+        "SELECT {DELIVERY_COLS}, {EVENT_COLS} FROM deliveries d JOIN events e ON e.seq = d.event_seq \
+         WHERE d.status IN (0, 1)"
+    ));
+    sql.push_arg(" AND d.tenant = ?", q.tenant.to_string().into());
+    sql.push_arg(" AND d.created_at <= ?", q.created_before.millis().into());
+    if let Some(app) = &q.visible_to {
+        sql.push_arg(" AND (d.target = ?", app.to_string().into());
+        sql.push_arg(" OR e.source = ?)", app.to_string().into());
+    }
+    if let Some(rowid) = parse_cursor(&q.cursor)? {
+        sql.push_arg(" AND d.id > ?", rowid.into());
+    }
+    let limit = q.limit.max(1) as i64;
+    sql.push_arg(" ORDER BY d.id LIMIT ?", (limit + 1).into());
+    delivery_page(conn, sql, limit)
 }

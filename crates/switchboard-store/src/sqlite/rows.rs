@@ -83,9 +83,32 @@ pub fn delivery_rowid(id: &DeliveryId) -> Result<i64, StoreError> {
         .ok_or_else(|| StoreError::UnknownDelivery(id.clone()))
 }
 
+/// Subscriptions as stored: a JSON array of patterns, `{"pattern", "ordered": true}` for
+/// ordered ones.
 pub fn subscriptions_json(subs: &[Subscription]) -> String {
-    let patterns: Vec<String> = subs.iter().map(|s| s.pattern.to_string()).collect();
-    serde_json::to_string(&patterns).expect("strings serialize")
+    let items: Vec<serde_json::Value> = subs
+        .iter()
+        .map(|s| match s.ordered {
+            false => serde_json::Value::String(s.pattern.to_string()),
+            true => serde_json::json!({"pattern": s.pattern.to_string(), "ordered": true}),
+        })
+        .collect();
+    serde_json::to_string(&items).expect("json values serialize")
+}
+
+fn subscription_from_json(item: &serde_json::Value) -> Option<Subscription> {
+    let (pattern, ordered) = match item {
+        serde_json::Value::String(p) => (p.as_str(), false),
+        serde_json::Value::Object(o) => (
+            o.get("pattern")?.as_str()?,
+            o.get("ordered").and_then(|v| v.as_bool()).unwrap_or(false),
+        ),
+        _ => return None,
+    };
+    Some(Subscription {
+        pattern: TypePattern::parse(pattern).ok()?,
+        ordered,
+    })
 }
 
 pub const APP_COLS: &str = "id, subscriptions, max_attempts, retry, created_at";
@@ -94,15 +117,11 @@ pub fn app_from_row(row: &Row<'_>) -> rusqlite::Result<App> {
     let id: String = row.get(0)?;
     let subs: String = row.get(1)?;
     let retry: String = row.get(3)?;
-    let patterns: Vec<String> =
+    let items: Vec<serde_json::Value> =
         serde_json::from_str(&subs).map_err(|_| corrupt("subscriptions", &subs))?;
-    let subscriptions = patterns
+    let subscriptions = items
         .iter()
-        .map(|p| {
-            TypePattern::parse(p)
-                .map(|pattern| Subscription { pattern })
-                .map_err(|_| corrupt("pattern", p))
-        })
+        .map(|item| subscription_from_json(item).ok_or_else(|| corrupt("subscription", &subs)))
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(App {
         id: app_id(&id)?,

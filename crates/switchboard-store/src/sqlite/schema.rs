@@ -72,6 +72,31 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (delivery_id, attempt)
     ) WITHOUT ROWID;
     "#,
+    // 2: per-entity ordering, requeue with a fresh budget, tenant on deliveries for the
+    // reconciliation view.
+    r#"
+    ALTER TABLE deliveries ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
+    UPDATE deliveries SET tenant = (SELECT tenant FROM events WHERE seq = deliveries.event_seq);
+    -- tenant, unit separator, entity_id; set only for ordered deliveries of an entity.
+    ALTER TABLE deliveries ADD COLUMN order_key TEXT;
+    -- 1 while an earlier delivery of the same order_key is still open.
+    ALTER TABLE deliveries ADD COLUMN blocked INTEGER NOT NULL DEFAULT 0;
+    -- attempts already used when last requeued: the budget counts from here.
+    ALTER TABLE deliveries ADD COLUMN budget_base INTEGER NOT NULL DEFAULT 0;
+    DROP INDEX deliveries_ready;
+    CREATE INDEX deliveries_ready ON deliveries(target, available_at, id)
+        WHERE status = 0 AND blocked = 0;
+    CREATE INDEX deliveries_order ON deliveries(target, order_key, id)
+        WHERE order_key IS NOT NULL AND status IN (0, 1);
+    CREATE INDEX deliveries_dead ON deliveries(id) WHERE status = 3;
+    CREATE INDEX deliveries_open ON deliveries(tenant, id) WHERE status IN (0, 1);
+    CREATE TABLE requeues (
+        delivery_id INTEGER NOT NULL,
+        at          INTEGER NOT NULL,
+        by          TEXT NOT NULL
+    );
+    CREATE INDEX requeues_delivery ON requeues(delivery_id);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -6,7 +6,10 @@ use std::collections::{BTreeSet, HashMap};
 use rusqlite::{OptionalExtension, params};
 use switchboard_core::delivery::{Failure, Transition, after_failure, next_status};
 use switchboard_core::event::App;
-use switchboard_core::{AppId, AppSettings, AttemptOutcome, DeliveryStatus, Timestamp};
+use switchboard_core::{
+    AfterFailure, AppId, AppSettings, AttemptOutcome, DeliveryId, DeliveryStatus, EventId, Route,
+    Timestamp,
+};
 
 use super::rows::{
     self, EVENT_COLS, delivery_id, delivery_rowid, event_from_row, join_targets, load_app,
@@ -14,8 +17,9 @@ use super::rows::{
 };
 use super::writer::WriteCtx;
 use crate::{
-    AckItem, AppUpdate, DeliveryState, Expired, LeaseRequest, Leased, LeasedDelivery, NackItem,
-    NackResult, NewApp, NewEvent, Published, StoreError,
+    AckItem, AppUpdate, DeadFilter, DeliveryState, Expired, ExtendItem, LeaseRequest, Leased,
+    LeasedDelivery, NackItem, NackResult, NewApp, NewEvent, Published, RequeueRequest,
+    RequeueSelector, Requeued, StoreError,
 };
 
 pub fn create_app(ctx: &mut WriteCtx, app: NewApp) -> Result<App, StoreError> {
@@ -71,54 +75,63 @@ pub fn update_app(ctx: &mut WriteCtx, update: AppUpdate) -> Result<App, StoreErr
     Ok(app)
 }
 
+/// `tenant` + unit separator + `entity_id`: the key deliveries are ordered by.
+fn order_key(route: &Route, event: &switchboard_core::event::Event) -> Option<String> {
+    match (route.ordered, &event.entity_id) {
+        (true, Some(entity)) => Some(format!("{}\u{1f}{entity}", event.tenant)),
+        _ => None,
+    }
+}
+
+/// Whether an open (pending or in flight) delivery of `target` with `key` exists, other
+/// than `except`.
+fn has_open(ctx: &WriteCtx, target: &str, key: &str, except: i64) -> Result<bool, StoreError> {
+    let mut stmt = ctx.conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM deliveries WHERE target = ?1 AND order_key = ?2 \
+         AND status IN (0, 1) AND id <> ?3)",
+    )?;
+    Ok(stmt.query_row(params![target, key, except], |r| r.get(0))?)
+}
+
+/// After the open delivery of an ordered entity finished (acknowledged or dead), unblocks
+/// the next one in publish order. Returns true when one was released.
+fn release_next(
+    ctx: &WriteCtx,
+    target: &str,
+    key: &str,
+    now: Timestamp,
+) -> Result<bool, StoreError> {
+    let released = ctx
+        .conn
+        .prepare_cached(
+            "UPDATE deliveries SET blocked = 0, available_at = max(available_at, ?3), updated_at = ?3 \
+             WHERE id = (SELECT id FROM deliveries WHERE target = ?1 AND order_key = ?2 \
+                         AND status IN (0, 1) ORDER BY id LIMIT 1) AND blocked = 1",
+        )?
+        .execute(params![target, key, now.millis()])?;
+    Ok(released > 0)
+}
+
 pub fn publish(
     ctx: &mut WriteCtx,
     events: Vec<NewEvent>,
     now: Timestamp,
 ) -> Result<Vec<Published>, StoreError> {
-    let conn = &ctx.conn;
-    let mut find_idem =
-        conn.prepare_cached("SELECT seq, id FROM events WHERE source = ?1 AND idem_key = ?2")?;
-    let mut find_deliveries = conn.prepare_cached(
-        "SELECT id, target, status FROM deliveries WHERE event_seq = ?1 ORDER BY target",
-    )?;
-    let mut insert_event = conn.prepare_cached(
-        "INSERT INTO events (id, tenant, type, source, time, idem_key, named_targets, entity_id, \
-         correlation_id, causation_id, historical, data) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-    )?;
-    let mut insert_delivery = conn.prepare_cached(
-        "INSERT INTO deliveries (event_seq, target, status, available_at, created_at, updated_at) \
-         VALUES (?1, ?2, 0, ?3, ?3, ?3)",
-    )?;
     let mut out = Vec::with_capacity(events.len());
     for NewEvent { event, targets } in events {
-        if let Some(key) = &event.idempotency_key {
-            let seen: Option<(i64, String)> = find_idem
-                .query_row(params![event.source.as_str(), key], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
-                .optional()?;
-            if let Some((seq, id)) = seen {
-                let deliveries = find_deliveries
-                    .query_map([seq], |r| {
-                        Ok(DeliveryState {
-                            id: delivery_id(r.get(0)?),
-                            target: rows::app_id(&r.get::<_, String>(1)?)?,
-                            status: rows::status(r.get(2)?)?,
-                        })
-                    })?
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
-                out.push(Published {
-                    id: switchboard_core::EventId::parse(&id)
-                        .map_err(|e| StoreError::Internal(e.0))?,
-                    duplicate: true,
-                    deliveries,
-                });
-                continue;
-            }
+        if let Some(key) = &event.idempotency_key
+            && let Some(first) = published_before(ctx, &event.source, key)?
+        {
+            out.push(first);
+            continue;
         }
-        insert_event.execute(params![
+        let conn = &ctx.conn;
+        conn.prepare_cached(
+            "INSERT INTO events (id, tenant, type, source, time, idem_key, named_targets, entity_id, \
+             correlation_id, causation_id, historical, data) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        )?
+        .execute(params![
             event.id.as_str(),
             event.tenant.as_str(),
             event.event_type.as_str(),
@@ -134,11 +147,29 @@ pub fn publish(
         ])?;
         let seq = conn.last_insert_rowid();
         let mut deliveries = Vec::with_capacity(targets.len());
-        for target in targets {
-            insert_delivery.execute(params![seq, target.as_str(), now.millis()])?;
+        for route in &targets {
+            let key = order_key(route, &event);
+            let blocked = match &key {
+                Some(key) => has_open(ctx, route.app.as_str(), key, -1)?,
+                None => false,
+            };
+            ctx.conn
+                .prepare_cached(
+                    "INSERT INTO deliveries (event_seq, target, tenant, status, available_at, \
+                     created_at, updated_at, order_key, blocked) \
+                     VALUES (?1, ?2, ?3, 0, ?4, ?4, ?4, ?5, ?6)",
+                )?
+                .execute(params![
+                    seq,
+                    route.app.as_str(),
+                    event.tenant.as_str(),
+                    now.millis(),
+                    key,
+                    blocked
+                ])?;
             deliveries.push(DeliveryState {
-                id: delivery_id(conn.last_insert_rowid()),
-                target,
+                id: delivery_id(ctx.conn.last_insert_rowid()),
+                target: route.app.clone(),
                 status: DeliveryStatus::Pending,
             });
         }
@@ -151,13 +182,49 @@ pub fn publish(
     Ok(out)
 }
 
+/// The first result of an idempotency key, if `source` used it before.
+fn published_before(
+    ctx: &WriteCtx,
+    source: &AppId,
+    key: &str,
+) -> Result<Option<Published>, StoreError> {
+    let seen: Option<(i64, String)> = ctx
+        .conn
+        .prepare_cached("SELECT seq, id FROM events WHERE source = ?1 AND idem_key = ?2")?
+        .query_row(params![source.as_str(), key], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    let Some((seq, id)) = seen else {
+        return Ok(None);
+    };
+    let deliveries = ctx
+        .conn
+        .prepare_cached(
+            "SELECT id, target, status FROM deliveries WHERE event_seq = ?1 ORDER BY target",
+        )?
+        .query_map([seq], |r| {
+            Ok(DeliveryState {
+                id: delivery_id(r.get(0)?),
+                target: rows::app_id(&r.get::<_, String>(1)?)?,
+                status: rows::status(r.get(2)?)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(Some(Published {
+        id: EventId::parse(&id).map_err(|e| StoreError::Internal(e.0))?,
+        duplicate: true,
+        deliveries,
+    }))
+}
+
 pub fn lease(ctx: &mut WriteCtx, req: LeaseRequest) -> Result<Leased, StoreError> {
     let conn = &ctx.conn;
     let now = req.now.millis();
     let expires = req.now.plus_ms(req.lease_ms);
     let mut ready = conn.prepare_cached(&format!(
         "SELECT d.id, d.attempts, {EVENT_COLS} FROM deliveries d JOIN events e ON e.seq = d.event_seq \
-         WHERE d.target = ?1 AND d.status = 0 AND d.available_at <= ?2 \
+         WHERE d.target = ?1 AND d.status = 0 AND d.blocked = 0 AND d.available_at <= ?2 \
          ORDER BY d.available_at, d.id LIMIT ?3"
     ))?;
     let picked = ready
@@ -187,7 +254,7 @@ pub fn lease(ctx: &mut WriteCtx, req: LeaseRequest) -> Result<Leased, StoreError
     }
     let next_ready_at = if deliveries.is_empty() {
         let mut next = conn.prepare_cached(
-            "SELECT min(available_at) FROM deliveries WHERE target = ?1 AND status = 0",
+            "SELECT min(available_at) FROM deliveries WHERE target = ?1 AND status = 0 AND blocked = 0",
         )?;
         next.query_row([req.app.as_str()], |r| r.get::<_, Option<i64>>(0))?
             .map(Timestamp)
@@ -200,49 +267,66 @@ pub fn lease(ctx: &mut WriteCtx, req: LeaseRequest) -> Result<Leased, StoreError
     })
 }
 
-/// The delivery as a lease holder sees it, after checking that `app` holds `attempt`.
+/// A delivery as its target app sees it when acting on it.
 struct Held {
     rowid: i64,
+    target: String,
     attempts: u32,
+    budget_base: u32,
     status: DeliveryStatus,
+    order_key: Option<String>,
 }
 
-fn held(
-    ctx: &WriteCtx,
-    app: &AppId,
-    id: &switchboard_core::DeliveryId,
-) -> Result<Held, StoreError> {
+/// Loads a delivery of `app`; another app's delivery is reported exactly like a missing one.
+fn held(ctx: &WriteCtx, app: Option<&AppId>, id: &DeliveryId) -> Result<Held, StoreError> {
     let rowid = delivery_rowid(id)?;
-    let mut stmt = ctx
-        .conn
-        .prepare_cached("SELECT target, status, attempts FROM deliveries WHERE id = ?1")?;
-    let row: Option<(String, i64, u32)> = stmt
-        .query_row([rowid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+    let mut stmt = ctx.conn.prepare_cached(
+        "SELECT target, status, attempts, budget_base, order_key FROM deliveries WHERE id = ?1",
+    )?;
+    let row = stmt
+        .query_row([rowid], |r| {
+            Ok(Held {
+                rowid,
+                target: r.get(0)?,
+                status: rows::status(r.get(1)?)?,
+                attempts: r.get(2)?,
+                budget_base: r.get(3)?,
+                order_key: r.get(4)?,
+            })
+        })
         .optional()?;
     match row {
-        Some((target, status, attempts)) if target == app.as_str() => Ok(Held {
-            rowid,
-            attempts,
-            status: rows::status(status)?,
-        }),
-        // Another app's delivery is reported exactly like one that does not exist.
+        Some(h) if app.is_none_or(|a| a.as_str() == h.target) => Ok(h),
         _ => Err(StoreError::UnknownDelivery(id.clone())),
     }
 }
 
-fn check_attempt(
-    id: &switchboard_core::DeliveryId,
-    given: Option<u32>,
-    held: &Held,
-) -> Result<(), StoreError> {
-    match given {
-        Some(given) if given != held.attempts => Err(StoreError::LeaseLost {
+/// Checks that the caller holds the current lease: in flight, and on the attempt it names.
+fn check_lease(id: &DeliveryId, given: Option<u32>, held: &Held) -> Result<(), StoreError> {
+    if let Some(given) = given
+        && given != held.attempts
+    {
+        return Err(StoreError::LeaseLost {
             id: id.clone(),
             given,
             current: held.attempts,
-        }),
-        _ => Ok(()),
+        });
     }
+    if held.status != DeliveryStatus::InFlight {
+        return Err(StoreError::NotInFlight {
+            id: id.clone(),
+            status: held.status,
+        });
+    }
+    Ok(())
+}
+
+/// After an ordered delivery finished, lets the next of its entity go.
+fn finished(ctx: &WriteCtx, held: &Held, now: Timestamp) -> Result<(), StoreError> {
+    if let Some(key) = &held.order_key {
+        release_next(ctx, &held.target, key, now)?;
+    }
+    Ok(())
 }
 
 pub fn ack(
@@ -257,24 +341,24 @@ pub fn ack(
         if !seen.insert(item.id.clone()) {
             continue;
         }
-        let held = held(ctx, &app, &item.id)?;
-        check_attempt(&item.id, item.attempt, &held)?;
-        if held.status == DeliveryStatus::Acknowledged {
+        let held = held(ctx, Some(&app), &item.id)?;
+        let repeated = held.status == DeliveryStatus::Acknowledged
+            && item.attempt.is_none_or(|a| a == held.attempts);
+        if repeated {
             // A repeated ack of the attempt that was acknowledged: nothing to do.
             continue;
         }
-        if next_status(held.status, Transition::Ack).is_none() {
-            return Err(StoreError::NotInFlight {
-                id: item.id,
-                status: held.status,
-            });
-        }
-        let conn = &ctx.conn;
-        conn.prepare_cached(
-            "UPDATE deliveries SET status = 2, ack_data = ?2, acked_at = ?3, updated_at = ?3, \
-             lease_expires_at = NULL WHERE id = ?1",
-        )?
-        .execute(params![held.rowid, item.data, now.millis()])?;
+        check_lease(&item.id, item.attempt, &held)?;
+        debug_assert_eq!(
+            next_status(held.status, Transition::Ack),
+            Some(DeliveryStatus::Acknowledged)
+        );
+        ctx.conn
+            .prepare_cached(
+                "UPDATE deliveries SET status = 2, ack_data = ?2, acked_at = ?3, updated_at = ?3, \
+                 lease_expires_at = NULL WHERE id = ?1",
+            )?
+            .execute(params![held.rowid, item.data, now.millis()])?;
         end_attempt(
             ctx,
             held.rowid,
@@ -283,9 +367,27 @@ pub fn ack(
             AttemptOutcome::Acknowledged,
             None,
         )?;
+        finished(ctx, &held, now)?;
         changed += 1;
     }
     Ok(changed)
+}
+
+pub fn extend_lease(
+    ctx: &mut WriteCtx,
+    app: AppId,
+    item: ExtendItem,
+    now: Timestamp,
+) -> Result<Timestamp, StoreError> {
+    let held = held(ctx, Some(&app), &item.id)?;
+    check_lease(&item.id, item.attempt, &held)?;
+    let until = now.plus_ms(item.lease_ms);
+    ctx.conn
+        .prepare_cached(
+            "UPDATE deliveries SET lease_expires_at = ?2, updated_at = ?3 WHERE id = ?1",
+        )?
+        .execute(params![held.rowid, until.millis(), now.millis()])?;
+    Ok(until)
 }
 
 fn end_attempt(
@@ -311,8 +413,9 @@ fn end_attempt(
     Ok(())
 }
 
-fn settings_of(ctx: &WriteCtx, app: &AppId) -> Result<AppSettings, StoreError> {
-    Ok(load_app(&ctx.conn, app)?
+fn settings_of(ctx: &WriteCtx, app: &str) -> Result<AppSettings, StoreError> {
+    let app = rows::app_id(app)?;
+    Ok(load_app(&ctx.conn, &app)?
         .map(|a| a.settings)
         .unwrap_or_default())
 }
@@ -320,19 +423,19 @@ fn settings_of(ctx: &WriteCtx, app: &AppId) -> Result<AppSettings, StoreError> {
 /// Applies a failed attempt: back to pending after a backoff, or dead.
 fn fail(
     ctx: &mut WriteCtx,
-    rowid: i64,
-    attempts: u32,
+    held: &Held,
     failure: Failure,
     settings: &AppSettings,
     error: &str,
     now: Timestamp,
 ) -> Result<NackResult, StoreError> {
     let jitter = ctx.rng.next_f64();
-    let after = after_failure(attempts, failure, settings, now, jitter);
+    let in_budget = held.attempts.saturating_sub(held.budget_base);
+    let after = after_failure(in_budget, failure, settings, now, jitter);
     let status = after.status();
     let retry_at = match after {
-        switchboard_core::AfterFailure::Retry { at } => Some(at),
-        switchboard_core::AfterFailure::Dead => None,
+        AfterFailure::Retry { at } => Some(at),
+        AfterFailure::Dead => None,
     };
     ctx.conn
         .prepare_cached(
@@ -340,13 +443,23 @@ fn fail(
              last_error = ?4, updated_at = ?5 WHERE id = ?1",
         )?
         .execute(params![
-            rowid,
+            held.rowid,
             status.code(),
             retry_at.unwrap_or(now).millis(),
             error,
             now.millis()
         ])?;
-    end_attempt(ctx, rowid, attempts, now, failure.outcome(), Some(error))?;
+    end_attempt(
+        ctx,
+        held.rowid,
+        held.attempts,
+        now,
+        failure.outcome(),
+        Some(error),
+    )?;
+    if status == DeliveryStatus::Dead {
+        finished(ctx, held, now)?;
+    }
     Ok(NackResult { status, retry_at })
 }
 
@@ -356,28 +469,14 @@ pub fn nack(
     nack: NackItem,
     now: Timestamp,
 ) -> Result<NackResult, StoreError> {
-    let held = held(ctx, &app, &nack.id)?;
-    check_attempt(&nack.id, nack.attempt, &held)?;
-    if held.status != DeliveryStatus::InFlight {
-        return Err(StoreError::NotInFlight {
-            id: nack.id,
-            status: held.status,
-        });
-    }
-    let settings = settings_of(ctx, &app)?;
+    let held = held(ctx, Some(&app), &nack.id)?;
+    check_lease(&nack.id, nack.attempt, &held)?;
+    let settings = settings_of(ctx, &held.target)?;
     let failure = Failure::Nack {
         retry_in_ms: nack.retry_in_ms,
         permanent: nack.permanent,
     };
-    fail(
-        ctx,
-        held.rowid,
-        held.attempts,
-        failure,
-        &settings,
-        &nack.error,
-        now,
-    )
+    fail(ctx, &held, failure, &settings, &nack.error, now)
 }
 
 pub fn expire_leases(
@@ -388,38 +487,38 @@ pub fn expire_leases(
     let expired = ctx
         .conn
         .prepare_cached(
-            "SELECT id, target, attempts FROM deliveries \
+            "SELECT id, target, attempts, budget_base, order_key FROM deliveries \
              WHERE status = 1 AND lease_expires_at <= ?1 ORDER BY lease_expires_at LIMIT ?2",
         )?
         .query_map(params![now.millis(), limit as i64], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, u32>(2)?,
-            ))
+            Ok(Held {
+                rowid: r.get(0)?,
+                target: r.get(1)?,
+                attempts: r.get(2)?,
+                budget_base: r.get(3)?,
+                status: DeliveryStatus::InFlight,
+                order_key: r.get(4)?,
+            })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut settings: HashMap<String, AppSettings> = HashMap::new();
     let mut apps = BTreeSet::new();
     let count = expired.len();
-    for (rowid, target, attempts) in expired {
-        let app = rows::app_id(&target)?;
-        if !settings.contains_key(&target) {
-            settings.insert(target.clone(), settings_of(ctx, &app)?);
+    for held in expired {
+        if !settings.contains_key(&held.target) {
+            settings.insert(held.target.clone(), settings_of(ctx, &held.target)?);
         }
         let error = "lease expired before the consumer acked or nacked";
-        let result = fail(
+        fail(
             ctx,
-            rowid,
-            attempts,
+            &held,
             Failure::LeaseExpired,
-            &settings[&target],
+            &settings[&held.target],
             error,
             now,
         )?;
-        if result.status == DeliveryStatus::Pending {
-            apps.insert(app);
-        }
+        // Pending again, or dead and maybe releasing the next of its entity: wake either way.
+        apps.insert(rows::app_id(&held.target)?);
     }
     let next_deadline = ctx
         .conn
@@ -430,5 +529,78 @@ pub fn expire_leases(
         count,
         apps: apps.into_iter().collect(),
         next_deadline,
+    })
+}
+
+/// The dead deliveries a filter selects, oldest first, after `after` (a row id).
+fn dead_matching(
+    ctx: &WriteCtx,
+    filter: &DeadFilter,
+    after: i64,
+    limit: usize,
+) -> Result<Vec<i64>, StoreError> {
+    let mut q = super::read::DeadSql::new(filter);
+    q.push_arg(" AND d.id > ?", after.into());
+    q.push_arg(" ORDER BY d.id LIMIT ?", (limit as i64).into());
+    let sql = format!(
+        "SELECT d.id FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE {}",
+        q.sql
+    );
+    let ids = ctx
+        .conn
+        .prepare_cached(&sql)?
+        .query_map(rusqlite::params_from_iter(q.args), |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<i64>>>()?;
+    Ok(ids)
+}
+
+pub fn requeue(ctx: &mut WriteCtx, req: RequeueRequest) -> Result<Requeued, StoreError> {
+    let rowids: Vec<(i64, DeliveryId)> = match &req.selector {
+        RequeueSelector::Ids(ids) => ids
+            .iter()
+            .map(|id| Ok((delivery_rowid(id)?, id.clone())))
+            .collect::<Result<_, StoreError>>()?,
+        RequeueSelector::Filter { filter, limit } => {
+            let mut filter = filter.clone();
+            filter.visible_to = filter.visible_to.or_else(|| req.visible_to.clone());
+            dead_matching(ctx, &filter, 0, *limit)?
+                .into_iter()
+                .map(|rowid| (rowid, delivery_id(rowid)))
+                .collect()
+        }
+    };
+    let mut apps = BTreeSet::new();
+    let mut seen = BTreeSet::new();
+    let now = req.now;
+    for (rowid, id) in rowids {
+        if !seen.insert(rowid) {
+            continue;
+        }
+        // An app may requeue only deliveries sent to it.
+        let held = held(ctx, req.visible_to.as_ref(), &id)?;
+        if next_status(held.status, Transition::Requeue).is_none() {
+            return Err(StoreError::NotDead {
+                id,
+                status: held.status,
+            });
+        }
+        let blocked = match &held.order_key {
+            Some(key) => has_open(ctx, &held.target, key, rowid)?,
+            None => false,
+        };
+        ctx.conn
+            .prepare_cached(
+                "UPDATE deliveries SET status = 0, budget_base = attempts, available_at = ?2, \
+                 updated_at = ?2, blocked = ?3 WHERE id = ?1",
+            )?
+            .execute(params![rowid, now.millis(), blocked])?;
+        ctx.conn
+            .prepare_cached("INSERT INTO requeues (delivery_id, at, by) VALUES (?1, ?2, ?3)")?
+            .execute(params![rowid, now.millis(), req.by])?;
+        apps.insert(rows::app_id(&held.target)?);
+    }
+    Ok(Requeued {
+        count: seen.len(),
+        apps: apps.into_iter().collect(),
     })
 }

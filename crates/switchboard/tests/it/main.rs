@@ -7,4 +7,5 @@ mod crash;
 mod harness;
 mod inspect;
 mod publish;
+mod reliability;
 mod validation;
