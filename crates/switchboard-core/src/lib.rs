@@ -4,6 +4,8 @@
 
 pub mod delivery;
 pub mod event;
+pub mod health;
+pub mod histogram;
 pub mod ids;
 pub mod retry;
 pub mod routing;

@@ -1,0 +1,190 @@
+//! switchboard as a benchmark target: the release `switchboard serve` binary as a child
+//! process, driven over HTTP with the SDK. Sinks are apps subscribed to the event type; the
+//! publisher is an app without subscriptions, so every event goes to every sink.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::de::IgnoredAny;
+use switchboard_client::{Ack, Client, ConsumeRequest, Delivery, Method, NewApp};
+
+use crate::server::{ServerProcess, filesystem_of};
+use crate::target::{EVENT_TYPE, Footprint, TENANT, Target};
+
+/// The admin key the benchmark gives the server.
+const ADMIN_KEY: &str = "sb_bench_admin_key";
+/// Lease long enough that no delivery comes back while its consumer is still acking it.
+const LEASE_MS: u64 = 60_000;
+
+/// Where the binary is and where its data directories go.
+#[derive(Debug, Clone)]
+pub struct SwitchboardConfig {
+    pub binary: PathBuf,
+    pub data_root: PathBuf,
+}
+
+/// One running switchboard with a publisher app and `sinks` subscriber apps.
+#[derive(Debug)]
+pub struct Switchboard {
+    server: ServerProcess,
+    publisher: Client,
+    sinks: Vec<Client>,
+}
+
+/// A publish request body, serialized once.
+#[derive(Debug)]
+pub struct Batch {
+    body: Vec<u8>,
+    count: usize,
+}
+
+impl Target for Switchboard {
+    type Config = SwitchboardConfig;
+    type Batch = Batch;
+    type Delivery = Delivery;
+
+    const NAME: &'static str = "switchboard";
+
+    fn durability(config: &SwitchboardConfig) -> String {
+        format!(
+            "embedded SQLite, WAL, synchronous=FULL: each publish and ack is answered after \
+             its group commit is fsynced; data dir on {}",
+            filesystem_of(&config.data_root).unwrap_or_else(|| "an unknown filesystem".into())
+        )
+    }
+
+    async fn start(config: &SwitchboardConfig, sinks: usize) -> Result<Switchboard> {
+        let binary = config.binary.clone();
+        let data_root = config.data_root.clone();
+        let server = tokio::task::spawn_blocking(move || {
+            ServerProcess::start(
+                &binary,
+                &[
+                    "serve",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--data-dir",
+                    "{data_dir}",
+                ],
+                &[("SWITCHBOARD_ADMIN_KEY", ADMIN_KEY), ("RUST_LOG", "info")],
+                &data_root,
+            )
+        })
+        .await??;
+        let url = server.url();
+        let admin = Client::new(&url, ADMIN_KEY);
+        admin.health().await.context("health check")?;
+        let publisher_key = admin
+            .create_app(&NewApp::new("bench-publisher", Vec::<String>::new()))
+            .await
+            .context("registering the publisher app")?
+            .api_key;
+        let publisher = Client::new(&url, publisher_key);
+        let mut sink_clients = Vec::with_capacity(sinks);
+        for i in 1..=sinks {
+            let key = admin
+                .create_app(&NewApp::new(format!("bench-sink-{i}"), [EVENT_TYPE]))
+                .await
+                .with_context(|| format!("registering sink app {i}"))?
+                .api_key;
+            sink_clients.push(publisher.with_key(key));
+        }
+        Ok(Switchboard {
+            server,
+            publisher,
+            sinks: sink_clients,
+        })
+    }
+
+    fn batch(&self, data: &[&str]) -> Result<Batch> {
+        let mut body = String::with_capacity(data.iter().map(|d| d.len() + 64).sum::<usize>() + 16);
+        let single = data.len() == 1;
+        if !single {
+            body.push_str(r#"{"events":["#);
+        }
+        for (i, d) in data.iter().enumerate() {
+            serde_json::from_str::<IgnoredAny>(d).with_context(|| format!("bad event data {d}"))?;
+            if i > 0 {
+                body.push(',');
+            }
+            write!(
+                body,
+                r#"{{"type":"{EVENT_TYPE}","tenant":"{TENANT}","data":{d}}}"#
+            )?;
+        }
+        if !single {
+            body.push_str("]}");
+        }
+        Ok(Batch {
+            body: body.into_bytes(),
+            count: data.len(),
+        })
+    }
+
+    async fn publish(&self, batch: &Batch) -> Result<usize> {
+        let (status, reply) = self
+            .publisher
+            .raw(Method::POST, "/v1/events", Some(batch.body.clone()))
+            .await?;
+        if !(200..300).contains(&status) {
+            bail!("publish answered {status}: {reply}");
+        }
+        let stored = reply["events"].as_array().map_or(0, Vec::len);
+        if stored != batch.count {
+            bail!(
+                "publish of {} events answered {} events: {reply}",
+                batch.count,
+                stored
+            );
+        }
+        Ok(stored)
+    }
+
+    async fn consume(&self, sink: usize, max: u32, wait: Duration) -> Result<Vec<Delivery>> {
+        let request = ConsumeRequest {
+            max,
+            wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            lease_ms: LEASE_MS,
+        };
+        Ok(self.sinks[sink].consume(&request).await?)
+    }
+
+    async fn ack(&self, sink: usize, deliveries: Vec<Delivery>) -> Result<u64> {
+        let acks: Vec<Ack> = deliveries
+            .into_iter()
+            .map(|d| Ack {
+                delivery_id: d.delivery_id,
+                attempt: Some(d.attempt),
+                data: None,
+            })
+            .collect();
+        Ok(self.sinks[sink].ack(&acks).await?)
+    }
+
+    fn sent_ns(delivery: &Delivery) -> Option<u64> {
+        delivery.event.data.get("sent_ns")?.as_u64()
+    }
+
+    fn footprint(&self) -> Footprint {
+        let memory = self.server.memory().ok();
+        Footprint {
+            peak_rss: memory.map(|m| m.peak_rss),
+            rss: memory.map(|m| m.rss),
+            disk: self.server.disk_bytes().ok(),
+            cpu_seconds: self.server.cpu_seconds().ok(),
+            // Every socket but the listener is a client connection.
+            connections: self.server.sockets().ok().map(|n| n.saturating_sub(1)),
+        }
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.server.warnings()
+    }
+
+    async fn stop(self) -> Result<()> {
+        let Switchboard { server, .. } = self;
+        tokio::task::spawn_blocking(move || server.stop()).await?
+    }
+}
