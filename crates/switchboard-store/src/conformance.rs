@@ -12,9 +12,10 @@ use switchboard_core::{
 };
 
 use crate::{
-    AckItem, AppUpdate, DeadFilter, DeadLetterQuery, EventQuery, ExtendItem, KeyHash, LeaseRequest,
-    NackItem, NewApp, NewEvent, NewKey, Published, RequeueRequest, RequeueSelector, Store,
-    StoreError, UnackedQuery,
+    AckItem, AlertChange, AlertState, AppUpdate, ChannelQuery, ChannelStats, DeadFilter,
+    DeadLetterQuery, EventQuery, ExtendItem, GroupBy, KeyHash, LeaseRequest, NackItem, NewApp,
+    NewEvent, NewKey, Published, RequeueRequest, RequeueSelector, StatsQuery, Store, StoreError,
+    UnackedQuery,
 };
 
 /// A store under test and whatever must live as long as it (a temp dir, a server process).
@@ -61,6 +62,12 @@ macro_rules! conformance_tests {
             requeue_by_filter_moves_a_bounded_batch,
             requeue_by_an_app_is_limited_to_its_deliveries,
             unacknowledged_lists_open_deliveries_oldest_first,
+            channel_counters_follow_every_change,
+            channel_windows_and_tenants_stay_apart,
+            app_activity_records_consumers,
+            alerts_are_recorded_with_their_event,
+            stats_group_by_source_target_type_and_hour,
+            prune_drops_old_counters,
             closed_store_refuses_work
         );
     };
@@ -1466,4 +1473,320 @@ pub async fn unacknowledged_lists_open_deliveries_oldest_first(store: &dyn Store
         .unwrap();
     let ids: Vec<DeliveryId> = rest.items.iter().map(|r| r.delivery.id.clone()).collect();
     assert_eq!(ids, [failing]);
+}
+
+/// The channels of `tenant` over the window since `since`, as (source, target) → stats.
+pub async fn channels_of(
+    store: &dyn Store,
+    tenant: &str,
+    since: Timestamp,
+    now: Timestamp,
+) -> std::collections::BTreeMap<(String, String), ChannelStats> {
+    let rows = store
+        .channels(ChannelQuery {
+            tenant: Some(TenantId::parse(tenant).unwrap()),
+            since,
+            now,
+        })
+        .await
+        .unwrap();
+    rows.into_iter()
+        .map(|c| ((c.source.to_string(), c.target.to_string()), c))
+        .collect()
+}
+
+/// (published, acknowledged, failed_attempts, died, pending, in_flight, failing, dead)
+fn figures(c: &ChannelStats) -> [u64; 8] {
+    [
+        c.published,
+        c.acknowledged,
+        c.failed_attempts,
+        c.died,
+        c.pending,
+        c.in_flight,
+        c.failing,
+        c.dead,
+    ]
+}
+
+pub async fn channel_counters_follow_every_change(store: &dyn Store) {
+    register(store, "hr", &["*"], 2).await;
+    register(store, "billing", &["*"], 8).await;
+    let t = |ms| T0.plus_ms(ms);
+    // Five events crm → hr and billing.
+    for i in 0..5 {
+        publish_to(
+            store,
+            event("crm", "acme", "user.created", t(i)),
+            &["billing", "hr"],
+        )
+        .await;
+    }
+    let now = t(10);
+    let c = channels_of(store, "acme", T0, now).await;
+    assert_eq!(
+        figures(&c[&("crm".into(), "hr".into())]),
+        [5, 0, 0, 0, 5, 0, 0, 0]
+    );
+    let hr = lease(store, "hr", 4, now).await;
+    // ack one 100 ms after publish, nack one (retry), nack one to death (2 attempts), leave one in flight.
+    store
+        .ack(app("hr"), vec![ack_item(&hr[0].id, 1, None)], t(100))
+        .await
+        .unwrap();
+    store
+        .nack(app("hr"), nack_item(&hr[1].id, 1, false, Some(0)), t(100))
+        .await
+        .unwrap();
+    store
+        .nack(app("hr"), nack_item(&hr[2].id, 1, false, Some(0)), t(100))
+        .await
+        .unwrap();
+    let again = lease(store, "hr", 10, t(101)).await;
+    assert_eq!(again.len(), 3, "the two nacked and the one never leased");
+    let second_of_2 = again.iter().find(|d| d.id == hr[2].id).unwrap();
+    store
+        .nack(
+            app("hr"),
+            nack_item(&second_of_2.id, 2, false, None),
+            t(102),
+        )
+        .await
+        .unwrap();
+    let c = channels_of(store, "acme", T0, t(200)).await;
+    let hr_row = &c[&("crm".into(), "hr".into())];
+    // published 5; acked 1; failed attempts 3; died 1; pending 0; in flight 3 (hr[1] again,
+    // hr[3], the fifth); failing 1 (hr[1] in flight after a failure); dead 1.
+    assert_eq!(figures(hr_row), [5, 1, 3, 1, 0, 3, 1, 1]);
+    assert_eq!(hr_row.failures_last_hour, 4);
+    assert_eq!(hr_row.latency.count(), 1);
+    let p50 = hr_row.latency.quantile(0.5).unwrap();
+    assert!((90..=112).contains(&p50), "{p50}");
+    assert_eq!(hr_row.oldest_open_at, Some(t(1)));
+    let billing_row = &c[&("crm".into(), "billing".into())];
+    assert_eq!(figures(billing_row), [5, 0, 0, 0, 5, 0, 0, 0]);
+    assert_eq!(billing_row.oldest_open_at, Some(T0));
+    // Expire the leases: timed-out attempts count as failures.
+    let expired = store.expire_leases(t(1_000_000), 100).await.unwrap();
+    assert_eq!(expired.count, 3);
+    let c = channels_of(store, "acme", T0, t(1_000_000)).await;
+    let hr_row = &c[&("crm".into(), "hr".into())];
+    // hr[1] was on attempt 2 of 2: dead now. The other two back to pending, failing.
+    assert_eq!(figures(hr_row), [5, 1, 6, 2, 2, 0, 2, 2]);
+    // Requeue the dead: pending again, still failing.
+    store
+        .requeue(RequeueRequest {
+            selector: RequeueSelector::Filter {
+                filter: DeadFilter::default(),
+                limit: 100,
+            },
+            by: "admin".into(),
+            visible_to: None,
+            now: t(1_000_001),
+        })
+        .await
+        .unwrap();
+    let c = channels_of(store, "acme", T0, t(1_000_001)).await;
+    assert_eq!(
+        figures(&c[&("crm".into(), "hr".into())]),
+        [5, 1, 6, 2, 4, 0, 4, 0]
+    );
+}
+
+pub async fn channel_windows_and_tenants_stay_apart(store: &dyn Store) {
+    register(store, "hr", &["*"], 8).await;
+    let day = 86_400_000;
+    publish_to(store, event("crm", "acme", "user.created", T0), &["hr"]).await;
+    publish_to(
+        store,
+        event("crm", "acme", "user.created", T0.plus_ms(2 * day)),
+        &["hr"],
+    )
+    .await;
+    publish_to(
+        store,
+        event("crm", "globex", "user.created", T0.plus_ms(2 * day)),
+        &["hr"],
+    )
+    .await;
+    let now = T0.plus_ms(2 * day + 1000);
+    let last_hour = channels_of(store, "acme", Timestamp(now.millis() - 3_600_000), now).await;
+    let row = &last_hour[&("crm".into(), "hr".into())];
+    assert_eq!(row.published, 1, "only the recent one is in the 1 h window");
+    assert_eq!(row.pending, 2, "gauges are not windowed");
+    let all = channels_of(store, "acme", Timestamp(0), now).await;
+    assert_eq!(all[&("crm".into(), "hr".into())].published, 2);
+    let globex = channels_of(store, "globex", Timestamp(0), now).await;
+    assert_eq!(globex[&("crm".into(), "hr".into())].published, 1);
+    assert_eq!(globex[&("crm".into(), "hr".into())].pending, 1);
+    let everyone = store
+        .channels(ChannelQuery {
+            tenant: None,
+            since: Timestamp(0),
+            now,
+        })
+        .await
+        .unwrap();
+    assert_eq!(everyone.len(), 2);
+    assert!(
+        channels_of(store, "initech", Timestamp(0), now)
+            .await
+            .is_empty()
+    );
+}
+
+pub async fn app_activity_records_consumers(store: &dyn Store) {
+    register(store, "hr", &["*"], 8).await;
+    register(store, "billing", &["*"], 8).await;
+    publish_to(
+        store,
+        event("crm", "acme", "user.created", T0),
+        &["hr", "billing"],
+    )
+    .await;
+    publish_to(store, event("crm", "acme", "user.created", T0), &["hr"]).await;
+    lease(store, "hr", 1, T0.plus_ms(5)).await;
+    let activity = store.app_activity().await.unwrap();
+    let by_app: std::collections::HashMap<&str, &crate::AppActivity> =
+        activity.iter().map(|a| (a.app.as_str(), a)).collect();
+    assert_eq!(by_app["hr"].last_consumed_at, Some(T0.plus_ms(5)));
+    assert_eq!((by_app["hr"].pending, by_app["hr"].in_flight), (1, 1));
+    assert_eq!(by_app["billing"].last_consumed_at, None);
+    assert_eq!(
+        (by_app["billing"].pending, by_app["billing"].in_flight),
+        (1, 0)
+    );
+}
+
+pub async fn alerts_are_recorded_with_their_event(store: &dyn Store) {
+    let state = AlertState {
+        tenant: TenantId::parse("acme").unwrap(),
+        source: app("crm"),
+        target: app("hr"),
+        rule: "oldest_open".into(),
+        raised_at: T0,
+    };
+    let mut ev = event("switchboard", "acme", "switchboard.alert.raised", T0);
+    ev.data = r#"{"rule":"oldest_open"}"#.into();
+    let published = store
+        .record_alert(
+            AlertChange::Raised(state.clone()),
+            NewEvent {
+                event: ev,
+                targets: vec![route("ops")],
+            },
+            T0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(published.deliveries.len(), 1);
+    assert_eq!(store.alerts().await.unwrap(), [state.clone()]);
+    let cleared = event(
+        "switchboard",
+        "acme",
+        "switchboard.alert.cleared",
+        T0.plus_ms(1),
+    );
+    store
+        .record_alert(
+            AlertChange::Cleared(state),
+            NewEvent {
+                event: cleared,
+                targets: vec![],
+            },
+            T0.plus_ms(1),
+        )
+        .await
+        .unwrap();
+    assert!(store.alerts().await.unwrap().is_empty());
+    let page = store
+        .events(EventQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let types: Vec<&str> = page
+        .events
+        .iter()
+        .map(|r| r.event.event_type.as_str())
+        .collect();
+    assert_eq!(
+        types,
+        ["switchboard.alert.cleared", "switchboard.alert.raised"]
+    );
+}
+
+pub async fn stats_group_by_source_target_type_and_hour(store: &dyn Store) {
+    register(store, "hr", &["*"], 8).await;
+    publish_to(
+        store,
+        event("crm", "acme", "user.created", T0),
+        &["hr", "billing"],
+    )
+    .await;
+    publish_to(
+        store,
+        event("shop", "acme", "order.created", T0),
+        &["billing"],
+    )
+    .await;
+    publish_to(store, event("crm", "globex", "user.created", T0), &["hr"]).await;
+    let l = lease(store, "hr", 1, T0).await.remove(0);
+    assert_eq!(l.event.tenant.as_str(), "acme");
+    store
+        .ack(app("hr"), vec![ack_item(&l.id, 1, None)], T0.plus_ms(1))
+        .await
+        .unwrap();
+    let stats = |group_by| StatsQuery {
+        tenant: Some(TenantId::parse("acme").unwrap()),
+        visible_to: None,
+        since: T0,
+        until: T0.plus_ms(3_600_000),
+        group_by,
+    };
+    let rows = |r: Vec<crate::StatsRow>| -> Vec<(String, u64, u64)> {
+        r.into_iter()
+            .map(|r| (r.key, r.published, r.acknowledged))
+            .collect()
+    };
+    assert_eq!(
+        rows(store.stats(stats(GroupBy::Source)).await.unwrap()),
+        [("crm".into(), 2, 1), ("shop".into(), 1, 0)]
+    );
+    assert_eq!(
+        rows(store.stats(stats(GroupBy::Target)).await.unwrap()),
+        [("billing".into(), 2, 0), ("hr".into(), 1, 1)]
+    );
+    assert_eq!(
+        rows(store.stats(stats(GroupBy::Type)).await.unwrap()),
+        [
+            ("order.created".into(), 1, 0),
+            ("user.created".into(), 2, 1)
+        ]
+    );
+    let hours = store.stats(stats(GroupBy::Hour)).await.unwrap();
+    assert_eq!(hours.len(), 1);
+    assert_eq!(hours[0].published, 3);
+    assert!(hours[0].key.ends_with(":00:00.000Z"), "{}", hours[0].key);
+}
+
+pub async fn prune_drops_old_counters(store: &dyn Store) {
+    publish_to(store, event("crm", "acme", "user.created", T0), &["hr"]).await;
+    let later = T0.plus_ms(10 * 3_600_000);
+    let removed = store.prune_stats(later, Timestamp(0)).await.unwrap();
+    assert!(removed >= 1, "the minute rows went");
+    let c = channels_of(store, "acme", T0, T0.plus_ms(60_000)).await;
+    assert_eq!(
+        c[&("crm".into(), "hr".into())].published,
+        0,
+        "minute counters are gone"
+    );
+    let c = channels_of(store, "acme", T0, later).await;
+    assert_eq!(
+        c[&("crm".into(), "hr".into())].published,
+        1,
+        "hour counters stay"
+    );
+    assert_eq!(c[&("crm".into(), "hr".into())].pending, 1);
 }

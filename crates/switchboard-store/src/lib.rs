@@ -77,6 +77,35 @@ pub trait Store: Send + Sync + 'static {
 
     fn event(&self, id: EventId) -> BoxFuture<'_, Result<Option<EventRecord>>>;
 
+    /// Every channel of a tenant (or of all), from the counters: never a scan of deliveries.
+    fn channels(&self, query: ChannelQuery) -> BoxFuture<'_, Result<Vec<ChannelStats>>>;
+
+    /// Per app: when it last consumed and its open deliveries.
+    fn app_activity(&self) -> BoxFuture<'_, Result<Vec<AppActivity>>>;
+
+    /// Event counts and outcomes, grouped.
+    fn stats(&self, query: StatsQuery) -> BoxFuture<'_, Result<Vec<StatsRow>>>;
+
+    /// Drops per-minute counters older than `minutes_before` and per-hour ones older than
+    /// `hours_before`; returns how many rows went.
+    fn prune_stats(
+        &self,
+        minutes_before: Timestamp,
+        hours_before: Timestamp,
+    ) -> BoxFuture<'_, Result<usize>>;
+
+    /// Alerts raised and not cleared.
+    fn alerts(&self) -> BoxFuture<'_, Result<Vec<AlertState>>>;
+
+    /// Records an alert change and publishes its event in the same transaction, so an alert
+    /// is announced exactly once per change.
+    fn record_alert(
+        &self,
+        change: AlertChange,
+        event: NewEvent,
+        now: Timestamp,
+    ) -> BoxFuture<'_, Result<Published>>;
+
     /// Events newest first, filtered, one page at a time.
     fn events(&self, query: EventQuery) -> BoxFuture<'_, Result<EventPage>>;
 

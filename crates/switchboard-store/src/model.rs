@@ -1,6 +1,7 @@
 //! The plain data that crosses the storage interface.
 
 use switchboard_core::event::{Delivery, Event};
+use switchboard_core::histogram::Histogram;
 use switchboard_core::{
     AppId, AppSettings, DeliveryId, DeliveryStatus, EventId, Route, Subscription, TenantId,
     Timestamp, TypePattern,
@@ -219,4 +220,97 @@ pub struct UnackedQuery {
     pub created_before: Timestamp,
     pub limit: u32,
     pub cursor: Option<String>,
+}
+
+/// One channel (tenant, source → target): windowed flows from the counters, current gauges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelStats {
+    pub tenant: TenantId,
+    pub source: AppId,
+    pub target: AppId,
+    /// Deliveries created in the window.
+    pub published: u64,
+    /// Deliveries acknowledged in the window.
+    pub acknowledged: u64,
+    /// Failed attempts (nacks and expired leases) in the window.
+    pub failed_attempts: u64,
+    /// Deliveries that went dead in the window.
+    pub died: u64,
+    /// Failed attempts plus deaths in the last hour, whatever the window.
+    pub failures_last_hour: u64,
+    pub pending: u64,
+    pub in_flight: u64,
+    /// Open deliveries that had at least one failed attempt (retrying).
+    pub failing: u64,
+    /// In the dead letters now.
+    pub dead: u64,
+    /// When the oldest pending or in-flight delivery was created.
+    pub oldest_open_at: Option<Timestamp>,
+    /// Publish → ack latencies of the window.
+    pub latency: Histogram,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChannelQuery {
+    /// `None`: every tenant.
+    pub tenant: Option<TenantId>,
+    /// Start of the window. Windows up to two hours are counted by the minute, longer ones by
+    /// the hour (from the start of `since`'s hour).
+    pub since: Timestamp,
+    pub now: Timestamp,
+}
+
+/// When an app last consumed, and its open deliveries (all tenants).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppActivity {
+    pub app: AppId,
+    pub last_consumed_at: Option<Timestamp>,
+    pub pending: u64,
+    pub in_flight: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupBy {
+    Type,
+    Source,
+    Target,
+    Hour,
+}
+
+#[derive(Debug, Clone)]
+pub struct StatsQuery {
+    pub tenant: Option<TenantId>,
+    /// Only deliveries to or from this app (app keys).
+    pub visible_to: Option<AppId>,
+    pub since: Timestamp,
+    pub until: Timestamp,
+    pub group_by: GroupBy,
+}
+
+/// Counts for one group. By source, target or hour they come from the hourly counters (flows
+/// in the range, to the hour); by type from the events published in the range (their
+/// deliveries' outcomes so far).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatsRow {
+    pub key: String,
+    pub published: u64,
+    pub acknowledged: u64,
+    pub failed_attempts: u64,
+    pub dead: u64,
+}
+
+/// An alert that is raised and not yet cleared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertState {
+    pub tenant: TenantId,
+    pub source: AppId,
+    pub target: AppId,
+    pub rule: String,
+    pub raised_at: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+pub enum AlertChange {
+    Raised(AlertState),
+    Cleared(AlertState),
 }

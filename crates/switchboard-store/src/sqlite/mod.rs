@@ -3,6 +3,7 @@
 //! blocking thread pool. Durable on reply: `synchronous = FULL`, so each group commit
 //! fsyncs the WAL before anyone is answered.
 
+mod counters;
 mod read;
 mod rows;
 mod schema;
@@ -19,9 +20,10 @@ use switchboard_core::{AppId, EventId, Timestamp};
 
 use self::writer::Writer;
 use crate::{
-    AckItem, AppUpdate, BoxFuture, DeadLetterQuery, DeliveryPage, EventPage, EventQuery,
-    EventRecord, Expired, ExtendItem, KeyHash, LeaseRequest, Leased, NackItem, NackResult, NewApp,
-    NewEvent, Published, RequeueRequest, Requeued, Result, Store, StoreError, UnackedQuery,
+    AckItem, AlertChange, AlertState, AppActivity, AppUpdate, BoxFuture, ChannelQuery,
+    ChannelStats, DeadLetterQuery, DeliveryPage, EventPage, EventQuery, EventRecord, Expired,
+    ExtendItem, KeyHash, LeaseRequest, Leased, NackItem, NackResult, NewApp, NewEvent, Published,
+    RequeueRequest, Requeued, Result, StatsQuery, StatsRow, Store, StoreError, UnackedQuery,
 };
 
 pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
@@ -208,6 +210,45 @@ impl Store for SqliteStore {
 
     fn events(&self, query: EventQuery) -> BoxFuture<'_, Result<EventPage>> {
         Box::pin(self.read(move |conn| read::events(conn, &query)))
+    }
+
+    fn channels(&self, query: ChannelQuery) -> BoxFuture<'_, Result<Vec<ChannelStats>>> {
+        Box::pin(self.read(move |conn| read::channels(conn, &query)))
+    }
+
+    fn app_activity(&self) -> BoxFuture<'_, Result<Vec<AppActivity>>> {
+        Box::pin(self.read(read::app_activity))
+    }
+
+    fn stats(&self, query: StatsQuery) -> BoxFuture<'_, Result<Vec<StatsRow>>> {
+        Box::pin(self.read(move |conn| read::stats(conn, &query)))
+    }
+
+    fn prune_stats(
+        &self,
+        minutes_before: Timestamp,
+        hours_before: Timestamp,
+    ) -> BoxFuture<'_, Result<usize>> {
+        Box::pin(
+            self.writer
+                .write(move |ctx| write::prune_stats(ctx, minutes_before, hours_before)),
+        )
+    }
+
+    fn alerts(&self) -> BoxFuture<'_, Result<Vec<AlertState>>> {
+        Box::pin(self.read(read::alerts))
+    }
+
+    fn record_alert(
+        &self,
+        change: AlertChange,
+        event: NewEvent,
+        now: Timestamp,
+    ) -> BoxFuture<'_, Result<Published>> {
+        Box::pin(
+            self.writer
+                .write(move |ctx| write::record_alert(ctx, change, event, now)),
+        )
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {

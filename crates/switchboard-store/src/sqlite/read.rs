@@ -2,7 +2,7 @@
 //! last committed state without blocking writes.
 
 use rusqlite::types::Value;
-use rusqlite::{Connection, OptionalExtension, Row, params_from_iter};
+use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use switchboard_core::event::{App, Attempt, Delivery, Event, Requeue};
 use switchboard_core::{AppId, AttemptOutcome, EventId, Timestamp, TypePattern};
 
@@ -305,4 +305,265 @@ pub fn unacknowledged(conn: &Connection, q: &UnackedQuery) -> Result<DeliveryPag
     let limit = q.limit.max(1) as i64;
     sql.push_arg(" ORDER BY d.id LIMIT ?", (limit + 1).into());
     delivery_page(conn, sql, limit)
+}
+
+use std::collections::HashMap;
+
+use switchboard_core::TenantId;
+use switchboard_core::histogram::Histogram;
+
+use super::counters::{HOUR, MINUTE};
+use crate::{AlertState, AppActivity, ChannelQuery, ChannelStats, GroupBy, StatsQuery, StatsRow};
+
+/// A count column (never negative) as `u64`.
+fn count(r: &Row<'_>, i: usize) -> rusqlite::Result<u64> {
+    Ok(r.get::<_, Option<i64>>(i)?.unwrap_or(0).max(0) as u64)
+}
+
+type ChannelKey = (String, String, String);
+
+fn channel_stats_new(key: &ChannelKey) -> rusqlite::Result<ChannelStats> {
+    Ok(ChannelStats {
+        tenant: TenantId::parse(&key.0).map_err(|_| {
+            rusqlite::Error::InvalidColumnType(0, "tenant".into(), rusqlite::types::Type::Text)
+        })?,
+        source: rows::app_id(&key.1)?,
+        target: rows::app_id(&key.2)?,
+        published: 0,
+        acknowledged: 0,
+        failed_attempts: 0,
+        died: 0,
+        failures_last_hour: 0,
+        pending: 0,
+        in_flight: 0,
+        failing: 0,
+        dead: 0,
+        oldest_open_at: None,
+        latency: Histogram::default(),
+    })
+}
+
+/// `AND tenant = ?N` when a tenant is given.
+fn tenant_clause(sql: &mut Sql, column: &str, tenant: &Option<TenantId>) {
+    if let Some(t) = tenant {
+        sql.push_arg(&format!(" AND {column} = ?"), t.to_string().into());
+    }
+}
+
+pub fn channels(conn: &Connection, q: &ChannelQuery) -> Result<Vec<ChannelStats>, StoreError> {
+    let mut out: HashMap<ChannelKey, ChannelStats> = HashMap::new();
+    // Gauges.
+    let mut sql = Sql::new(
+        "SELECT tenant, source, target, pending, in_flight, failing, dead FROM channels WHERE 1 = 1",
+    );
+    tenant_clause(&mut sql, "tenant", &q.tenant);
+    let gauges = conn
+        .prepare_cached(&sql.sql)?
+        .query_map(params_from_iter(sql.args), |r| {
+            let key: ChannelKey = (r.get(0)?, r.get(1)?, r.get(2)?);
+            let mut c = channel_stats_new(&key)?;
+            c.pending = count(r, 3)?;
+            c.in_flight = count(r, 4)?;
+            c.failing = count(r, 5)?;
+            c.dead = count(r, 6)?;
+            Ok((key, c))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    out.extend(gauges);
+
+    // Flows in the window.
+    let window = q.now.since(q.since) as i64;
+    let (period, from) = match window <= 2 * HOUR {
+        true => (
+            MINUTE,
+            q.since.millis() - q.since.millis().rem_euclid(MINUTE),
+        ),
+        false => (HOUR, q.since.millis() - q.since.millis().rem_euclid(HOUR)),
+    };
+    let mut sql = Sql::new(
+        "SELECT tenant, source, target, sum(published), sum(acknowledged), sum(failed), sum(died) \
+         FROM channel_stats WHERE 1 = 1",
+    );
+    sql.push_arg(" AND period = ?", period.into());
+    sql.push_arg(" AND start >= ?", from.into());
+    tenant_clause(&mut sql, "tenant", &q.tenant);
+    sql.sql.push_str(" GROUP BY tenant, source, target");
+    let mut stmt = conn.prepare_cached(&sql.sql)?;
+    let mut rows_ = stmt.query(params_from_iter(sql.args))?;
+    while let Some(r) = rows_.next()? {
+        let key: ChannelKey = (r.get(0)?, r.get(1)?, r.get(2)?);
+        if !out.contains_key(&key) {
+            out.insert(key.clone(), channel_stats_new(&key)?);
+        }
+        let c = out.get_mut(&key).expect("inserted");
+        c.published = count(r, 3)?;
+        c.acknowledged = count(r, 4)?;
+        c.failed_attempts = count(r, 5)?;
+        c.died = count(r, 6)?;
+    }
+    drop(rows_);
+
+    let mut sql = Sql::new(
+        "SELECT tenant, source, target, bucket, sum(count) FROM channel_latency WHERE 1 = 1",
+    );
+    sql.push_arg(" AND period = ?", period.into());
+    sql.push_arg(" AND start >= ?", from.into());
+    tenant_clause(&mut sql, "tenant", &q.tenant);
+    sql.sql.push_str(" GROUP BY tenant, source, target, bucket");
+    let mut stmt = conn.prepare_cached(&sql.sql)?;
+    let mut rows_ = stmt.query(params_from_iter(sql.args))?;
+    while let Some(r) = rows_.next()? {
+        let key: ChannelKey = (r.get(0)?, r.get(1)?, r.get(2)?);
+        if let Some(c) = out.get_mut(&key) {
+            c.latency.add(r.get::<_, i64>(3)? as usize, count(r, 4)?);
+        }
+    }
+    drop(rows_);
+
+    // Failures in the last hour, by the minute.
+    let hour_ago = q.now.millis() - HOUR;
+    let mut sql = Sql::new(
+        "SELECT tenant, source, target, sum(failed) + sum(died) FROM channel_stats WHERE 1 = 1",
+    );
+    sql.push_arg(" AND period = ?", MINUTE.into());
+    sql.push_arg(
+        " AND start >= ?",
+        (hour_ago - hour_ago.rem_euclid(MINUTE)).into(),
+    );
+    tenant_clause(&mut sql, "tenant", &q.tenant);
+    sql.sql.push_str(" GROUP BY tenant, source, target");
+    let mut stmt = conn.prepare_cached(&sql.sql)?;
+    let mut rows_ = stmt.query(params_from_iter(sql.args))?;
+    while let Some(r) = rows_.next()? {
+        let key: ChannelKey = (r.get(0)?, r.get(1)?, r.get(2)?);
+        if let Some(c) = out.get_mut(&key) {
+            c.failures_last_hour = count(r, 3)?;
+        }
+    }
+    drop(rows_);
+
+    // The oldest open delivery of each channel with any: one index seek each.
+    let mut oldest = conn.prepare_cached(
+        "SELECT min(created_at) FROM deliveries WHERE tenant = ?1 AND source = ?2 AND target = ?3 \
+         AND status IN (0, 1)",
+    )?;
+    for (key, c) in out.iter_mut() {
+        if c.pending + c.in_flight > 0 {
+            c.oldest_open_at = oldest
+                .query_row(params![key.0, key.1, key.2], |r| r.get::<_, Option<i64>>(0))?
+                .map(Timestamp);
+        }
+    }
+    let mut channels: Vec<ChannelStats> = out.into_values().collect();
+    channels
+        .sort_by(|a, b| (&a.tenant, &a.source, &a.target).cmp(&(&b.tenant, &b.source, &b.target)));
+    Ok(channels)
+}
+
+pub fn app_activity(conn: &Connection) -> Result<Vec<AppActivity>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT a.id, a.last_consumed_at, coalesce(sum(c.pending), 0), coalesce(sum(c.in_flight), 0) \
+         FROM apps a LEFT JOIN channels c ON c.target = a.id GROUP BY a.id ORDER BY a.id",
+    )?;
+    let activity = stmt
+        .query_map([], |r| {
+            Ok(AppActivity {
+                app: rows::app_id(&r.get::<_, String>(0)?)?,
+                last_consumed_at: r.get::<_, Option<i64>>(1)?.map(Timestamp),
+                pending: count(r, 2)?,
+                in_flight: count(r, 3)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(activity)
+}
+
+pub fn stats(conn: &Connection, q: &StatsQuery) -> Result<Vec<StatsRow>, StoreError> {
+    let mut sql = match q.group_by {
+        GroupBy::Type => {
+            let mut sql = Sql::new(
+                "SELECT e.type, count(d.id), coalesce(sum(d.status = 2), 0), \
+                 coalesce(sum(d.failed_attempts), 0), coalesce(sum(d.status = 3), 0) \
+                 FROM events e JOIN deliveries d ON d.event_seq = e.seq WHERE 1 = 1",
+            );
+            tenant_clause(&mut sql, "e.tenant", &q.tenant);
+            sql.push_arg(" AND e.time >= ?", q.since.millis().into());
+            sql.push_arg(" AND e.time < ?", q.until.millis().into());
+            if let Some(app) = &q.visible_to {
+                sql.push_arg(" AND (d.target = ?", app.to_string().into());
+                sql.push_arg(" OR d.source = ?)", app.to_string().into());
+            }
+            sql.sql.push_str(" GROUP BY e.type ORDER BY e.type");
+            sql
+        }
+        group => {
+            let key = match group {
+                GroupBy::Source => "source",
+                GroupBy::Target => "target",
+                _ => "CAST(start AS TEXT)",
+            };
+            let mut sql = Sql::new(&format!(
+                "SELECT {key}, sum(published), sum(acknowledged), sum(failed), sum(died) \
+                 FROM channel_stats WHERE 1 = 1"
+            ));
+            sql.push_arg(" AND period = ?", HOUR.into());
+            tenant_clause(&mut sql, "tenant", &q.tenant);
+            let from = q.since.millis() - q.since.millis().rem_euclid(HOUR);
+            sql.push_arg(" AND start >= ?", from.into());
+            sql.push_arg(" AND start < ?", q.until.millis().into());
+            if let Some(app) = &q.visible_to {
+                sql.push_arg(" AND (target = ?", app.to_string().into());
+                sql.push_arg(" OR source = ?)", app.to_string().into());
+            }
+            sql.sql.push_str(&format!(" GROUP BY {key} ORDER BY {key}"));
+            sql
+        }
+    };
+    let hour = q.group_by == GroupBy::Hour;
+    let rows_ = conn
+        .prepare_cached(&sql.sql)?
+        .query_map(params_from_iter(std::mem::take(&mut sql.args)), |r| {
+            let key: String = r.get(0)?;
+            let key = match hour {
+                true => key
+                    .parse::<i64>()
+                    .map(|ms| Timestamp(ms).to_string())
+                    .unwrap_or(key),
+                false => key,
+            };
+            Ok(StatsRow {
+                key,
+                published: count(r, 1)?,
+                acknowledged: count(r, 2)?,
+                failed_attempts: count(r, 3)?,
+                dead: count(r, 4)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows_)
+}
+
+pub fn alerts(conn: &Connection) -> Result<Vec<AlertState>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT tenant, source, target, rule, raised_at FROM alerts ORDER BY tenant, source, target, rule",
+    )?;
+    let alerts = stmt
+        .query_map([], |r| {
+            let tenant: String = r.get(0)?;
+            Ok(AlertState {
+                tenant: TenantId::parse(&tenant).map_err(|_| {
+                    rusqlite::Error::InvalidColumnType(
+                        0,
+                        "tenant".into(),
+                        rusqlite::types::Type::Text,
+                    )
+                })?,
+                source: rows::app_id(&r.get::<_, String>(1)?)?,
+                target: rows::app_id(&r.get::<_, String>(2)?)?,
+                rule: r.get(3)?,
+                raised_at: Timestamp(r.get(4)?),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(alerts)
 }

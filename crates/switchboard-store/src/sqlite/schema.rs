@@ -97,6 +97,53 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX requeues_delivery ON requeues(delivery_id);
     "#,
+    // 3: transparency. Per-channel counters kept in the same transaction as each change
+    // (see counters.rs), the source on deliveries, and when each app last consumed.
+    r#"
+    ALTER TABLE deliveries ADD COLUMN source TEXT NOT NULL DEFAULT '';
+    UPDATE deliveries SET source = (SELECT source FROM events WHERE seq = deliveries.event_seq);
+    ALTER TABLE deliveries ADD COLUMN failed_attempts INTEGER NOT NULL DEFAULT 0;
+    UPDATE deliveries SET failed_attempts =
+        (SELECT count(*) FROM attempts a WHERE a.delivery_id = deliveries.id AND a.outcome IN ('failed', 'timed_out'));
+    ALTER TABLE apps ADD COLUMN last_consumed_at INTEGER;
+    CREATE INDEX deliveries_channel_open ON deliveries(tenant, source, target, created_at)
+        WHERE status IN (0, 1);
+    CREATE TABLE channels (
+        tenant TEXT NOT NULL, source TEXT NOT NULL, target TEXT NOT NULL,
+        pending INTEGER NOT NULL, in_flight INTEGER NOT NULL,
+        failing INTEGER NOT NULL,       -- open deliveries with at least one failed attempt
+        dead INTEGER NOT NULL,          -- in the dead letters now
+        published INTEGER NOT NULL, acknowledged INTEGER NOT NULL,   -- all time
+        PRIMARY KEY (tenant, source, target)
+    ) WITHOUT ROWID;
+    INSERT INTO channels
+        SELECT tenant, source, target, sum(status = 0), sum(status = 1),
+               sum(status IN (0, 1) AND failed_attempts > 0), sum(status = 3), count(*), sum(status = 2)
+        FROM deliveries GROUP BY tenant, source, target;
+    CREATE TABLE channel_stats (
+        tenant TEXT NOT NULL, source TEXT NOT NULL, target TEXT NOT NULL,
+        period INTEGER NOT NULL,        -- 60000 (minute) or 3600000 (hour)
+        start INTEGER NOT NULL,
+        published INTEGER NOT NULL, acknowledged INTEGER NOT NULL,
+        failed INTEGER NOT NULL,        -- failed attempts (nacks and timeouts)
+        died INTEGER NOT NULL,
+        latency_sum INTEGER NOT NULL,
+        PRIMARY KEY (tenant, source, target, period, start)
+    ) WITHOUT ROWID;
+    CREATE INDEX channel_stats_period ON channel_stats(period, start);
+    CREATE TABLE channel_latency (
+        tenant TEXT NOT NULL, source TEXT NOT NULL, target TEXT NOT NULL,
+        period INTEGER NOT NULL, start INTEGER NOT NULL,
+        bucket INTEGER NOT NULL, count INTEGER NOT NULL,
+        PRIMARY KEY (tenant, source, target, period, start, bucket)
+    ) WITHOUT ROWID;
+    CREATE INDEX channel_latency_period ON channel_latency(period, start);
+    CREATE TABLE alerts (
+        tenant TEXT NOT NULL, source TEXT NOT NULL, target TEXT NOT NULL, rule TEXT NOT NULL,
+        raised_at INTEGER NOT NULL,
+        PRIMARY KEY (tenant, source, target, rule)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -11,14 +11,15 @@ use switchboard_core::{
     Timestamp,
 };
 
+use super::counters::{Counters, HOUR, MINUTE};
 use super::rows::{
     self, EVENT_COLS, delivery_id, delivery_rowid, event_from_row, join_targets, load_app,
     subscriptions_json,
 };
 use super::writer::WriteCtx;
 use crate::{
-    AckItem, AppUpdate, DeadFilter, DeliveryState, Expired, ExtendItem, LeaseRequest, Leased,
-    LeasedDelivery, NackItem, NackResult, NewApp, NewEvent, Published, RequeueRequest,
+    AckItem, AlertChange, AppUpdate, DeadFilter, DeliveryState, Expired, ExtendItem, LeaseRequest,
+    Leased, LeasedDelivery, NackItem, NackResult, NewApp, NewEvent, Published, RequeueRequest,
     RequeueSelector, Requeued, StoreError,
 };
 
@@ -118,6 +119,7 @@ pub fn publish(
     now: Timestamp,
 ) -> Result<Vec<Published>, StoreError> {
     let mut out = Vec::with_capacity(events.len());
+    let mut counters = Counters::default();
     for NewEvent { event, targets } in events {
         if let Some(key) = &event.idempotency_key
             && let Some(first) = published_before(ctx, &event.source, key)?
@@ -155,18 +157,26 @@ pub fn publish(
             };
             ctx.conn
                 .prepare_cached(
-                    "INSERT INTO deliveries (event_seq, target, tenant, status, available_at, \
+                    "INSERT INTO deliveries (event_seq, target, tenant, source, status, available_at, \
                      created_at, updated_at, order_key, blocked) \
-                     VALUES (?1, ?2, ?3, 0, ?4, ?4, ?4, ?5, ?6)",
+                     VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5, ?5, ?6, ?7)",
                 )?
                 .execute(params![
                     seq,
                     route.app.as_str(),
                     event.tenant.as_str(),
+                    event.source.as_str(),
                     now.millis(),
                     key,
                     blocked
                 ])?;
+            let c = counters.of(
+                event.tenant.as_str(),
+                event.source.as_str(),
+                route.app.as_str(),
+            );
+            c.published += 1;
+            c.pending += 1;
             deliveries.push(DeliveryState {
                 id: delivery_id(ctx.conn.last_insert_rowid()),
                 target: route.app.clone(),
@@ -179,6 +189,7 @@ pub fn publish(
             deliveries,
         });
     }
+    counters.flush(&ctx.conn, now)?;
     Ok(out)
 }
 
@@ -223,14 +234,15 @@ pub fn lease(ctx: &mut WriteCtx, req: LeaseRequest) -> Result<Leased, StoreError
     let now = req.now.millis();
     let expires = req.now.plus_ms(req.lease_ms);
     let mut ready = conn.prepare_cached(&format!(
-        "SELECT d.id, d.attempts, {EVENT_COLS} FROM deliveries d JOIN events e ON e.seq = d.event_seq \
+        "SELECT d.id, d.attempts, d.tenant, d.source, {EVENT_COLS} FROM deliveries d JOIN events e ON e.seq = d.event_seq \
          WHERE d.target = ?1 AND d.status = 0 AND d.blocked = 0 AND d.available_at <= ?2 \
          ORDER BY d.available_at, d.id LIMIT ?3"
     ))?;
     let picked = ready
         .query_map(params![req.app.as_str(), now, req.max], |r| {
-            let (_, event) = event_from_row(r, 2)?;
-            Ok((r.get::<_, i64>(0)?, r.get::<_, u32>(1)?, event))
+            let (_, event) = event_from_row(r, 4)?;
+            let channel: (String, String) = (r.get(2)?, r.get(3)?);
+            Ok((r.get::<_, i64>(0)?, r.get::<_, u32>(1)?, channel, event))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut set_leased = conn.prepare_cached(
@@ -241,7 +253,11 @@ pub fn lease(ctx: &mut WriteCtx, req: LeaseRequest) -> Result<Leased, StoreError
         "INSERT INTO attempts (delivery_id, attempt, started_at) VALUES (?1, ?2, ?3)",
     )?;
     let mut deliveries = Vec::with_capacity(picked.len());
-    for (rowid, attempts, event) in picked {
+    let mut counters = Counters::default();
+    for (rowid, attempts, (tenant, source), event) in picked {
+        let c = counters.of(&tenant, &source, req.app.as_str());
+        c.pending -= 1;
+        c.in_flight += 1;
         let attempt = attempts + 1;
         set_leased.execute(params![rowid, attempt, expires.millis(), now])?;
         start_attempt.execute(params![rowid, attempt, now])?;
@@ -252,6 +268,9 @@ pub fn lease(ctx: &mut WriteCtx, req: LeaseRequest) -> Result<Leased, StoreError
             event,
         });
     }
+    counters.flush(conn, req.now)?;
+    conn.prepare_cached("UPDATE apps SET last_consumed_at = ?2 WHERE id = ?1")?
+        .execute(params![req.app.as_str(), now])?;
     let next_ready_at = if deliveries.is_empty() {
         let mut next = conn.prepare_cached(
             "SELECT min(available_at) FROM deliveries WHERE target = ?1 AND status = 0 AND blocked = 0",
@@ -270,31 +289,43 @@ pub fn lease(ctx: &mut WriteCtx, req: LeaseRequest) -> Result<Leased, StoreError
 /// A delivery as its target app sees it when acting on it.
 struct Held {
     rowid: i64,
+    tenant: String,
+    source: String,
     target: String,
     attempts: u32,
     budget_base: u32,
+    failed_attempts: u32,
+    created_at: Timestamp,
     status: DeliveryStatus,
     order_key: Option<String>,
+}
+
+/// The columns [`held_from_row`] reads.
+const HELD_COLS: &str = "id, tenant, source, target, status, attempts, budget_base, \
+     failed_attempts, created_at, order_key";
+
+fn held_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Held> {
+    Ok(Held {
+        rowid: r.get(0)?,
+        tenant: r.get(1)?,
+        source: r.get(2)?,
+        target: r.get(3)?,
+        status: rows::status(r.get(4)?)?,
+        attempts: r.get(5)?,
+        budget_base: r.get(6)?,
+        failed_attempts: r.get(7)?,
+        created_at: Timestamp(r.get(8)?),
+        order_key: r.get(9)?,
+    })
 }
 
 /// Loads a delivery of `app`; another app's delivery is reported exactly like a missing one.
 fn held(ctx: &WriteCtx, app: Option<&AppId>, id: &DeliveryId) -> Result<Held, StoreError> {
     let rowid = delivery_rowid(id)?;
-    let mut stmt = ctx.conn.prepare_cached(
-        "SELECT target, status, attempts, budget_base, order_key FROM deliveries WHERE id = ?1",
-    )?;
-    let row = stmt
-        .query_row([rowid], |r| {
-            Ok(Held {
-                rowid,
-                target: r.get(0)?,
-                status: rows::status(r.get(1)?)?,
-                attempts: r.get(2)?,
-                budget_base: r.get(3)?,
-                order_key: r.get(4)?,
-            })
-        })
-        .optional()?;
+    let mut stmt = ctx
+        .conn
+        .prepare_cached(&format!("SELECT {HELD_COLS} FROM deliveries WHERE id = ?1"))?;
+    let row = stmt.query_row([rowid], held_from_row).optional()?;
     match row {
         Some(h) if app.is_none_or(|a| a.as_str() == h.target) => Ok(h),
         _ => Err(StoreError::UnknownDelivery(id.clone())),
@@ -337,6 +368,7 @@ pub fn ack(
 ) -> Result<usize, StoreError> {
     let mut seen = BTreeSet::new();
     let mut changed = 0;
+    let mut counters = Counters::default();
     for item in acks {
         if !seen.insert(item.id.clone()) {
             continue;
@@ -368,8 +400,14 @@ pub fn ack(
             None,
         )?;
         finished(ctx, &held, now)?;
+        let c = counters.of(&held.tenant, &held.source, &held.target);
+        c.in_flight -= 1;
+        c.acknowledged += 1;
+        c.failing -= (held.failed_attempts > 0) as i64;
+        c.latencies.push(now.since(held.created_at));
         changed += 1;
     }
+    counters.flush(&ctx.conn, now)?;
     Ok(changed)
 }
 
@@ -423,6 +461,7 @@ fn settings_of(ctx: &WriteCtx, app: &str) -> Result<AppSettings, StoreError> {
 /// Applies a failed attempt: back to pending after a backoff, or dead.
 fn fail(
     ctx: &mut WriteCtx,
+    counters: &mut Counters,
     held: &Held,
     failure: Failure,
     settings: &AppSettings,
@@ -440,7 +479,7 @@ fn fail(
     ctx.conn
         .prepare_cached(
             "UPDATE deliveries SET status = ?2, available_at = ?3, lease_expires_at = NULL, \
-             last_error = ?4, updated_at = ?5 WHERE id = ?1",
+             last_error = ?4, updated_at = ?5, failed_attempts = failed_attempts + 1 WHERE id = ?1",
         )?
         .execute(params![
             held.rowid,
@@ -457,8 +496,21 @@ fn fail(
         failure.outcome(),
         Some(error),
     )?;
-    if status == DeliveryStatus::Dead {
-        finished(ctx, held, now)?;
+    let was_failing = (held.failed_attempts > 0) as i64;
+    let c = counters.of(&held.tenant, &held.source, &held.target);
+    c.in_flight -= 1;
+    c.failed += 1;
+    match status {
+        DeliveryStatus::Dead => {
+            c.dead += 1;
+            c.died += 1;
+            c.failing -= was_failing;
+            finished(ctx, held, now)?;
+        }
+        _ => {
+            c.pending += 1;
+            c.failing += 1 - was_failing;
+        }
     }
     Ok(NackResult { status, retry_at })
 }
@@ -476,7 +528,18 @@ pub fn nack(
         retry_in_ms: nack.retry_in_ms,
         permanent: nack.permanent,
     };
-    fail(ctx, &held, failure, &settings, &nack.error, now)
+    let mut counters = Counters::default();
+    let result = fail(
+        ctx,
+        &mut counters,
+        &held,
+        failure,
+        &settings,
+        &nack.error,
+        now,
+    )?;
+    counters.flush(&ctx.conn, now)?;
+    Ok(result)
 }
 
 pub fn expire_leases(
@@ -486,40 +549,35 @@ pub fn expire_leases(
 ) -> Result<Expired, StoreError> {
     let expired = ctx
         .conn
-        .prepare_cached(
-            "SELECT id, target, attempts, budget_base, order_key FROM deliveries \
-             WHERE status = 1 AND lease_expires_at <= ?1 ORDER BY lease_expires_at LIMIT ?2",
-        )?
-        .query_map(params![now.millis(), limit as i64], |r| {
-            Ok(Held {
-                rowid: r.get(0)?,
-                target: r.get(1)?,
-                attempts: r.get(2)?,
-                budget_base: r.get(3)?,
-                status: DeliveryStatus::InFlight,
-                order_key: r.get(4)?,
-            })
-        })?
+        .prepare_cached(&format!(
+            "SELECT {HELD_COLS} FROM deliveries \
+             WHERE status = 1 AND lease_expires_at <= ?1 ORDER BY lease_expires_at LIMIT ?2"
+        ))?
+        .query_map(params![now.millis(), limit as i64], held_from_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut settings: HashMap<String, AppSettings> = HashMap::new();
     let mut apps = BTreeSet::new();
     let count = expired.len();
+    let mut counters = Counters::default();
     for held in expired {
         if !settings.contains_key(&held.target) {
             settings.insert(held.target.clone(), settings_of(ctx, &held.target)?);
         }
         let error = "lease expired before the consumer acked or nacked";
+        let settings = &settings[&held.target];
         fail(
             ctx,
+            &mut counters,
             &held,
             Failure::LeaseExpired,
-            &settings[&held.target],
+            settings,
             error,
             now,
         )?;
         // Pending again, or dead and maybe releasing the next of its entity: wake either way.
         apps.insert(rows::app_id(&held.target)?);
     }
+    counters.flush(&ctx.conn, now)?;
     let next_deadline = ctx
         .conn
         .prepare_cached("SELECT min(lease_expires_at) FROM deliveries WHERE status = 1")?
@@ -572,6 +630,7 @@ pub fn requeue(ctx: &mut WriteCtx, req: RequeueRequest) -> Result<Requeued, Stor
     let mut apps = BTreeSet::new();
     let mut seen = BTreeSet::new();
     let now = req.now;
+    let mut counters = Counters::default();
     for (rowid, id) in rowids {
         if !seen.insert(rowid) {
             continue;
@@ -597,10 +656,70 @@ pub fn requeue(ctx: &mut WriteCtx, req: RequeueRequest) -> Result<Requeued, Stor
         ctx.conn
             .prepare_cached("INSERT INTO requeues (delivery_id, at, by) VALUES (?1, ?2, ?3)")?
             .execute(params![rowid, now.millis(), req.by])?;
+        let c = counters.of(&held.tenant, &held.source, &held.target);
+        c.dead -= 1;
+        c.pending += 1;
+        c.failing += (held.failed_attempts > 0) as i64;
         apps.insert(rows::app_id(&held.target)?);
     }
+    counters.flush(&ctx.conn, now)?;
     Ok(Requeued {
         count: seen.len(),
         apps: apps.into_iter().collect(),
     })
+}
+
+pub fn prune_stats(
+    ctx: &mut WriteCtx,
+    minutes_before: Timestamp,
+    hours_before: Timestamp,
+) -> Result<usize, StoreError> {
+    let mut removed = 0;
+    for table in ["channel_stats", "channel_latency"] {
+        for (period, before) in [(MINUTE, minutes_before), (HOUR, hours_before)] {
+            removed += ctx
+                .conn
+                .prepare_cached(&format!(
+                    "DELETE FROM {table} WHERE period = ?1 AND start < ?2"
+                ))?
+                .execute(params![period, before.millis()])?;
+        }
+    }
+    Ok(removed)
+}
+
+pub fn record_alert(
+    ctx: &mut WriteCtx,
+    change: AlertChange,
+    event: NewEvent,
+    now: Timestamp,
+) -> Result<Published, StoreError> {
+    match &change {
+        AlertChange::Raised(a) => ctx
+            .conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO alerts (tenant, source, target, rule, raised_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                a.tenant.as_str(),
+                a.source.as_str(),
+                a.target.as_str(),
+                a.rule,
+                a.raised_at.millis()
+            ])?,
+        AlertChange::Cleared(a) => ctx
+            .conn
+            .prepare_cached(
+                "DELETE FROM alerts WHERE tenant = ?1 AND source = ?2 AND target = ?3 AND rule = ?4",
+            )?
+            .execute(params![
+                a.tenant.as_str(),
+                a.source.as_str(),
+                a.target.as_str(),
+                a.rule
+            ])?,
+    };
+    let mut published = publish(ctx, vec![event], now)?;
+    Ok(published.remove(0))
 }

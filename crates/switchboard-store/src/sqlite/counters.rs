@@ -1,0 +1,128 @@
+//! Per-channel counters, kept in the same transaction as the delivery changes they count, so
+//! they are never off. A write operation collects its changes in a [`Counters`] and flushes
+//! them once at its end: one upsert per touched channel and time bucket, not per delivery.
+//!
+//! Tables: `channels` (current gauges and all-time totals per tenant, source, target),
+//! `channel_stats` (per minute and per hour: published, acknowledged, failed attempts, deaths,
+//! latency sum) and `channel_latency` (publish → ack histogram buckets per minute and hour).
+
+use std::collections::HashMap;
+
+use rusqlite::{Connection, params};
+use switchboard_core::Timestamp;
+use switchboard_core::histogram::bucket_of;
+
+use crate::StoreError;
+
+pub const MINUTE: i64 = 60_000;
+pub const HOUR: i64 = 3_600_000;
+
+/// Changes to one channel.
+#[derive(Debug, Default, Clone)]
+pub struct Delta {
+    pub published: i64,
+    pub acknowledged: i64,
+    pub failed: i64,
+    pub died: i64,
+    pub pending: i64,
+    pub in_flight: i64,
+    pub failing: i64,
+    pub dead: i64,
+    /// Publish → ack latencies (ms) of the acks counted here.
+    pub latencies: Vec<u64>,
+}
+
+/// (tenant, source, target)
+pub type Channel = (String, String, String);
+
+#[derive(Debug, Default)]
+pub struct Counters {
+    channels: HashMap<Channel, Delta>,
+}
+
+impl Counters {
+    pub fn of(&mut self, tenant: &str, source: &str, target: &str) -> &mut Delta {
+        // Lookups by borrowed parts would need a custom key; channels per job are few.
+        self.channels
+            .entry((tenant.to_owned(), source.to_owned(), target.to_owned()))
+            .or_default()
+    }
+
+    /// Writes the collected changes, bucketed at `now`.
+    pub fn flush(self, conn: &Connection, now: Timestamp) -> Result<(), StoreError> {
+        if self.channels.is_empty() {
+            return Ok(());
+        }
+        let mut state = conn.prepare_cached(
+            "INSERT INTO channels (tenant, source, target, pending, in_flight, failing, dead, published, acknowledged) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+             ON CONFLICT (tenant, source, target) DO UPDATE SET \
+               pending = pending + excluded.pending, in_flight = in_flight + excluded.in_flight, \
+               failing = failing + excluded.failing, dead = dead + excluded.dead, \
+               published = published + excluded.published, acknowledged = acknowledged + excluded.acknowledged",
+        )?;
+        let mut stats = conn.prepare_cached(
+            "INSERT INTO channel_stats (tenant, source, target, period, start, published, acknowledged, failed, died, latency_sum) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+             ON CONFLICT (tenant, source, target, period, start) DO UPDATE SET \
+               published = published + excluded.published, acknowledged = acknowledged + excluded.acknowledged, \
+               failed = failed + excluded.failed, died = died + excluded.died, \
+               latency_sum = latency_sum + excluded.latency_sum",
+        )?;
+        let mut latency = conn.prepare_cached(
+            "INSERT INTO channel_latency (tenant, source, target, period, start, bucket, count) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+             ON CONFLICT (tenant, source, target, period, start, bucket) DO UPDATE SET count = count + excluded.count",
+        )?;
+        let ms = now.millis();
+        for ((tenant, source, target), d) in self.channels {
+            state.execute(params![
+                tenant,
+                source,
+                target,
+                d.pending,
+                d.in_flight,
+                d.failing,
+                d.dead,
+                d.published,
+                d.acknowledged
+            ])?;
+            let windowed = d.published != 0 || d.acknowledged != 0 || d.failed != 0 || d.died != 0;
+            if !windowed {
+                continue;
+            }
+            let latency_sum: i64 = d.latencies.iter().map(|l| *l as i64).sum();
+            let mut buckets: HashMap<usize, i64> = HashMap::new();
+            for l in &d.latencies {
+                *buckets.entry(bucket_of(*l)).or_default() += 1;
+            }
+            for period in [MINUTE, HOUR] {
+                let start = ms - ms.rem_euclid(period);
+                stats.execute(params![
+                    tenant,
+                    source,
+                    target,
+                    period,
+                    start,
+                    d.published,
+                    d.acknowledged,
+                    d.failed,
+                    d.died,
+                    latency_sum
+                ])?;
+                for (bucket, count) in &buckets {
+                    latency.execute(params![
+                        tenant,
+                        source,
+                        target,
+                        period,
+                        start,
+                        *bucket as i64,
+                        count
+                    ])?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
