@@ -62,6 +62,9 @@ pub async fn run(
     });
     let mut workers = JoinSet::new();
     workers.spawn(sweeper::run(state.clone()));
+    if let Some(wakeups) = store.wakeups() {
+        workers.spawn(forward_wakeups(state.clone(), wakeups));
+    }
 
     let router = api::router(state.clone());
     let served = axum::serve(listener, router)
@@ -78,4 +81,32 @@ pub async fn run(
     store.close().await;
     served?;
     Ok(())
+}
+
+/// Wakes this node's long-polls for apps whose deliveries became ready on another node
+/// sharing the store, and reloads the apps when another node changed them, until shutdown.
+async fn forward_wakeups(
+    state: Arc<State>,
+    mut wakeups: tokio::sync::broadcast::Receiver<switchboard_core::AppId>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let app = tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            got = wakeups.recv() => match got {
+                Ok(app) => app,
+                // Missed some: they were only hints; long-polls still time out and look.
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return,
+            },
+        };
+        // The reserved app id `switchboard`: the registered apps changed.
+        if app.as_str() == "switchboard" {
+            if let Err(e) = state.registry.reload(&*state.store).await {
+                tracing::warn!(error = %e, "cannot reload the apps another node changed");
+            }
+            continue;
+        }
+        state.wake.wake([&app]);
+    }
 }

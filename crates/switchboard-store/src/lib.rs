@@ -4,10 +4,13 @@
 
 mod error;
 mod model;
+pub mod redis;
 pub mod sqlite;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "conformance")]
+pub mod testing;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -108,6 +111,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Events newest first, filtered, one page at a time.
     fn events(&self, query: EventQuery) -> BoxFuture<'_, Result<EventPage>>;
+
+    /// Wake-ups from other nodes sharing this store: ids of apps whose deliveries became
+    /// ready elsewhere, so long-polls here look again; the reserved id `switchboard` says the
+    /// registered apps changed (reload them). `None` when only this process writes.
+    fn wakeups(&self) -> Option<tokio::sync::broadcast::Receiver<AppId>> {
+        None
+    }
 
     /// Finishes pending writes and releases the files. Later calls fail with `Closed`.
     fn close(&self) -> BoxFuture<'_, ()>;

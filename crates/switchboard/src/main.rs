@@ -9,6 +9,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switchboard_server::Config;
+use switchboard_store::Store;
+use switchboard_store::redis::RedisStore;
 use switchboard_store::sqlite::SqliteStore;
 use tokio_util::sync::CancellationToken;
 
@@ -25,7 +27,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the hub on the embedded store.
+    /// Run the hub on the embedded store (or on Redis with `--store redis://...`).
     Serve(ServeArgs),
 }
 
@@ -34,7 +36,7 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:7800")]
     listen: SocketAddr,
-    /// Where the embedded store keeps its files (created if missing).
+    /// Where the embedded store keeps its files, and the admin key file (created if missing).
     #[arg(
         long,
         env = "SWITCHBOARD_DATA_DIR",
@@ -44,6 +46,10 @@ struct ServeArgs {
     /// Largest request body, in bytes.
     #[arg(long, env = "SWITCHBOARD_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     max_body_bytes: usize,
+    /// The store: `sqlite` (embedded, in the data directory; the default) or a Redis URL
+    /// (`redis://127.0.0.1:6379/0`) that several switchboard nodes share.
+    #[arg(long, env = "SWITCHBOARD_STORE", default_value = "sqlite")]
+    store: String,
 }
 
 const ADMIN_KEY_FILE: &str = "admin.key";
@@ -87,8 +93,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })?;
     let mut config = Config::new(admin_key(&args.data_dir)?);
     config.limits.max_body_bytes = args.max_body_bytes;
-    let store = SqliteStore::open(&args.data_dir)
-        .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
+    let store = open_store(&args).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -96,9 +101,30 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(%addr, data_dir = %args.data_dir.display(), "switchboard listening");
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    switchboard_server::run(config, listener, Arc::new(store), shutdown).await?;
+    switchboard_server::run(config, listener, store, shutdown).await?;
     tracing::info!("switchboard stopped");
     Ok(())
+}
+
+/// The store `--store` names: the embedded SQLite store, or Redis at a URL.
+async fn open_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn Store>> {
+    if args.store == "sqlite" {
+        let store = SqliteStore::open(&args.data_dir)
+            .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
+        return Ok(Arc::new(store));
+    }
+    if args.store.starts_with("redis://") || args.store.starts_with("redis+unix://") {
+        // The URL may hold a password: never log it.
+        let store = RedisStore::connect(&args.store)
+            .await
+            .context("cannot connect to the redis store (--store / SWITCHBOARD_STORE)")?;
+        tracing::info!("store: redis");
+        return Ok(Arc::new(store));
+    }
+    anyhow::bail!(
+        "--store must be `sqlite` or a redis URL like `redis://127.0.0.1:6379/0`, not `{}`",
+        args.store
+    )
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

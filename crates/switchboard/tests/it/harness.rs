@@ -5,6 +5,7 @@ use std::sync::Arc;
 use serde_json::json;
 use switchboard_client::{Client, Error, EventView, NewApp, NewEvent, PublishedEvent};
 use switchboard_server::Config;
+use switchboard_store::Store;
 use switchboard_store::sqlite::SqliteStore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -27,13 +28,23 @@ impl Hub {
     pub async fn start_with(config: Config) -> Hub {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
+        Hub::serve(config, Arc::new(store), dir).await
+    }
+
+    /// Starts a hub on a store of the caller's (several hubs may share one Redis).
+    pub async fn start_on(store: Arc<dyn Store>) -> Hub {
+        let dir = tempfile::tempdir().unwrap();
+        Hub::serve(Config::new(ADMIN_KEY), store, dir).await
+    }
+
+    async fn serve(config: Config, store: Arc<dyn Store>, dir: tempfile::TempDir) -> Hub {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(switchboard_server::run(
             config,
             listener,
-            Arc::new(store),
+            store,
             shutdown.clone(),
         ));
         let task = tokio::spawn(async move { task.await.unwrap().unwrap() });

@@ -7,5 +7,6 @@ mod crash;
 mod harness;
 mod inspect;
 mod publish;
+mod redis;
 mod reliability;
 mod validation;
