@@ -11,6 +11,8 @@ use serde_json::Value;
 
 use crate::error::{Error, api_error, transport};
 use crate::query::{encode, events_query_string, query_string};
+use crate::stream::ChangeStream;
+use crate::transparency::{Matrix, Stats, TenantHealth};
 use crate::types::{
     Ack, AckRequest, AckResponse, AppInfo, AppList, AppUpdate, ConsumeRequest, ConsumeResponse,
     CreatedApp, DeadFilter, DeadLettersPage, Delivery, EventBatch, EventView, EventsPage,
@@ -247,6 +249,72 @@ impl Client {
         ]);
         let path = format!("/v1/tenants/{}/unacknowledged{query}", encode(tenant));
         self.send(self.request(Method::GET, &path)).await
+    }
+
+    /// `GET /v1/tenants/{tenant}/matrix?window=`: one row per channel (window `1h`, `24h`,
+    /// `7d` or `all`; `None` for the server's default, 24h).
+    pub async fn matrix(&self, tenant: &str, window: Option<&str>) -> Result<Matrix, Error> {
+        let query = query_string(&[("window", window)]);
+        let path = format!("/v1/tenants/{}/matrix{query}", encode(tenant));
+        self.send(self.request(Method::GET, &path)).await
+    }
+
+    /// `GET /v1/matrix?window=` (admin): one row per channel, summed over tenants.
+    pub async fn suite_matrix(&self, window: Option<&str>) -> Result<Matrix, Error> {
+        let query = query_string(&[("window", window)]);
+        self.send(self.request(Method::GET, &format!("/v1/matrix{query}")))
+            .await
+    }
+
+    /// `GET /v1/tenants/{tenant}/health?window=`: the verdict and its reasons.
+    pub async fn health_of(
+        &self,
+        tenant: &str,
+        window: Option<&str>,
+    ) -> Result<TenantHealth, Error> {
+        let query = query_string(&[("window", window)]);
+        let path = format!("/v1/tenants/{}/health{query}", encode(tenant));
+        self.send(self.request(Method::GET, &path)).await
+    }
+
+    /// `GET /v1/stats`: counts grouped by `type`, `source`, `target` or `hour`.
+    pub async fn stats(
+        &self,
+        tenant: Option<&str>,
+        group_by: &str,
+        since: Option<&str>,
+        until: Option<&str>,
+    ) -> Result<Stats, Error> {
+        let query = query_string(&[
+            ("tenant", tenant),
+            ("group_by", Some(group_by)),
+            ("since", since),
+            ("until", until),
+        ]);
+        self.send(self.request(Method::GET, &format!("/v1/stats{query}")))
+            .await
+    }
+
+    /// `GET /v1/stream`: the live feed of changes, optionally for one tenant and a type
+    /// pattern. The stream stays open until the server closes it or it is dropped.
+    pub async fn stream(
+        &self,
+        tenant: Option<&str>,
+        event_type: Option<&str>,
+    ) -> Result<ChangeStream, Error> {
+        let query = query_string(&[("tenant", tenant), ("type", event_type)]);
+        let response = self
+            .request(Method::GET, &format!("/v1/stream{query}"))
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .send()
+            .await
+            .map_err(|e| transport(&e))?;
+        if !response.status().is_success() {
+            let status = response.status().as_u16();
+            let bytes = response.bytes().await.map_err(|e| transport(&e))?;
+            return Err(api_error(status, &bytes));
+        }
+        Ok(ChangeStream::new(response))
     }
 
     /// `GET /v1/events/{id}`: an event with its deliveries and their history.

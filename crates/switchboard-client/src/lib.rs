@@ -38,12 +38,19 @@ mod consumer;
 mod error;
 mod handler;
 mod query;
+mod stream;
+mod transparency;
 mod types;
 
 pub use client::Client;
 pub use consumer::Consumer;
 pub use error::{Error, FieldError};
 pub use handler::HandlerError;
+pub use stream::ChangeStream;
+pub use transparency::{
+    ChannelHealth, HealthCounts, Matrix, MatrixRow, Percentiles, Reason, Stats, StatsRow,
+    StreamChange, TenantHealth,
+};
 pub use types::{
     Ack, AppInfo, AppUpdate, AttemptView, ConsumeRequest, CreatedApp, DeadFilter, DeadLettersPage,
     Delivery, DeliveryRecord, DeliveryStatus, DeliveryView, Event, EventView, EventsPage,

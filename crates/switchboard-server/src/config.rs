@@ -1,5 +1,9 @@
-//! Server configuration: the admin key and the request limits. Plain data; the binary fills
-//! it from flags and the environment.
+//! Server configuration: the admin key, request limits, health thresholds and retention.
+//! Plain data; the binary fills it from flags and the environment.
+
+use std::time::Duration;
+
+use switchboard_core::health::HealthRules;
 
 /// Bounds on what one request may ask. Each is refused with a 4xx naming it.
 #[derive(Debug, Clone)]
@@ -38,6 +42,13 @@ pub struct Config {
     /// The admin key in clear (from the environment or the data directory).
     pub admin_key: String,
     pub limits: Limits,
+    /// The thresholds of the health verdicts.
+    pub health: HealthRules,
+    /// How often channel health is checked for alerts; `None` turns alerts off.
+    pub alert_interval: Option<Duration>,
+    /// Per-minute counters are kept this long (per-hour ones: `hour_counters_for`).
+    pub minute_counters_for: Duration,
+    pub hour_counters_for: Duration,
 }
 
 impl Config {
@@ -45,6 +56,10 @@ impl Config {
         Config {
             admin_key: admin_key.into(),
             limits: Limits::default(),
+            health: HealthRules::default(),
+            alert_interval: Some(Duration::from_secs(15)),
+            minute_counters_for: Duration::from_secs(3 * 3600),
+            hour_counters_for: Duration::from_secs(90 * 86_400),
         }
     }
 }

@@ -7,9 +7,11 @@ mod auth;
 mod clock;
 mod config;
 mod error;
+mod observe;
 mod registry;
 mod sweeper;
 mod wake;
+mod watch;
 
 use std::sync::Arc;
 
@@ -40,6 +42,7 @@ pub(crate) struct State {
     pub registry: Registry,
     pub wake: wake::Wake,
     pub sweeper: sweeper::Signal,
+    pub observe: observe::Observer,
     pub shutdown: CancellationToken,
 }
 
@@ -58,13 +61,17 @@ pub async fn run(
         registry,
         wake: wake::Wake::default(),
         sweeper: sweeper::Signal::default(),
+        observe: observe::Observer::default(),
         shutdown: shutdown.clone(),
     });
+    // Install the metrics recorder before anything records.
+    observe::prometheus();
     let mut workers = JoinSet::new();
     workers.spawn(sweeper::run(state.clone()));
     if let Some(wakeups) = store.wakeups() {
         workers.spawn(forward_wakeups(state.clone(), wakeups));
     }
+    workers.spawn(watch::run(state.clone()));
 
     let router = api::router(state.clone());
     let served = axum::serve(listener, router)

@@ -40,6 +40,7 @@ pub async fn run(state: Arc<State>) {
                 if expired.count > 0 {
                     tracing::debug!(count = expired.count, "expired leases");
                     state.wake.wake(&expired.apps);
+                    state.observe.changed(&expired.changes, true, now);
                 }
                 if expired.count == BATCH {
                     // More are waiting: go again at once (but let shutdown in).

@@ -49,9 +49,14 @@ pub trait Store: Send + Sync + 'static {
     /// Leases up to `max` ready deliveries of `app`, oldest first.
     fn lease(&self, req: LeaseRequest) -> BoxFuture<'_, Result<Leased>>;
 
-    /// Acknowledges deliveries held by `app`, all or nothing; returns how many changed
+    /// Acknowledges deliveries held by `app`, all or nothing; returns those that changed
     /// (a repeated ack of the same attempt changes nothing and is not an error).
-    fn ack(&self, app: AppId, acks: Vec<AckItem>, now: Timestamp) -> BoxFuture<'_, Result<usize>>;
+    fn ack(
+        &self,
+        app: AppId,
+        acks: Vec<AckItem>,
+        now: Timestamp,
+    ) -> BoxFuture<'_, Result<Vec<DeliveryChange>>>;
 
     /// Records a failed attempt of a delivery held by `app`.
     fn nack(&self, app: AppId, nack: NackItem, now: Timestamp)

@@ -3,8 +3,8 @@
 use switchboard_core::event::{Delivery, Event};
 use switchboard_core::histogram::Histogram;
 use switchboard_core::{
-    AppId, AppSettings, DeliveryId, DeliveryStatus, EventId, Route, Subscription, TenantId,
-    Timestamp, TypePattern,
+    AppId, AppSettings, DeliveryId, DeliveryStatus, EventId, EventType, Route, Subscription,
+    TenantId, Timestamp, TypePattern,
 };
 
 /// SHA-256 of an API key. Keys themselves are never stored.
@@ -103,6 +103,26 @@ pub struct NackResult {
     pub status: DeliveryStatus,
     /// When the next attempt may start, if there is one.
     pub retry_at: Option<Timestamp>,
+    pub change: DeliveryChange,
+}
+
+/// What changed for one delivery: for the live stream, metrics and wake-ups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryChange {
+    pub id: DeliveryId,
+    pub event_id: EventId,
+    pub tenant: TenantId,
+    pub event_type: EventType,
+    pub source: AppId,
+    pub target: AppId,
+    /// The status after the change.
+    pub status: DeliveryStatus,
+    /// The attempt that ended (or 0 for changes outside an attempt).
+    pub attempt: u32,
+    /// Publish → ack, for an ack.
+    pub latency_ms: Option<u64>,
+    /// The error of a failed attempt.
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -112,6 +132,7 @@ pub struct Expired {
     pub apps: Vec<AppId>,
     /// The earliest lease deadline still standing.
     pub next_deadline: Option<Timestamp>,
+    pub changes: Vec<DeliveryChange>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

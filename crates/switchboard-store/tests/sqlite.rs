@@ -65,3 +65,220 @@ async fn concurrent_writers_are_grouped_and_all_durable() {
     }
     reopened.close().await;
 }
+
+mod counters {
+    //! The counters against a full recount of the stored deliveries, after random work.
+
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+    use switchboard_core::{DeliveryId, Timestamp};
+    use switchboard_store::conformance::{self, T0, app};
+    use switchboard_store::sqlite::SqliteStore;
+    use switchboard_store::{
+        AckItem, ChannelQuery, DeadFilter, NackItem, RequeueRequest, RequeueSelector, Store,
+    };
+
+    const APPS: [&str; 3] = ["hr", "billing", "audit"];
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Publish {
+            tenant: u8,
+            targets: u8,
+        },
+        Lease {
+            app: usize,
+            max: u32,
+            lease_ms: u64,
+        },
+        Ack {
+            app: usize,
+            n: usize,
+        },
+        Nack {
+            app: usize,
+            n: usize,
+            permanent: bool,
+        },
+        Advance {
+            ms: u64,
+        },
+        Requeue,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u8..2, 1u8..8).prop_map(|(tenant, targets)| Op::Publish { tenant, targets }),
+            3 => (0usize..3, 1u32..5, prop_oneof![Just(50u64), Just(60_000)])
+                .prop_map(|(app, max, lease_ms)| Op::Lease { app, max, lease_ms }),
+            2 => (0usize..3, 1usize..3).prop_map(|(app, n)| Op::Ack { app, n }),
+            2 => (0usize..3, 1usize..3, any::<bool>())
+                .prop_map(|(app, n, permanent)| Op::Nack { app, n, permanent }),
+            1 => (1u64..200).prop_map(|ms| Op::Advance { ms }),
+            1 => Just(Op::Requeue),
+        ]
+    }
+
+    /// (pending, in_flight, failing, dead, published, acknowledged, failed_attempts, latencies)
+    type Figures = [u64; 8];
+
+    async fn run(ops: Vec<Op>) -> (BTreeMap<String, Figures>, BTreeMap<String, Figures>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        for a in APPS {
+            conformance::register(&store, a, &["*"], 3).await;
+        }
+        let mut now = T0;
+        let mut held: Vec<Vec<(DeliveryId, u32)>> = vec![Vec::new(); 3];
+        for op in ops {
+            now = now.plus_ms(1);
+            match op {
+                Op::Publish { tenant, targets } => {
+                    let tenant = ["acme", "globex"][tenant as usize];
+                    let to: Vec<&str> = (0..3)
+                        .filter(|i| targets & (1 << i) != 0)
+                        .map(|i| APPS[i])
+                        .collect();
+                    let ev = conformance::event("crm", tenant, "user.created", now);
+                    conformance::publish_to(&store, ev, &to).await;
+                }
+                Op::Lease {
+                    app: a,
+                    max,
+                    lease_ms,
+                } => {
+                    let got = store
+                        .lease(switchboard_store::LeaseRequest {
+                            app: app(APPS[a]),
+                            max,
+                            lease_ms,
+                            now,
+                        })
+                        .await
+                        .unwrap();
+                    held[a].extend(got.deliveries.into_iter().map(|d| (d.id, d.attempt)));
+                }
+                Op::Ack { app: a, n } => {
+                    let take = n.min(held[a].len());
+                    for (id, attempt) in held[a].drain(..take).collect::<Vec<_>>() {
+                        // A lease may have expired meanwhile: a refusal is fine here.
+                        let _ = store
+                            .ack(
+                                app(APPS[a]),
+                                vec![AckItem {
+                                    id,
+                                    attempt: Some(attempt),
+                                    data: None,
+                                }],
+                                now,
+                            )
+                            .await;
+                    }
+                }
+                Op::Nack {
+                    app: a,
+                    n,
+                    permanent,
+                } => {
+                    let take = n.min(held[a].len());
+                    for (id, attempt) in held[a].drain(..take).collect::<Vec<_>>() {
+                        let nack = NackItem {
+                            id,
+                            attempt: Some(attempt),
+                            error: "x".into(),
+                            retry_in_ms: Some(0),
+                            permanent,
+                        };
+                        let _ = store.nack(app(APPS[a]), nack, now).await;
+                    }
+                }
+                Op::Advance { ms } => {
+                    now = now.plus_ms(ms);
+                    store.expire_leases(now, 1000).await.unwrap();
+                }
+                Op::Requeue => {
+                    store
+                        .requeue(RequeueRequest {
+                            selector: RequeueSelector::Filter {
+                                filter: DeadFilter::default(),
+                                limit: 1000,
+                            },
+                            by: "admin".into(),
+                            visible_to: None,
+                            now,
+                        })
+                        .await
+                        .unwrap();
+                }
+            }
+        }
+        let counted: BTreeMap<String, Figures> = store
+            .channels(ChannelQuery {
+                tenant: None,
+                since: Timestamp(0),
+                now,
+            })
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| {
+                let key = format!("{}/{}/{}", c.tenant, c.source, c.target);
+                let figures = [
+                    c.pending,
+                    c.in_flight,
+                    c.failing,
+                    c.dead,
+                    c.published,
+                    c.acknowledged,
+                    c.failed_attempts,
+                    c.latency.count(),
+                ];
+                (key, figures)
+            })
+            .collect();
+        store.close().await;
+        (counted, recount(dir.path()))
+    }
+
+    /// The same figures, counted from the deliveries and attempts themselves.
+    fn recount(dir: &std::path::Path) -> BTreeMap<String, Figures> {
+        let conn =
+            rusqlite::Connection::open(dir.join(switchboard_store::sqlite::DB_FILE)).unwrap();
+        let mut stmt = conn
+            .prepare(
+                "SELECT d.tenant || '/' || d.source || '/' || d.target,
+                        sum(d.status = 0), sum(d.status = 1),
+                        sum(d.status IN (0, 1) AND EXISTS (SELECT 1 FROM attempts a WHERE a.delivery_id = d.id
+                            AND a.outcome IN ('failed', 'timed_out'))),
+                        sum(d.status = 3), count(*), sum(d.status = 2),
+                        (SELECT count(*) FROM attempts a JOIN deliveries x ON x.id = a.delivery_id
+                          WHERE x.tenant = d.tenant AND x.source = d.source AND x.target = d.target
+                          AND a.outcome IN ('failed', 'timed_out')),
+                        sum(d.status = 2)
+                 FROM deliveries d GROUP BY d.tenant, d.source, d.target",
+            )
+            .unwrap();
+        stmt.query_map([], |r| {
+            let mut f = [0u64; 8];
+            for (i, slot) in f.iter_mut().enumerate() {
+                *slot = r.get::<_, i64>(i + 1)? as u64;
+            }
+            Ok((r.get::<_, String>(0)?, f))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        #[test]
+        fn counters_match_a_recount(ops in prop::collection::vec(op(), 1..60)) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let (counted, recounted) = runtime.block_on(run(ops));
+            prop_assert_eq!(counted, recounted);
+        }
+    }
+}

@@ -1,6 +1,8 @@
 //! The `switchboard` binary: `serve` runs the hub. Reads flags and the environment, sets up
 //! logging and signals, and hands IO and shutdown to `switchboard_server::run`.
 
+mod cli;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -29,6 +31,35 @@ struct Cli {
 enum Command {
     /// Run the hub on the embedded store (or on Redis with `--store redis://...`).
     Serve(ServeArgs),
+    /// Show the communication matrix of a tenant (or of the whole suite, with the admin key).
+    Matrix {
+        #[arg(long)]
+        tenant: Option<String>,
+        /// 1h, 24h, 7d or all.
+        #[arg(long)]
+        window: Option<String>,
+        #[command(flatten)]
+        remote: cli::Remote,
+    },
+    /// Show a tenant's health: the verdict and what to do about it.
+    Health {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        window: Option<String>,
+        #[command(flatten)]
+        remote: cli::Remote,
+    },
+    /// Follow new events and delivery changes live.
+    Tail {
+        #[arg(long)]
+        tenant: Option<String>,
+        /// A type or pattern, like `order.*`.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        #[command(flatten)]
+        remote: cli::Remote,
+    },
 }
 
 #[derive(clap::Args)]
@@ -164,5 +195,20 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Matrix {
+            tenant,
+            window,
+            remote,
+        } => runtime.block_on(cli::matrix(&remote, tenant.as_deref(), window.as_deref())),
+        Command::Health {
+            tenant,
+            window,
+            remote,
+        } => runtime.block_on(cli::health(&remote, &tenant, window.as_deref())),
+        Command::Tail {
+            tenant,
+            event_type,
+            remote,
+        } => runtime.block_on(cli::tail(&remote, tenant.as_deref(), event_type.as_deref())),
     }
 }

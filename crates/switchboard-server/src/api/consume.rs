@@ -88,6 +88,7 @@ pub async fn consume(
             .await?;
         if !leased.deliveries.is_empty() {
             state.sweeper.lease_deadline(now.plus_ms(lease_ms));
+            state.observe.leased(&app, &leased.deliveries, now);
             break leased.deliveries;
         }
         let until = match leased.next_ready_at {
@@ -183,10 +184,12 @@ pub async fn ack(
         })
         .collect();
     p.into_result()?;
-    let acknowledged = state.store.ack(app, items, clock::now()).await?;
+    let now = clock::now();
+    let changed = state.store.ack(app, items, now).await?;
+    state.observe.changed(&changed, false, now);
     Ok(json_response(
         StatusCode::OK,
-        &serde_json::json!({ "acknowledged": acknowledged }),
+        &serde_json::json!({ "acknowledged": changed.len() }),
     ))
 }
 
@@ -237,6 +240,7 @@ pub async fn nack(
     }
     p.into_result()?;
     let id = id.expect("checked");
+    let now = clock::now();
     let result = state
         .store
         .nack(
@@ -248,9 +252,12 @@ pub async fn nack(
                 retry_in_ms: input.retry_in_ms,
                 permanent: input.permanent,
             },
-            clock::now(),
+            now,
         )
         .await?;
+    state
+        .observe
+        .changed(std::slice::from_ref(&result.change), false, now);
     if result.status == DeliveryStatus::Pending {
         state.wake.wake([&app]);
     }

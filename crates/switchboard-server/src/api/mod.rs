@@ -6,7 +6,9 @@ mod consume;
 mod dead_letters;
 mod inspect;
 mod publish;
+mod stream;
 mod tenants;
+mod transparency;
 mod views;
 
 use std::collections::HashMap;
@@ -43,6 +45,12 @@ pub fn router(state: Arc<State>) -> Router {
             "/v1/tenants/{tenant}/unacknowledged",
             get(tenants::unacknowledged),
         )
+        .route("/v1/tenants/{tenant}/matrix", get(transparency::matrix))
+        .route("/v1/tenants/{tenant}/health", get(transparency::health))
+        .route("/v1/matrix", get(transparency::suite_matrix))
+        .route("/v1/stats", get(transparency::stats))
+        .route("/v1/stream", get(stream::stream))
+        .route("/metrics", get(metrics))
         .fallback(|| async {
             ApiError::not_found(
                 "not_found",
@@ -201,4 +209,31 @@ pub fn page_limit(p: &mut Problems, value: Option<&str>, default: u32, max: u32)
             default
         }
     }
+}
+
+/// `GET /metrics`: Prometheus text. Per-app pending and in-flight gauges are read from the
+/// store at scrape time.
+async fn metrics(
+    axum::extract::State(state): axum::extract::State<Arc<State>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match state.store.app_activity().await {
+        Ok(activity) => {
+            for a in activity {
+                metrics::gauge!("switchboard_deliveries_pending", "app" => a.app.to_string())
+                    .set(a.pending as f64);
+                metrics::gauge!("switchboard_deliveries_in_flight", "app" => a.app.to_string())
+                    .set(a.in_flight as f64);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not read app gauges for /metrics"),
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        crate::observe::prometheus().render(),
+    )
+        .into_response()
 }

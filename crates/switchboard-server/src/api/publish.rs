@@ -288,7 +288,12 @@ pub async fn publish(
         })
         .collect();
 
+    let kinds: Vec<(TenantId, EventType)> = new_events
+        .iter()
+        .map(|e| (e.event.tenant.clone(), e.event.event_type.clone()))
+        .collect();
     let published = state.store.publish(new_events, now).await?;
+    state.observe.published(&source, &kinds, &published, now);
     let woken: Vec<&AppId> = published
         .iter()
         .filter(|p| !p.duplicate)

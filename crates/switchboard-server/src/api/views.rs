@@ -101,8 +101,8 @@ fn history(d: &Delivery) -> Vec<HistoryEntry<'_>> {
         .map(HistoryEntry::Attempt)
         .chain(d.requeues.iter().map(HistoryEntry::Requeue))
         .collect();
-    // Stable: an attempt and a requeue at the same millisecond keep attempt first.
-    entries.sort_by_key(HistoryEntry::at);
+    // A requeue comes before the attempt it makes possible, even within one millisecond.
+    entries.sort_by_key(|e| (e.at(), matches!(e, HistoryEntry::Attempt(_))));
     entries
 }
 

@@ -21,9 +21,10 @@ use switchboard_core::{AppId, EventId, Timestamp};
 use self::writer::Writer;
 use crate::{
     AckItem, AlertChange, AlertState, AppActivity, AppUpdate, BoxFuture, ChannelQuery,
-    ChannelStats, DeadLetterQuery, DeliveryPage, EventPage, EventQuery, EventRecord, Expired,
-    ExtendItem, KeyHash, LeaseRequest, Leased, NackItem, NackResult, NewApp, NewEvent, Published,
-    RequeueRequest, Requeued, Result, StatsQuery, StatsRow, Store, StoreError, UnackedQuery,
+    ChannelStats, DeadLetterQuery, DeliveryChange, DeliveryPage, EventPage, EventQuery,
+    EventRecord, Expired, ExtendItem, KeyHash, LeaseRequest, Leased, NackItem, NackResult, NewApp,
+    NewEvent, Published, RequeueRequest, Requeued, Result, StatsQuery, StatsRow, Store, StoreError,
+    UnackedQuery,
 };
 
 pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
@@ -154,7 +155,12 @@ impl Store for SqliteStore {
         Box::pin(self.writer.write(move |ctx| write::lease(ctx, req)))
     }
 
-    fn ack(&self, app: AppId, acks: Vec<AckItem>, now: Timestamp) -> BoxFuture<'_, Result<usize>> {
+    fn ack(
+        &self,
+        app: AppId,
+        acks: Vec<AckItem>,
+        now: Timestamp,
+    ) -> BoxFuture<'_, Result<Vec<DeliveryChange>>> {
         Box::pin(
             self.writer
                 .write(move |ctx| write::ack(ctx, app, acks, now)),

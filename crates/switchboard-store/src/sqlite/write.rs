@@ -7,8 +7,8 @@ use rusqlite::{OptionalExtension, params};
 use switchboard_core::delivery::{Failure, Transition, after_failure, next_status};
 use switchboard_core::event::App;
 use switchboard_core::{
-    AfterFailure, AppId, AppSettings, AttemptOutcome, DeliveryId, DeliveryStatus, EventId, Route,
-    Timestamp,
+    AfterFailure, AppId, AppSettings, AttemptOutcome, DeliveryId, DeliveryStatus, EventId,
+    EventType, Route, TenantId, Timestamp,
 };
 
 use super::counters::{Counters, HOUR, MINUTE};
@@ -18,9 +18,9 @@ use super::rows::{
 };
 use super::writer::WriteCtx;
 use crate::{
-    AckItem, AlertChange, AppUpdate, DeadFilter, DeliveryState, Expired, ExtendItem, LeaseRequest,
-    Leased, LeasedDelivery, NackItem, NackResult, NewApp, NewEvent, Published, RequeueRequest,
-    RequeueSelector, Requeued, StoreError,
+    AckItem, AlertChange, AppUpdate, DeadFilter, DeliveryChange, DeliveryState, Expired,
+    ExtendItem, LeaseRequest, Leased, LeasedDelivery, NackItem, NackResult, NewApp, NewEvent,
+    Published, RequeueRequest, RequeueSelector, Requeued, StoreError,
 };
 
 pub fn create_app(ctx: &mut WriteCtx, app: NewApp) -> Result<App, StoreError> {
@@ -289,6 +289,8 @@ pub fn lease(ctx: &mut WriteCtx, req: LeaseRequest) -> Result<Leased, StoreError
 /// A delivery as its target app sees it when acting on it.
 struct Held {
     rowid: i64,
+    event_id: String,
+    event_type: String,
     tenant: String,
     source: String,
     target: String,
@@ -301,8 +303,9 @@ struct Held {
 }
 
 /// The columns [`held_from_row`] reads.
-const HELD_COLS: &str = "id, tenant, source, target, status, attempts, budget_base, \
-     failed_attempts, created_at, order_key";
+const HELD_COLS: &str = "d.id, d.tenant, d.source, d.target, d.status, d.attempts, \
+     d.budget_base, d.failed_attempts, d.created_at, d.order_key, e.id, e.type \
+     FROM deliveries d JOIN events e ON e.seq = d.event_seq";
 
 fn held_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Held> {
     Ok(Held {
@@ -316,7 +319,32 @@ fn held_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Held> {
         failed_attempts: r.get(7)?,
         created_at: Timestamp(r.get(8)?),
         order_key: r.get(9)?,
+        event_id: r.get(10)?,
+        event_type: r.get(11)?,
     })
+}
+
+impl Held {
+    fn change(
+        &self,
+        status: DeliveryStatus,
+        latency_ms: Option<u64>,
+        error: Option<&str>,
+    ) -> Result<DeliveryChange, StoreError> {
+        let bad = |what: &str| StoreError::Internal(format!("stored {what} is invalid"));
+        Ok(DeliveryChange {
+            id: delivery_id(self.rowid),
+            event_id: EventId::parse(&self.event_id).map_err(|_| bad("event id"))?,
+            tenant: TenantId::parse(&self.tenant).map_err(|_| bad("tenant"))?,
+            event_type: EventType::parse(&self.event_type).map_err(|_| bad("type"))?,
+            source: rows::app_id(&self.source)?,
+            target: rows::app_id(&self.target)?,
+            status,
+            attempt: self.attempts,
+            latency_ms,
+            error: error.map(str::to_owned),
+        })
+    }
 }
 
 /// Loads a delivery of `app`; another app's delivery is reported exactly like a missing one.
@@ -324,7 +352,7 @@ fn held(ctx: &WriteCtx, app: Option<&AppId>, id: &DeliveryId) -> Result<Held, St
     let rowid = delivery_rowid(id)?;
     let mut stmt = ctx
         .conn
-        .prepare_cached(&format!("SELECT {HELD_COLS} FROM deliveries WHERE id = ?1"))?;
+        .prepare_cached(&format!("SELECT {HELD_COLS} WHERE d.id = ?1"))?;
     let row = stmt.query_row([rowid], held_from_row).optional()?;
     match row {
         Some(h) if app.is_none_or(|a| a.as_str() == h.target) => Ok(h),
@@ -365,9 +393,9 @@ pub fn ack(
     app: AppId,
     acks: Vec<AckItem>,
     now: Timestamp,
-) -> Result<usize, StoreError> {
+) -> Result<Vec<DeliveryChange>, StoreError> {
     let mut seen = BTreeSet::new();
-    let mut changed = 0;
+    let mut changed = Vec::new();
     let mut counters = Counters::default();
     for item in acks {
         if !seen.insert(item.id.clone()) {
@@ -404,8 +432,9 @@ pub fn ack(
         c.in_flight -= 1;
         c.acknowledged += 1;
         c.failing -= (held.failed_attempts > 0) as i64;
-        c.latencies.push(now.since(held.created_at));
-        changed += 1;
+        let latency = now.since(held.created_at);
+        c.latencies.push(latency);
+        changed.push(held.change(DeliveryStatus::Acknowledged, Some(latency), None)?);
     }
     counters.flush(&ctx.conn, now)?;
     Ok(changed)
@@ -512,7 +541,11 @@ fn fail(
             c.failing += 1 - was_failing;
         }
     }
-    Ok(NackResult { status, retry_at })
+    Ok(NackResult {
+        status,
+        retry_at,
+        change: held.change(status, None, Some(error))?,
+    })
 }
 
 pub fn nack(
@@ -550,8 +583,8 @@ pub fn expire_leases(
     let expired = ctx
         .conn
         .prepare_cached(&format!(
-            "SELECT {HELD_COLS} FROM deliveries \
-             WHERE status = 1 AND lease_expires_at <= ?1 ORDER BY lease_expires_at LIMIT ?2"
+            "SELECT {HELD_COLS} \
+             WHERE d.status = 1 AND d.lease_expires_at <= ?1 ORDER BY d.lease_expires_at LIMIT ?2"
         ))?
         .query_map(params![now.millis(), limit as i64], held_from_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -559,13 +592,14 @@ pub fn expire_leases(
     let mut apps = BTreeSet::new();
     let count = expired.len();
     let mut counters = Counters::default();
+    let mut changes = Vec::with_capacity(expired.len());
     for held in expired {
         if !settings.contains_key(&held.target) {
             settings.insert(held.target.clone(), settings_of(ctx, &held.target)?);
         }
         let error = "lease expired before the consumer acked or nacked";
         let settings = &settings[&held.target];
-        fail(
+        let result = fail(
             ctx,
             &mut counters,
             &held,
@@ -574,6 +608,7 @@ pub fn expire_leases(
             error,
             now,
         )?;
+        changes.push(result.change);
         // Pending again, or dead and maybe releasing the next of its entity: wake either way.
         apps.insert(rows::app_id(&held.target)?);
     }
@@ -587,6 +622,7 @@ pub fn expire_leases(
         count,
         apps: apps.into_iter().collect(),
         next_deadline,
+        changes,
     })
 }
 

@@ -130,6 +130,8 @@ fn run(mut ctx: WriteCtx, mut rx: mpsc::UnboundedReceiver<Msg>) {
 }
 
 fn commit_group(ctx: &mut WriteCtx, jobs: Vec<Job>) {
+    let started = std::time::Instant::now();
+    let group = jobs.len();
     if let Err(e) = ctx.conn.execute_batch("BEGIN IMMEDIATE") {
         tracing::error!(error = %e, "could not begin a write transaction");
         // Dropping a job unanswered makes its caller see `Unavailable`; nothing ran.
@@ -145,6 +147,8 @@ fn commit_group(ctx: &mut WriteCtx, jobs: Vec<Job>) {
             false
         }
     };
+    metrics::histogram!("switchboard_store_commit_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!("switchboard_store_group_size").record(group as f64);
     for complete in completions {
         complete(committed);
     }

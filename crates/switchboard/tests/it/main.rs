@@ -9,4 +9,5 @@ mod inspect;
 mod publish;
 mod redis;
 mod reliability;
+mod transparency;
 mod validation;
