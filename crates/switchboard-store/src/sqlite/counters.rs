@@ -1,6 +1,7 @@
 //! Per-channel counters, kept in the same transaction as the delivery changes they count, so
-//! they are never off. A write operation collects its changes in a [`Counters`] and flushes
-//! them once at its end: one upsert per touched channel and time bucket, not per delivery.
+//! they are never off. A write operation collects its changes in a [`Counters`] and hands
+//! them to the writer ([`Pending`]), which writes the whole group's changes once, just before
+//! the group's commit: one upsert per touched channel and minute, not per delivery or job.
 //!
 //! Tables: `channels` (current gauges and all-time totals per tenant, source, target),
 //! `channel_stats` (per minute and per hour: published, acknowledged, failed attempts, deaths,
@@ -47,10 +48,53 @@ impl Counters {
             .entry((tenant.to_owned(), source.to_owned(), target.to_owned()))
             .or_default()
     }
+}
 
-    /// Writes the collected changes, bucketed at `now`.
-    pub fn flush(self, conn: &Connection, now: Timestamp) -> Result<(), StoreError> {
-        if self.channels.is_empty() {
+impl Delta {
+    fn add(&mut self, d: Delta) {
+        self.published += d.published;
+        self.acknowledged += d.acknowledged;
+        self.failed += d.failed;
+        self.died += d.died;
+        self.pending += d.pending;
+        self.in_flight += d.in_flight;
+        self.failing += d.failing;
+        self.dead += d.dead;
+        self.latencies.extend(d.latencies);
+    }
+}
+
+/// Counter changes waiting for the commit of the current job or group, by channel and minute.
+#[derive(Debug, Default)]
+pub struct Pending {
+    changes: HashMap<(Channel, i64), Delta>,
+}
+
+impl Pending {
+    /// Adds a job's changes, bucketed at `now`.
+    pub fn absorb(&mut self, counters: Counters, now: Timestamp) {
+        let minute = now.millis() - now.millis().rem_euclid(MINUTE);
+        for (channel, delta) in counters.channels {
+            self.changes
+                .entry((channel, minute))
+                .or_default()
+                .add(delta);
+        }
+    }
+
+    pub fn merge(&mut self, other: &mut Pending) {
+        for (key, delta) in other.changes.drain() {
+            self.changes.entry(key).or_default().add(delta);
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.changes.clear();
+    }
+
+    /// Writes and forgets every change.
+    pub fn flush(&mut self, conn: &Connection) -> Result<(), StoreError> {
+        if self.changes.is_empty() {
             return Ok(());
         }
         let mut state = conn.prepare_cached(
@@ -74,8 +118,7 @@ impl Counters {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
              ON CONFLICT (tenant, source, target, period, start, bucket) DO UPDATE SET count = count + excluded.count",
         )?;
-        let ms = now.millis();
-        for ((tenant, source, target), d) in self.channels {
+        for (((tenant, source, target), minute), d) in self.changes.drain() {
             state.execute(params![
                 tenant,
                 source,
@@ -96,8 +139,7 @@ impl Counters {
             for l in &d.latencies {
                 *buckets.entry(bucket_of(*l)).or_default() += 1;
             }
-            for period in [MINUTE, HOUR] {
-                let start = ms - ms.rem_euclid(period);
+            for (period, start) in [(MINUTE, minute), (HOUR, minute - minute.rem_euclid(HOUR))] {
                 stats.execute(params![
                     tenant,
                     source,

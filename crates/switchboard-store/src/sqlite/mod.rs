@@ -3,6 +3,7 @@
 //! blocking thread pool. Durable on reply: `synchronous = FULL`, so each group commit
 //! fsyncs the WAL before anyone is answered.
 
+mod checkpoint;
 mod counters;
 mod read;
 mod rows;
@@ -37,6 +38,7 @@ const READERS: usize = 4;
 pub struct SqliteStore {
     writer: Writer,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
+    checkpointer: Mutex<Option<checkpoint::Checkpointer>>,
     readers: Arc<ReadPool>,
 }
 
@@ -71,6 +73,9 @@ impl SqliteStore {
         }
         configure(&conn)?;
         schema::migrate(&mut conn)?;
+        // Checkpoints run in their own thread (see checkpoint.rs), never inside a commit.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let checkpointer = checkpoint::Checkpointer::spawn(&path)?;
         let mut seed = [0u8; 8];
         getrandom::fill(&mut seed).map_err(|e| StoreError::Internal(e.to_string()))?;
         let (writer, handle) = Writer::spawn(conn, u64::from_le_bytes(seed))
@@ -78,6 +83,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             writer,
             writer_thread: Mutex::new(Some(handle)),
+            checkpointer: Mutex::new(Some(checkpointer)),
             readers: Arc::new(ReadPool {
                 path,
                 idle: Mutex::new(Vec::new()),
@@ -259,6 +265,10 @@ impl Store for SqliteStore {
 
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
+            let checkpointer = self.checkpointer.lock().expect("checkpointer lock").take();
+            if let Some(c) = checkpointer {
+                let _ = tokio::task::spawn_blocking(move || c.stop()).await;
+            }
             self.writer.close().await;
             let handle = self.writer_thread.lock().expect("writer lock").take();
             if let Some(handle) = handle {

@@ -189,7 +189,7 @@ pub fn publish(
             deliveries,
         });
     }
-    counters.flush(&ctx.conn, now)?;
+    ctx.counted(counters, now);
     Ok(out)
 }
 
@@ -268,9 +268,13 @@ pub fn lease(ctx: &mut WriteCtx, req: LeaseRequest) -> Result<Leased, StoreError
             event,
         });
     }
-    counters.flush(conn, req.now)?;
-    conn.prepare_cached("UPDATE apps SET last_consumed_at = ?2 WHERE id = ?1")?
-        .execute(params![req.app.as_str(), now])?;
+    // When an app last consumed matters to the second, not the millisecond: write it at most
+    // once a second, so empty long-polls stay read-only transactions (no fsync).
+    let written = ctx.consumed_written.get(req.app.as_str()).copied();
+    if written.is_none_or(|at| now - at >= 1000) {
+        conn.prepare_cached("UPDATE apps SET last_consumed_at = ?2 WHERE id = ?1")?
+            .execute(params![req.app.as_str(), now])?;
+    }
     let next_ready_at = if deliveries.is_empty() {
         let mut next = conn.prepare_cached(
             "SELECT min(available_at) FROM deliveries WHERE target = ?1 AND status = 0 AND blocked = 0",
@@ -280,6 +284,11 @@ pub fn lease(ctx: &mut WriteCtx, req: LeaseRequest) -> Result<Leased, StoreError
     } else {
         None
     };
+    drop((ready, set_leased, start_attempt));
+    if written.is_none_or(|at| now - at >= 1000) {
+        ctx.consumed_written.insert(req.app.to_string(), now);
+    }
+    ctx.counted(counters, req.now);
     Ok(Leased {
         deliveries,
         next_ready_at,
@@ -436,7 +445,7 @@ pub fn ack(
         c.latencies.push(latency);
         changed.push(held.change(DeliveryStatus::Acknowledged, Some(latency), None)?);
     }
-    counters.flush(&ctx.conn, now)?;
+    ctx.counted(counters, now);
     Ok(changed)
 }
 
@@ -571,7 +580,7 @@ pub fn nack(
         &nack.error,
         now,
     )?;
-    counters.flush(&ctx.conn, now)?;
+    ctx.counted(counters, now);
     Ok(result)
 }
 
@@ -612,7 +621,7 @@ pub fn expire_leases(
         // Pending again, or dead and maybe releasing the next of its entity: wake either way.
         apps.insert(rows::app_id(&held.target)?);
     }
-    counters.flush(&ctx.conn, now)?;
+    ctx.counted(counters, now);
     let next_deadline = ctx
         .conn
         .prepare_cached("SELECT min(lease_expires_at) FROM deliveries WHERE status = 1")?
@@ -698,7 +707,7 @@ pub fn requeue(ctx: &mut WriteCtx, req: RequeueRequest) -> Result<Requeued, Stor
         c.failing += (held.failed_attempts > 0) as i64;
         apps.insert(rows::app_id(&held.target)?);
     }
-    counters.flush(&ctx.conn, now)?;
+    ctx.counted(counters, now);
     Ok(Requeued {
         count: seen.len(),
         apps: apps.into_iter().collect(),

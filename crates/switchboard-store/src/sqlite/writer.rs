@@ -8,6 +8,11 @@ use std::thread::JoinHandle;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
+use std::collections::HashMap;
+
+use switchboard_core::Timestamp;
+
+use super::counters::{Counters, Pending};
 use crate::StoreError;
 
 /// At most this many jobs share one transaction.
@@ -17,6 +22,20 @@ const MAX_GROUP: usize = 1024;
 pub struct WriteCtx {
     pub conn: Connection,
     pub rng: SplitMix64,
+    /// Counter changes of the running job; kept only if the job succeeds.
+    job_counters: Pending,
+    /// Counter changes of the group's successful jobs, written just before its commit.
+    group_counters: Pending,
+    /// When each app's last consume was written, to write it at most once a second.
+    pub consumed_written: HashMap<String, i64>,
+}
+
+impl WriteCtx {
+    /// Records a job's counter changes; they are written with the group's commit, and
+    /// dropped if the job fails.
+    pub fn counted(&mut self, counters: Counters, now: Timestamp) {
+        self.job_counters.absorb(counters, now);
+    }
 }
 
 type Completion = Box<dyn FnOnce(bool) + Send>;
@@ -37,6 +56,9 @@ impl Writer {
         let ctx = WriteCtx {
             conn,
             rng: SplitMix64(seed),
+            job_counters: Pending::default(),
+            group_counters: Pending::default(),
+            consumed_written: HashMap::new(),
         };
         let handle = std::thread::Builder::new()
             .name("switchboard-writer".into())
@@ -88,13 +110,24 @@ fn in_savepoint<T>(
     ctx: &mut WriteCtx,
     f: impl FnOnce(&mut WriteCtx) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    ctx.conn.execute_batch("SAVEPOINT job")?;
+    ctx.conn.prepare_cached("SAVEPOINT job")?.execute([])?;
     let result = f(ctx);
-    let end = match result {
-        Ok(_) => "RELEASE job",
-        Err(_) => "ROLLBACK TO job; RELEASE job",
-    };
-    ctx.conn.execute_batch(end)?;
+    match result {
+        Ok(_) => {
+            ctx.conn.prepare_cached("RELEASE job")?.execute([])?;
+            let WriteCtx {
+                job_counters,
+                group_counters,
+                ..
+            } = ctx;
+            group_counters.merge(job_counters);
+        }
+        Err(_) => {
+            ctx.conn.prepare_cached("ROLLBACK TO job")?.execute([])?;
+            ctx.conn.prepare_cached("RELEASE job")?.execute([])?;
+            ctx.job_counters.clear();
+        }
+    }
     result
 }
 
@@ -139,10 +172,19 @@ fn commit_group(ctx: &mut WriteCtx, jobs: Vec<Job>) {
         return;
     }
     let completions: Vec<Completion> = jobs.into_iter().map(|job| job(ctx)).collect();
-    let committed = match ctx.conn.execute_batch("COMMIT") {
-        Ok(()) => true,
+    let flushed = ctx.group_counters.flush(&ctx.conn);
+    ctx.group_counters.clear();
+    let committed = match flushed {
+        Ok(()) => match ctx.conn.execute_batch("COMMIT") {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "group commit failed");
+                let _ = ctx.conn.execute_batch("ROLLBACK");
+                false
+            }
+        },
         Err(e) => {
-            tracing::error!(error = %e, "group commit failed");
+            tracing::error!(error = %e, "writing the group's counters failed");
             let _ = ctx.conn.execute_batch("ROLLBACK");
             false
         }
