@@ -7,6 +7,7 @@ mod auth;
 mod clock;
 mod config;
 mod error;
+mod figures;
 mod observe;
 mod registry;
 mod sweeper;

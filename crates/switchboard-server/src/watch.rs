@@ -4,16 +4,17 @@
 //! the alert in the same store transaction so it is announced once per change, across
 //! restarts. Owned by `run`'s JoinSet; it also prunes old counters.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard_core::event::Event;
-use switchboard_core::health::{self, ChannelFigures, Reason};
+use switchboard_core::health::{self, Reason};
 use switchboard_core::routing::route;
 use switchboard_core::{AppId, EventId, EventType, Timestamp};
 use switchboard_store::{AlertChange, AlertState, ChannelQuery, NewEvent};
 
+use crate::figures::{figures, silence};
 use crate::{State, clock};
 
 /// Health for alerts looks at the last hour.
@@ -70,23 +71,10 @@ pub async fn check(state: &State) -> Result<(), switchboard_store::StoreError> {
         })
         .await?;
     let activity = state.store.app_activity().await?;
-    let silent: HashMap<&AppId, Option<u64>> = activity
-        .iter()
-        .map(|a| (&a.app, a.last_consumed_at.map(|at| now.since(at))))
-        .collect();
+    let silent = silence(&activity, now);
     let mut firing: BTreeMap<Key, (AlertState, Reason)> = BTreeMap::new();
     for c in &channels {
-        let figures = ChannelFigures {
-            source: c.source.to_string(),
-            target: c.target.to_string(),
-            acked_in_window: c.acknowledged,
-            failed_attempts_in_window: c.failed_attempts,
-            failures_last_hour: c.failures_last_hour,
-            pending: c.pending,
-            in_flight: c.in_flight,
-            oldest_open_ms: c.oldest_open_at.map(|at| now.since(at)),
-            target_silent_ms: silent.get(&c.target).copied().flatten(),
-        };
+        let figures = figures(c, now, &silent);
         for reason in health::evaluate(&state.config.health, &figures) {
             let alert = AlertState {
                 tenant: c.tenant.clone(),

@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State as AxState};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Serialize;
-use switchboard_core::health::{self, ChannelFigures, Reason, Status};
+use switchboard_core::health::{self, Reason, Status};
 use switchboard_core::histogram::Histogram;
 use switchboard_core::{AppId, TenantId, Timestamp};
 use switchboard_store::{AppActivity, ChannelQuery, ChannelStats, GroupBy, StatsQuery};
@@ -19,6 +19,7 @@ use crate::State;
 use crate::auth::Caller;
 use crate::clock;
 use crate::error::ApiError;
+use crate::figures::{figures, silence};
 
 /// `1h`, `24h` (default), `7d` or `all`.
 fn parse_window(p: &mut Problems, value: Option<&str>) -> (&'static str, Option<u64>) {
@@ -81,32 +82,6 @@ struct Row {
     oldest_pending_age_ms: Option<u64>,
     health: Status,
     reasons: Vec<Reason>,
-}
-
-fn figures(
-    c: &ChannelStats,
-    now: Timestamp,
-    silent: &HashMap<&AppId, Option<u64>>,
-) -> ChannelFigures {
-    ChannelFigures {
-        source: c.source.to_string(),
-        target: c.target.to_string(),
-        acked_in_window: c.acknowledged,
-        failed_attempts_in_window: c.failed_attempts,
-        failures_last_hour: c.failures_last_hour,
-        pending: c.pending,
-        in_flight: c.in_flight,
-        oldest_open_ms: c.oldest_open_at.map(|at| now.since(at)),
-        target_silent_ms: silent.get(&c.target).copied().flatten(),
-    }
-}
-
-/// How long each app has not consumed, from the store's activity.
-fn silence(activity: &[AppActivity], now: Timestamp) -> HashMap<&AppId, Option<u64>> {
-    activity
-        .iter()
-        .map(|a| (&a.app, a.last_consumed_at.map(|at| now.since(at))))
-        .collect()
 }
 
 fn row(
