@@ -6,12 +6,14 @@
 //! ```text
 //! cargo build --release -p switchboard -p switchboard-bench
 //! target/release/switchboard-bench [--quick] [--runs N] [--json FILE]
+//! target/release/switchboard-bench --scenario backlog|lease-expiry|matrix|counter-cost|redis
 //! ```
 //!
 //! Adding a peer (Redis Streams, RabbitMQ, NATS) means implementing [`target::Target`] for it
 //! and calling [`bench`] with it.
 
 mod report;
+mod scenarios;
 mod server;
 mod stats;
 mod switchboard;
@@ -50,6 +52,12 @@ struct Args {
     /// fsync costs) [default: the system temp directory].
     #[arg(long, value_name = "DIR")]
     data_root: Option<PathBuf>,
+    /// Run one scenario of BENCHMARKS.md instead of the standard workloads.
+    #[arg(long, value_enum, value_name = "NAME")]
+    scenario: Option<scenarios::Scenario>,
+    /// The switchboard binary to compare with (scenario counter-cost: the pre-counter build).
+    #[arg(long, value_name = "PATH")]
+    baseline_bin: Option<PathBuf>,
 }
 
 /// The release server binary: `--server-bin`, else `switchboard` next to this executable.
@@ -151,6 +159,15 @@ async fn main() -> Result<ExitCode> {
         data_root: args.data_root.unwrap_or_else(std::env::temp_dir),
     };
     let settings = Settings::new(args.quick);
+    if let Some(scenario) = args.scenario {
+        let options = scenarios::Options {
+            quick: args.quick,
+            runs: args.runs as usize,
+            json: args.json,
+            baseline_bin: args.baseline_bin,
+        };
+        return scenarios::run(scenario, &config, &settings, &options).await;
+    }
     let report = bench::<Switchboard>(&config, &settings, args.quick, args.runs as usize).await;
     print!("{}", report.table());
     if let Some(path) = &args.json {

@@ -136,25 +136,7 @@ impl ServerProcess {
 
     /// Peak and current resident set size.
     pub fn memory(&self) -> Result<Memory> {
-        let path = format!("/proc/{}/status", self.pid());
-        let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        let field = |name: &str| -> Result<u64> {
-            let line = status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .ok_or_else(|| anyhow!("{path} has no {name}"))?;
-            let kib: u64 = line[name.len()..]
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse()
-                .with_context(|| format!("bad line in {path}: {line}"))?;
-            Ok(kib * 1024)
-        };
-        Ok(Memory {
-            peak_rss: field("VmHWM:")?,
-            rss: field("VmRSS:")?,
-        })
+        process_memory(self.pid())
     }
 
     /// User plus system CPU time used so far, in seconds.
@@ -233,12 +215,35 @@ impl Drop for ServerProcess {
     }
 }
 
+/// Peak and current resident set size of any process (a server's helper, like redis-server).
+pub fn process_memory(pid: u32) -> Result<Memory> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let field = |name: &str| -> Result<u64> {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .ok_or_else(|| anyhow!("{path} has no {name}"))?;
+        let kib: u64 = line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .with_context(|| format!("bad line in {path}: {line}"))?;
+        Ok(kib * 1024)
+    };
+    Ok(Memory {
+        peak_rss: field("VmHWM:")?,
+        rss: field("VmRSS:")?,
+    })
+}
+
 /// CPU seconds (user + system) of this benchmark process so far.
 pub fn own_cpu_seconds() -> Result<f64> {
     process_cpu_seconds("/proc/self/stat")
 }
 
-fn process_cpu_seconds(path: &str) -> Result<f64> {
+pub fn process_cpu_seconds(path: &str) -> Result<f64> {
     let stat = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     // The command name (field 2) is in parentheses and may hold spaces: split after it.
     let rest = stat
@@ -258,7 +263,7 @@ fn process_cpu_seconds(path: &str) -> Result<f64> {
     Ok((tick(14)? + tick(15)?) / USER_HZ)
 }
 
-fn dir_size(dir: &Path) -> Result<u64> {
+pub fn dir_size(dir: &Path) -> Result<u64> {
     let mut total = 0;
     let mut stack: Vec<PathBuf> = vec![dir.to_owned()];
     while let Some(dir) = stack.pop() {

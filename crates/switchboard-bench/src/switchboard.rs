@@ -14,7 +14,7 @@ use crate::server::{ServerProcess, filesystem_of};
 use crate::target::{EVENT_TYPE, Footprint, TENANT, Target};
 
 /// The admin key the benchmark gives the server.
-const ADMIN_KEY: &str = "sb_bench_admin_key";
+pub const ADMIN_KEY: &str = "sb_bench_admin_key";
 /// Lease long enough that no delivery comes back while its consumer is still acking it.
 const LEASE_MS: u64 = 60_000;
 
@@ -38,6 +38,13 @@ pub struct Switchboard {
 pub struct Batch {
     body: Vec<u8>,
     count: usize,
+}
+
+impl Switchboard {
+    /// A client with the admin key, for scenarios that register more apps than the workloads.
+    pub fn admin(&self) -> Client {
+        self.publisher.with_key(ADMIN_KEY)
+    }
 }
 
 impl Target for Switchboard {
