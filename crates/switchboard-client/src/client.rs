@@ -15,13 +15,16 @@ use crate::stream::ChangeStream;
 use crate::transparency::{Matrix, Stats, TenantHealth};
 use crate::types::{
     Ack, AckRequest, AckResponse, AppInfo, AppList, AppUpdate, ConsumeRequest, ConsumeResponse,
-    CreatedApp, DeadFilter, DeadLettersPage, Delivery, EventBatch, EventView, EventsPage,
-    EventsQuery, Health, Nack, NackOutcome, NewApp, NewEvent, PublishResponse, PublishedEvent,
-    UnacknowledgedPage,
+    CreatedApp, CreatedKey, DeadFilter, DeadLettersPage, Delivery, EventBatch, EventView,
+    EventsPage, EventsQuery, Health, KeyInfo, Nack, NackOutcome, NewApp, NewEvent, PublishResponse,
+    PublishedEvent, UnacknowledgedPage,
 };
 
 /// How long establishing a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an idle pooled connection is kept: under the server's default 30 s idle cut-off,
+/// so the client never reuses a connection the server is closing.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Extra time a consume request gets beyond its long-poll `wait_ms`.
 const CONSUME_GRACE: Duration = Duration::from_secs(10);
 
@@ -56,6 +59,7 @@ impl Client {
     pub fn new(base_url: impl Into<String>, api_key: impl Into<String>) -> Client {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build()
             .expect("cannot initialise the HTTP client");
         Client::with_http(base_url, api_key, http)
@@ -121,6 +125,56 @@ impl Client {
     pub async fn update_app(&self, id: &str, update: &AppUpdate) -> Result<AppInfo, Error> {
         let path = format!("/v1/apps/{}", encode(id));
         self.send_json(Method::PATCH, &path, update).await
+    }
+
+    /// `POST /v1/apps/{id}/keys` (admin key): another live key for the app, shown this once
+    /// (rotation: hand out the new key, then revoke the old one).
+    pub async fn add_app_key(&self, app: &str) -> Result<CreatedKey, Error> {
+        let path = format!("/v1/apps/{}/keys", encode(app));
+        self.send(self.request(Method::POST, &path)).await
+    }
+
+    /// `GET /v1/apps/{id}/keys` (admin key): the app's live keys, ids and times only.
+    pub async fn app_keys(&self, app: &str) -> Result<Vec<KeyInfo>, Error> {
+        #[derive(serde::Deserialize)]
+        struct Reply {
+            keys: Vec<KeyInfo>,
+        }
+        let path = format!("/v1/apps/{}/keys", encode(app));
+        let reply: Reply = self.send(self.request(Method::GET, &path)).await?;
+        Ok(reply.keys)
+    }
+
+    /// `DELETE /v1/apps/{id}/keys/{key_id}` (admin key): revokes one key of the app at once.
+    pub async fn revoke_app_key(&self, app: &str, key_id: &str) -> Result<(), Error> {
+        let path = format!("/v1/apps/{}/keys/{}", encode(app), encode(key_id));
+        let _: Value = self.send(self.request(Method::DELETE, &path)).await?;
+        Ok(())
+    }
+
+    /// `POST /v1/tenants/{tenant}/readers` (admin key): a read-only key for one tenant's
+    /// events, deliveries, matrix, health and stats, shown this once.
+    pub async fn add_tenant_reader(&self, tenant: &str) -> Result<CreatedKey, Error> {
+        let path = format!("/v1/tenants/{}/readers", encode(tenant));
+        self.send(self.request(Method::POST, &path)).await
+    }
+
+    /// `GET /v1/tenants/{tenant}/readers` (admin key): the tenant's live reader keys.
+    pub async fn tenant_readers(&self, tenant: &str) -> Result<Vec<KeyInfo>, Error> {
+        #[derive(serde::Deserialize)]
+        struct Reply {
+            readers: Vec<KeyInfo>,
+        }
+        let path = format!("/v1/tenants/{}/readers", encode(tenant));
+        let reply: Reply = self.send(self.request(Method::GET, &path)).await?;
+        Ok(reply.readers)
+    }
+
+    /// `DELETE /v1/tenants/{tenant}/readers/{key_id}` (admin key): revokes a reader key.
+    pub async fn revoke_tenant_reader(&self, tenant: &str, key_id: &str) -> Result<(), Error> {
+        let path = format!("/v1/tenants/{}/readers/{}", encode(tenant), encode(key_id));
+        let _: Value = self.send(self.request(Method::DELETE, &path)).await?;
+        Ok(())
     }
 
     /// `POST /v1/events` (app key) with a single event.

@@ -52,10 +52,10 @@ pub use transparency::{
     StreamChange, TenantHealth,
 };
 pub use types::{
-    Ack, AppInfo, AppUpdate, AttemptView, ConsumeRequest, CreatedApp, DeadFilter, DeadLettersPage,
-    Delivery, DeliveryRecord, DeliveryStatus, DeliveryView, Event, EventView, EventsPage,
-    EventsQuery, Nack, NackOutcome, NewApp, NewEvent, PublishedDelivery, PublishedEvent,
-    Subscription, Target, UnacknowledgedPage,
+    Ack, AppInfo, AppUpdate, AttemptView, ConsumeRequest, CreatedApp, CreatedKey, DeadFilter,
+    DeadLettersPage, Delivery, DeliveryRecord, DeliveryStatus, DeliveryView, Event, EventView,
+    EventsPage, EventsQuery, KeyInfo, Nack, NackOutcome, NewApp, NewEvent, PublishedDelivery,
+    PublishedEvent, Subscription, Target, UnacknowledgedPage,
 };
 
 /// The HTTP method type taken by [`Client::raw`].

@@ -736,3 +736,30 @@ pub struct DeadFilter {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub until: Option<String>,
 }
+
+/// A key just created: shown this once.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct CreatedKey {
+    /// The app it belongs to, for an app key.
+    #[serde(default)]
+    pub app: Option<String>,
+    /// The tenant it reads, for a tenant reader key.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// Public identifier of the key (to list or revoke it).
+    pub key_id: String,
+    /// The secret key; the server keeps only its hash.
+    pub api_key: String,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// A live key as listed: never the key itself.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct KeyInfo {
+    pub key_id: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339; to within about a minute. `None` when never used.
+    pub last_used_at: Option<String>,
+}

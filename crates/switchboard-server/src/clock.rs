@@ -1,6 +1,6 @@
 //! The wall clock, read in one place so that everything else takes `now` as a value.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use switchboard_core::Timestamp;
 
@@ -10,4 +10,9 @@ pub fn now() -> Timestamp {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
     Timestamp(ms)
+}
+
+/// The monotonic clock, for rate limits.
+pub fn instant() -> Instant {
+    Instant::now()
 }

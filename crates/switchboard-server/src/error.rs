@@ -19,6 +19,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub details: Vec<FieldError>,
+    /// Seconds for a `Retry-After` header (429).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -28,6 +30,7 @@ impl ApiError {
             code,
             message: message.into(),
             details: Vec::new(),
+            retry_after: None,
         }
     }
 
@@ -57,6 +60,7 @@ impl ApiError {
             code: "validation_failed",
             message,
             details,
+            retry_after: None,
         }
     }
 
@@ -72,7 +76,15 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, code, message)
     }
 
-    fn internal(cause: &dyn std::fmt::Display) -> ApiError {
+    /// A 429 saying when to come back.
+    pub fn rate_limited(retry_after_secs: u64, message: impl Into<String>) -> ApiError {
+        let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
+        e.retry_after = Some(retry_after_secs);
+        e
+    }
+
+    /// A 500 carrying only a request id; the cause goes to the log under that id.
+    pub fn internal(cause: &dyn std::fmt::Display) -> ApiError {
         let request_id = crate::auth::random_hex(8);
         tracing::error!(%request_id, %cause, "internal error");
         ApiError::new(
@@ -81,12 +93,27 @@ impl ApiError {
             format!("internal error, request id {request_id}: the cause is in the server log"),
         )
     }
+
+    /// A 503 for a store that cannot answer now: the client gets a request id and a hint,
+    /// the log gets the detail (which may name hosts, files or database errors).
+    fn unavailable(cause: &dyn std::fmt::Display) -> ApiError {
+        let request_id = crate::auth::random_hex(8);
+        tracing::warn!(%request_id, %cause, "store unavailable");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            format!(
+                "the storage is unavailable right now, request id {request_id}: try again shortly"
+            ),
+        )
+    }
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         let (status, code) = match &e {
             StoreError::UnknownApp(_) => (StatusCode::NOT_FOUND, "unknown_app"),
+            StoreError::UnknownKey(_) => (StatusCode::NOT_FOUND, "unknown_key"),
             StoreError::AppExists(_) => (StatusCode::CONFLICT, "app_exists"),
             StoreError::UnknownDelivery(_) => (StatusCode::NOT_FOUND, "unknown_delivery"),
             StoreError::NotInFlight { .. } => (StatusCode::CONFLICT, "not_in_flight"),
@@ -96,10 +123,7 @@ impl From<StoreError> for ApiError {
                 return ApiError::field("cursor", e.to_string());
             }
             StoreError::Closed => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
-            StoreError::Unavailable(_) => {
-                tracing::warn!(error = %e, "store unavailable");
-                (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
-            }
+            StoreError::Unavailable(_) => return ApiError::unavailable(&e),
             StoreError::Internal(_) => return ApiError::internal(&e),
         };
         ApiError::new(status, code, e.to_string())
@@ -128,6 +152,12 @@ impl IntoResponse for ApiError {
                 details: &self.details,
             },
         };
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }

@@ -8,9 +8,13 @@ mod clock;
 mod config;
 mod error;
 mod figures;
+mod listen;
 mod observe;
+mod ratelimit;
 mod registry;
+pub mod routes;
 mod sweeper;
+mod tls;
 mod wake;
 mod watch;
 
@@ -22,8 +26,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use auth::{generate_key, hash_key};
-pub use config::{Config, Limits};
+pub use config::{Config, Limits, RateLimit};
 pub use error::ApiError;
+pub use tls::{Tls, TlsError};
 
 use crate::registry::Registry;
 
@@ -34,11 +39,16 @@ pub enum ServerError {
     Store(#[from] switchboard_store::StoreError),
     #[error("listener failure: {0}")]
     Io(#[from] std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// Shared by every handler and worker.
 pub(crate) struct State {
     pub config: Config,
+    /// SHA-256 of the admin key, compared in constant time.
+    pub admin_hash: switchboard_store::KeyHash,
+    pub limiter: Option<ratelimit::Limiter>,
     pub store: Arc<dyn Store>,
     pub registry: Registry,
     pub wake: wake::Wake,
@@ -57,6 +67,8 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let registry = Registry::load(&*store).await?;
     let state = Arc::new(State {
+        admin_hash: hash_key(&config.admin_key),
+        limiter: config.limits.rate_limit.map(ratelimit::Limiter::new),
         config,
         store: store.clone(),
         registry,
@@ -73,11 +85,17 @@ pub async fn run(
         workers.spawn(forward_wakeups(state.clone(), wakeups));
     }
     workers.spawn(watch::run(state.clone()));
+    workers.spawn(flush_key_uses(state.clone()));
 
     let router = api::router(state.clone());
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
+    let served = listen::serve(
+        listener,
+        router,
+        state.config.tls.clone(),
+        &state.config.limits,
+        shutdown.clone(),
+    )
+    .await;
     // However serving ended, stop the workers and close the store.
     shutdown.cancel();
     while let Some(result) = workers.join_next().await {
@@ -89,6 +107,22 @@ pub async fn run(
     store.close().await;
     served?;
     Ok(())
+}
+
+/// Writes the key uses the registry noted, every few seconds and once more at shutdown.
+async fn flush_key_uses(state: Arc<State>) {
+    loop {
+        let stopping = tokio::select! {
+            _ = state.shutdown.cancelled() => true,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => false,
+        };
+        if let Err(e) = state.registry.flush_uses(&*state.store).await {
+            tracing::warn!(error = %e, "cannot record when keys were last used");
+        }
+        if stopping {
+            return;
+        }
+    }
 }
 
 /// Wakes this node's long-polls for apps whose deliveries became ready on another node
@@ -108,7 +142,8 @@ async fn forward_wakeups(
                 Err(RecvError::Closed) => return,
             },
         };
-        // The reserved app id `switchboard`: the registered apps changed.
+        // The reserved app id `switchboard`: the registered apps or keys changed (a key may
+        // have been revoked): reload the apps and forget the cached keys.
         if app.as_str() == "switchboard" {
             if let Err(e) = state.registry.reload(&*state.store).await {
                 tracing::warn!(error = %e, "cannot reload the apps another node changed");

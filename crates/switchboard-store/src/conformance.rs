@@ -13,9 +13,9 @@ use switchboard_core::{
 
 use crate::{
     AckItem, AlertChange, AlertState, AppUpdate, ChannelQuery, ChannelStats, DeadFilter,
-    DeadLetterQuery, EventQuery, ExtendItem, GroupBy, KeyHash, LeaseRequest, NackItem, NewApp,
-    NewEvent, NewKey, Published, RequeueRequest, RequeueSelector, StatsQuery, Store, StoreError,
-    UnackedQuery,
+    DeadLetterQuery, EventQuery, ExtendItem, GroupBy, KeyGrant, KeyHash, KeyOwner, LeaseRequest,
+    NackItem, NewApp, NewEvent, NewKey, Published, RequeueRequest, RequeueSelector, StatsQuery,
+    Store, StoreError, UnackedQuery,
 };
 
 /// A store under test and whatever must live as long as it (a temp dir, a server process).
@@ -31,6 +31,9 @@ macro_rules! conformance_tests {
     ($make:path) => {
         $crate::conformance_tests!(@cases $make;
             apps_register_list_and_resolve_keys,
+            app_keys_rotate_and_revoke_at_once,
+            tenant_reader_keys_belong_to_one_tenant,
+            key_use_is_recorded_and_never_moves_back,
             duplicate_app_is_refused,
             update_app_changes_what_happens_next,
             publish_creates_pending_deliveries,
@@ -242,10 +245,176 @@ pub async fn apps_register_list_and_resolve_keys(store: &dyn Store) {
     assert_eq!(hr.settings.max_attempts, 8);
     assert_eq!(hr.settings.retry.to_string(), "1s,5s");
     assert_eq!(
-        store.app_for_key(key_hash("hr", 1)).await.unwrap(),
-        Some(app("hr"))
+        store.resolve_key(key_hash("hr", 1)).await.unwrap(),
+        Some(KeyGrant {
+            key_id: "key_hr".into(),
+            owner: KeyOwner::App(app("hr")),
+        })
     );
-    assert_eq!(store.app_for_key(key_hash("hr", 2)).await.unwrap(), None);
+    assert_eq!(store.resolve_key(key_hash("hr", 2)).await.unwrap(), None);
+}
+
+fn new_key(key_id: &str, hash: KeyHash) -> NewKey {
+    NewKey {
+        key_id: key_id.into(),
+        hash,
+    }
+}
+
+async fn owner_of(store: &dyn Store, hash: KeyHash) -> Option<KeyOwner> {
+    store.resolve_key(hash).await.unwrap().map(|g| g.owner)
+}
+
+async fn key_ids(store: &dyn Store, owner: &KeyOwner) -> Vec<String> {
+    let keys = store.keys(owner.clone()).await.unwrap();
+    keys.into_iter().map(|k| k.key_id).collect()
+}
+
+pub async fn app_keys_rotate_and_revoke_at_once(store: &dyn Store) {
+    register(store, "hr", &["*"], 8).await;
+    register(store, "crm", &[], 8).await;
+    let hr = KeyOwner::App(app("hr"));
+    let added = store
+        .add_key(
+            hr.clone(),
+            new_key("key_hr2", key_hash("hr", 2)),
+            T0.plus_ms(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(added.key_id, "key_hr2");
+    assert_eq!(added.created_at, T0.plus_ms(5));
+    assert_eq!(added.last_used_at, None);
+    // Both keys are live: the old one until it is revoked.
+    assert_eq!(owner_of(store, key_hash("hr", 1)).await, Some(hr.clone()));
+    assert_eq!(owner_of(store, key_hash("hr", 2)).await, Some(hr.clone()));
+    assert_eq!(key_ids(store, &hr).await, ["key_hr", "key_hr2"]);
+    assert_eq!(
+        key_ids(store, &KeyOwner::App(app("crm"))).await,
+        ["key_crm"]
+    );
+    // Another owner cannot revoke hr's key; an unknown id is unknown.
+    let crm = KeyOwner::App(app("crm"));
+    assert_eq!(
+        store
+            .revoke_key(crm, "key_hr".into(), T0)
+            .await
+            .unwrap_err(),
+        StoreError::UnknownKey("key_hr".into())
+    );
+    assert_eq!(
+        store
+            .revoke_key(hr.clone(), "key_nope".into(), T0)
+            .await
+            .unwrap_err(),
+        StoreError::UnknownKey("key_nope".into())
+    );
+    store
+        .revoke_key(hr.clone(), "key_hr".into(), T0.plus_ms(6))
+        .await
+        .unwrap();
+    assert_eq!(owner_of(store, key_hash("hr", 1)).await, None);
+    assert_eq!(owner_of(store, key_hash("hr", 2)).await, Some(hr.clone()));
+    assert_eq!(key_ids(store, &hr).await, ["key_hr2"]);
+    // Revoking twice is an unknown key the second time.
+    assert_eq!(
+        store
+            .revoke_key(hr.clone(), "key_hr".into(), T0.plus_ms(7))
+            .await
+            .unwrap_err(),
+        StoreError::UnknownKey("key_hr".into())
+    );
+    // Keys only for registered apps.
+    let unknown = store
+        .add_key(
+            KeyOwner::App(app("nobody")),
+            new_key("key_x", key_hash("nobody", 1)),
+            T0,
+        )
+        .await;
+    assert_eq!(unknown.unwrap_err(), StoreError::UnknownApp(app("nobody")));
+    assert_eq!(owner_of(store, key_hash("nobody", 1)).await, None);
+}
+
+pub async fn tenant_reader_keys_belong_to_one_tenant(store: &dyn Store) {
+    let acme = KeyOwner::TenantReader(TenantId::parse("acme").unwrap());
+    let globex = KeyOwner::TenantReader(TenantId::parse("globex").unwrap());
+    // A tenant with characters that need care in key names.
+    let odd = KeyOwner::TenantReader(TenantId::parse("a}b:{c%").unwrap());
+    store
+        .add_key(acme.clone(), new_key("key_r1", key_hash("r", 1)), T0)
+        .await
+        .unwrap();
+    store
+        .add_key(
+            acme.clone(),
+            new_key("key_r2", key_hash("r", 2)),
+            T0.plus_ms(1),
+        )
+        .await
+        .unwrap();
+    store
+        .add_key(odd.clone(), new_key("key_r3", key_hash("r", 3)), T0)
+        .await
+        .unwrap();
+    assert_eq!(owner_of(store, key_hash("r", 1)).await, Some(acme.clone()));
+    assert_eq!(owner_of(store, key_hash("r", 3)).await, Some(odd.clone()));
+    assert_eq!(key_ids(store, &acme).await, ["key_r1", "key_r2"]);
+    assert_eq!(key_ids(store, &odd).await, ["key_r3"]);
+    assert!(key_ids(store, &globex).await.is_empty());
+    assert_eq!(
+        store
+            .revoke_key(globex, "key_r1".into(), T0)
+            .await
+            .unwrap_err(),
+        StoreError::UnknownKey("key_r1".into())
+    );
+    // A reader key is not an app key of an app with the same name.
+    assert_eq!(
+        store
+            .revoke_key(KeyOwner::App(app("acme")), "key_r1".into(), T0)
+            .await
+            .unwrap_err(),
+        StoreError::UnknownKey("key_r1".into())
+    );
+    store
+        .revoke_key(acme.clone(), "key_r1".into(), T0)
+        .await
+        .unwrap();
+    assert_eq!(owner_of(store, key_hash("r", 1)).await, None);
+    assert_eq!(key_ids(store, &acme).await, ["key_r2"]);
+}
+
+pub async fn key_use_is_recorded_and_never_moves_back(store: &dyn Store) {
+    register(store, "hr", &["*"], 8).await;
+    let hr = KeyOwner::App(app("hr"));
+    store
+        .touch_keys(vec![
+            ("key_hr".into(), T0.plus_ms(500)),
+            ("key_unknown".into(), T0),
+        ])
+        .await
+        .unwrap();
+    store
+        .touch_keys(vec![("key_hr".into(), T0.plus_ms(100))])
+        .await
+        .unwrap();
+    store.touch_keys(vec![]).await.unwrap();
+    let keys = store.keys(hr.clone()).await.unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].created_at, T0);
+    assert_eq!(keys[0].last_used_at, Some(T0.plus_ms(500)));
+    // A revoked key is not brought back by a late touch.
+    store
+        .revoke_key(hr.clone(), "key_hr".into(), T0.plus_ms(600))
+        .await
+        .unwrap();
+    store
+        .touch_keys(vec![("key_hr".into(), T0.plus_ms(700))])
+        .await
+        .unwrap();
+    assert!(store.keys(hr).await.unwrap().is_empty());
+    assert_eq!(owner_of(store, key_hash("hr", 1)).await, None);
 }
 
 pub async fn duplicate_app_is_refused(store: &dyn Store) {
@@ -264,7 +433,7 @@ pub async fn duplicate_app_is_refused(store: &dyn Store) {
         .await;
     assert_eq!(again.unwrap_err(), StoreError::AppExists(app("hr")));
     assert_eq!(store.list_apps().await.unwrap().len(), 1);
-    assert_eq!(store.app_for_key(key_hash("hr", 9)).await.unwrap(), None);
+    assert_eq!(store.resolve_key(key_hash("hr", 9)).await.unwrap(), None);
 }
 
 pub async fn update_app_changes_what_happens_next(store: &dyn Store) {

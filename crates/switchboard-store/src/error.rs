@@ -9,6 +9,8 @@ pub enum StoreError {
     UnknownApp(AppId),
     #[error("app already exists: {0}")]
     AppExists(AppId),
+    #[error("unknown key: {0}")]
+    UnknownKey(String),
     #[error("unknown delivery: {0}")]
     UnknownDelivery(DeliveryId),
     #[error("delivery {id} is {status}, not in flight: it can no longer be acked or nacked")]

@@ -34,8 +34,33 @@ pub trait Store: Send + Sync + 'static {
 
     fn list_apps(&self) -> BoxFuture<'_, Result<Vec<App>>>;
 
-    /// The app owning a live key with this hash.
-    fn app_for_key(&self, hash: KeyHash) -> BoxFuture<'_, Result<Option<AppId>>>;
+    /// The owner and id of the live (not revoked) key with this hash.
+    fn resolve_key(&self, hash: KeyHash) -> BoxFuture<'_, Result<Option<KeyGrant>>>;
+
+    /// Adds a live key for `owner` (an app's second key, for rotation, or a tenant reader's
+    /// key). Fails with `UnknownApp` for an app not registered.
+    fn add_key(
+        &self,
+        owner: KeyOwner,
+        key: NewKey,
+        now: Timestamp,
+    ) -> BoxFuture<'_, Result<KeyInfo>>;
+
+    /// Revokes a live key of `owner` at once: it no longer resolves. Fails with `UnknownKey`
+    /// when `owner` has no live key with this id.
+    fn revoke_key(
+        &self,
+        owner: KeyOwner,
+        key_id: String,
+        now: Timestamp,
+    ) -> BoxFuture<'_, Result<()>>;
+
+    /// The live keys of `owner`, oldest first.
+    fn keys(&self, owner: KeyOwner) -> BoxFuture<'_, Result<Vec<KeyInfo>>>;
+
+    /// Records when keys were last used (`key_id`, time); never moves a time backwards and
+    /// ignores keys that are gone.
+    fn touch_keys(&self, used: Vec<(String, Timestamp)>) -> BoxFuture<'_, Result<()>>;
 
     /// Stores events and their deliveries, all or nothing. An event whose idempotency key was
     /// seen before from the same source is not stored again: its first result comes back

@@ -17,6 +17,30 @@ pub struct NewKey {
     pub hash: KeyHash,
 }
 
+/// Who a key belongs to: an app (publish, consume, read its own), or a tenant's read-only
+/// dashboard.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum KeyOwner {
+    App(AppId),
+    TenantReader(TenantId),
+}
+
+/// What a live key resolves to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyGrant {
+    pub key_id: String,
+    pub owner: KeyOwner,
+}
+
+/// A live key as listed: its id and times, never the key nor its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub key_id: String,
+    pub created_at: Timestamp,
+    /// When a request last used it, to within the server's touch interval.
+    pub last_used_at: Option<Timestamp>,
+}
+
 #[derive(Debug, Clone)]
 pub struct NewApp {
     pub id: AppId,

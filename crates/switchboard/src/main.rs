@@ -74,13 +74,96 @@ struct ServeArgs {
         default_value = "./switchboard-data"
     )]
     data_dir: PathBuf,
-    /// Largest request body, in bytes.
-    #[arg(long, env = "SWITCHBOARD_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
-    max_body_bytes: usize,
     /// The store: `sqlite` (embedded, in the data directory; the default) or a Redis URL
     /// (`redis://127.0.0.1:6379/0`) that several switchboard nodes share.
     #[arg(long, env = "SWITCHBOARD_STORE", default_value = "sqlite")]
     store: String,
+    /// Serve HTTPS with this PEM certificate chain (leaf first); needs --tls-key.
+    #[arg(long, env = "SWITCHBOARD_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "SWITCHBOARD_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// Request limits: each refused with a 4xx naming it.
+#[derive(clap::Args)]
+struct LimitArgs {
+    /// Largest request body, in bytes (413 above).
+    #[arg(long, env = "SWITCHBOARD_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    max_body_bytes: usize,
+    /// Most events in one publish batch.
+    #[arg(long, env = "SWITCHBOARD_MAX_BATCH", default_value_t = 1000)]
+    max_batch: usize,
+    /// Most acks in one request.
+    #[arg(long, env = "SWITCHBOARD_MAX_ACKS", default_value_t = 1000)]
+    max_acks: usize,
+    /// How deep event and ack `data` may nest objects and arrays.
+    #[arg(long, env = "SWITCHBOARD_MAX_DATA_DEPTH", default_value_t = 32)]
+    max_data_depth: usize,
+    /// Most target apps one event may name.
+    #[arg(long, env = "SWITCHBOARD_MAX_TARGETS", default_value_t = 100)]
+    max_targets: usize,
+    /// Most deliveries one consume may ask for (`max`).
+    #[arg(long, env = "SWITCHBOARD_MAX_CONSUME", default_value_t = 1000)]
+    max_consume: u32,
+    /// Longest long-poll a consume may ask for (`wait_ms`).
+    #[arg(long, env = "SWITCHBOARD_MAX_WAIT_MS", default_value_t = 60_000)]
+    max_wait_ms: u64,
+    /// Shortest lease (`lease_ms`) a consume or extend may ask for.
+    #[arg(long, env = "SWITCHBOARD_MIN_LEASE_MS", default_value_t = 100)]
+    min_lease_ms: u64,
+    /// Longest lease (`lease_ms`) a consume or extend may ask for.
+    #[arg(long, env = "SWITCHBOARD_MAX_LEASE_MS", default_value_t = 12 * 3_600_000)]
+    max_lease_ms: u64,
+    /// Longest nack `error` text, in bytes.
+    #[arg(long, env = "SWITCHBOARD_MAX_ERROR_LEN", default_value_t = 4096)]
+    max_error_len: usize,
+    /// Largest page a listing may ask for (`limit`).
+    #[arg(long, env = "SWITCHBOARD_MAX_PAGE", default_value_t = 1000)]
+    max_page: u32,
+    /// Largest request head (request line and headers), in bytes (431 above).
+    #[arg(long, env = "SWITCHBOARD_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
+    max_header_bytes: usize,
+    /// How long a client may take to send a request head (or a TLS handshake), and how long
+    /// a connection may idle between requests, in ms.
+    #[arg(long, env = "SWITCHBOARD_HEADER_TIMEOUT_MS", default_value_t = 30_000)]
+    header_timeout_ms: u64,
+    /// How long a client may take to send a request body, in ms (408 after).
+    #[arg(long, env = "SWITCHBOARD_BODY_TIMEOUT_MS", default_value_t = 30_000)]
+    body_timeout_ms: u64,
+    /// Requests per second each app (and each tenant reader key owner) may make on average;
+    /// 0 (the default) is unlimited. Over it: 429 with Retry-After.
+    #[arg(long, env = "SWITCHBOARD_RATE_LIMIT", default_value_t = 0.0)]
+    rate_limit: f64,
+    /// Bursts allowed above --rate-limit (the token bucket's size).
+    #[arg(long, env = "SWITCHBOARD_RATE_BURST", default_value_t = 100)]
+    rate_burst: u32,
+}
+
+impl LimitArgs {
+    fn apply(&self, limits: &mut switchboard_server::Limits) {
+        limits.max_body_bytes = self.max_body_bytes;
+        limits.max_batch = self.max_batch;
+        limits.max_acks = self.max_acks;
+        limits.max_data_depth = self.max_data_depth;
+        limits.max_targets = self.max_targets;
+        limits.max_consume = self.max_consume;
+        limits.max_wait_ms = self.max_wait_ms;
+        limits.min_lease_ms = self.min_lease_ms;
+        limits.max_lease_ms = self.max_lease_ms;
+        limits.max_error_len = self.max_error_len;
+        limits.max_page = self.max_page;
+        limits.max_header_bytes = self.max_header_bytes;
+        limits.header_timeout = std::time::Duration::from_millis(self.header_timeout_ms);
+        limits.body_timeout = std::time::Duration::from_millis(self.body_timeout_ms);
+        limits.rate_limit = (self.rate_limit > 0.0).then_some(switchboard_server::RateLimit {
+            per_second: self.rate_limit,
+            burst: self.rate_burst,
+        });
+    }
 }
 
 const ADMIN_KEY_FILE: &str = "admin.key";
@@ -123,13 +206,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )
     })?;
     let mut config = Config::new(admin_key(&args.data_dir)?);
-    config.limits.max_body_bytes = args.max_body_bytes;
+    args.limits.apply(&mut config.limits);
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.tls = Some(switchboard_server::Tls::from_files(cert, key)?);
+    }
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let store = open_store(&args).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, data_dir = %args.data_dir.display(), "switchboard listening");
+    tracing::info!(%addr, scheme, data_dir = %args.data_dir.display(), "switchboard listening");
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     switchboard_server::run(config, listener, store, shutdown).await?;

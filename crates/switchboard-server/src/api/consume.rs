@@ -13,7 +13,9 @@ use switchboard_core::{DeliveryId, DeliveryStatus, Timestamp};
 use switchboard_store::{AckItem, LeaseRequest, LeasedDelivery, NackItem};
 
 use super::views::EventView;
-use super::{Body, Problems, in_range, json_response, parse_json, parse_json_or_default};
+use super::{
+    Body, Problems, check_depth, in_range, json_response, parse_json, parse_json_or_default,
+};
 use crate::State;
 use crate::auth::Caller;
 use crate::clock;
@@ -172,6 +174,10 @@ pub async fn ack(
         .iter()
         .enumerate()
         .filter_map(|(i, a)| {
+            if let Some(data) = a.data {
+                let field = format!("acks[{i}].data");
+                check_depth(&mut p, &field, data.get(), limits.max_data_depth);
+            }
             let id = p.check(
                 format!("acks[{i}].delivery_id"),
                 DeliveryId::parse(&a.delivery_id),

@@ -1,6 +1,6 @@
 //! Dead letters: the list of dead deliveries with their events and history, and requeue (by
 //! ids, all or nothing, or by filter, in bounded batches). An app key sees and requeues only
-//! deliveries sent to it (and sees those it published).
+//! deliveries sent to it (and sees those it published); a tenant reader sees its tenant's.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,13 +24,6 @@ use crate::error::ApiError;
 const REQUEUE_BATCH: usize = 1000;
 /// Most ids one requeue by ids may name.
 const MAX_REQUEUE_IDS: usize = 1000;
-
-fn visible_to(caller: &Caller) -> Option<AppId> {
-    match caller {
-        Caller::Admin => None,
-        Caller::App(app) => Some(app.clone()),
-    }
-}
 
 /// Parses the filter fields shared by the list and requeue-by-filter; `prefix` names them.
 fn parse_filter(
@@ -74,7 +67,8 @@ pub async fn list(
         state.config.limits.max_page,
     );
     p.into_result()?;
-    filter.visible_to = visible_to(&caller);
+    filter.tenant = caller.tenant_filter(filter.tenant.take())?;
+    filter.visible_to = caller.app().cloned();
     let page = state
         .store
         .dead_letters(DeadLetterQuery {
@@ -125,6 +119,10 @@ pub async fn requeue(
     let by = match &caller {
         Caller::Admin => "admin".to_owned(),
         Caller::App(app) => app.to_string(),
+        // The route's scope keeps readers out; refuse anyway rather than act for no one.
+        Caller::TenantReader(_) => {
+            return Err(ApiError::forbidden("a tenant reader's key cannot requeue"));
+        }
     };
     let mut p = Problems::default();
     let selector = match (input.delivery_ids, input.filter) {
@@ -178,7 +176,7 @@ pub async fn requeue(
             .requeue(RequeueRequest {
                 selector: selector.clone(),
                 by: by.clone(),
-                visible_to: visible_to(&caller),
+                visible_to: caller.app().cloned(),
                 now: clock::now(),
             })
             .await?;

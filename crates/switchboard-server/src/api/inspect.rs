@@ -1,5 +1,6 @@
 //! Inspection: one event with its deliveries and attempts, and the filtered, paginated event
-//! list. An app key sees only events its app published or received.
+//! list. An app key sees only events its app published or received; a tenant reader only its
+//! tenant's.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ fn visible(caller: &Caller, record: &EventRecord) -> bool {
         Caller::App(app) => {
             &record.event.source == app || record.deliveries.iter().any(|d| &d.target == app)
         }
+        Caller::TenantReader(tenant) => &record.event.tenant == tenant,
     }
 }
 
@@ -36,7 +38,7 @@ pub async fn one(
     let id = EventId::parse(&id).map_err(|e| ApiError::field("id", e.0))?;
     let not_found = || ApiError::not_found("unknown_event", format!("unknown event: {id}"));
     let record = state.store.event(id.clone()).await?.ok_or_else(not_found)?;
-    // Another app's event is reported exactly like a missing one.
+    // Another app's (or tenant's) event is reported exactly like a missing one.
     if !visible(&caller, &record) {
         return Err(not_found());
     }
@@ -84,10 +86,8 @@ pub async fn list(
         state.config.limits.max_page,
     );
     p.into_result()?;
-    let visible_to = match &caller {
-        Caller::Admin => None,
-        Caller::App(app) => Some(app.clone()),
-    };
+    let tenant = caller.tenant_filter(tenant)?;
+    let visible_to = caller.app().cloned();
     let page = state
         .store
         .events(EventQuery {

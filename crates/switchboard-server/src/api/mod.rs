@@ -5,6 +5,7 @@ mod apps;
 mod consume;
 mod dead_letters;
 mod inspect;
+mod keys;
 mod publish;
 mod stream;
 mod tenants;
@@ -18,39 +19,62 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Query, Request};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, delete, get, patch, post};
 use serde::de::DeserializeOwned;
 
 use crate::State;
 use crate::error::{ApiError, FieldError};
+use crate::routes::{ROUTES, Route, Scope};
 
+/// The handler of each route of [`ROUTES`]; a route without one panics at start (and in
+/// every test).
+fn handler(route: &Route) -> MethodRouter<Arc<State>> {
+    match (route.method, route.path) {
+        ("GET", "/healthz") => get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        ("GET", "/metrics") => get(metrics),
+        ("POST", "/v1/apps") => post(apps::create),
+        ("GET", "/v1/apps") => get(apps::list),
+        ("PATCH", "/v1/apps/{id}") => patch(apps::update),
+        ("POST", "/v1/apps/{id}/keys") => post(keys::add_app_key),
+        ("GET", "/v1/apps/{id}/keys") => get(keys::list_app_keys),
+        ("DELETE", "/v1/apps/{id}/keys/{key_id}") => delete(keys::revoke_app_key),
+        ("POST", "/v1/tenants/{tenant}/readers") => post(keys::add_reader),
+        ("GET", "/v1/tenants/{tenant}/readers") => get(keys::list_readers),
+        ("DELETE", "/v1/tenants/{tenant}/readers/{key_id}") => delete(keys::revoke_reader),
+        ("POST", "/v1/events") => post(publish::publish),
+        ("GET", "/v1/events") => get(inspect::list),
+        ("GET", "/v1/events/{id}") => get(inspect::one),
+        ("POST", "/v1/consume") => post(consume::consume),
+        ("POST", "/v1/ack") => post(consume::ack),
+        ("POST", "/v1/nack") => post(consume::nack),
+        ("POST", "/v1/deliveries/{id}/extend") => post(consume::extend),
+        ("GET", "/v1/dead-letters") => get(dead_letters::list),
+        ("POST", "/v1/dead-letters/requeue") => post(dead_letters::requeue),
+        ("GET", "/v1/tenants/{tenant}/unacknowledged") => get(tenants::unacknowledged),
+        ("GET", "/v1/tenants/{tenant}/matrix") => get(transparency::matrix),
+        ("GET", "/v1/tenants/{tenant}/health") => get(transparency::health),
+        ("GET", "/v1/matrix") => get(transparency::suite_matrix),
+        ("GET", "/v1/stats") => get(transparency::stats),
+        ("GET", "/v1/stream") => get(stream::stream),
+        (method, path) => panic!("route {method} {path} is in ROUTES but has no handler"),
+    }
+}
+
+/// Every route of [`ROUTES`] with its handler behind the `authorize` layer of its scope.
 pub fn router(state: Arc<State>) -> Router {
     let limit = state.config.limits.max_body_bytes;
-    Router::new()
-        .route(
-            "/healthz",
-            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
-        )
-        .route("/v1/apps", post(apps::create).get(apps::list))
-        .route("/v1/apps/{id}", axum::routing::patch(apps::update))
-        .route("/v1/events", post(publish::publish).get(inspect::list))
-        .route("/v1/events/{id}", get(inspect::one))
-        .route("/v1/consume", post(consume::consume))
-        .route("/v1/ack", post(consume::ack))
-        .route("/v1/nack", post(consume::nack))
-        .route("/v1/deliveries/{id}/extend", post(consume::extend))
-        .route("/v1/dead-letters", get(dead_letters::list))
-        .route("/v1/dead-letters/requeue", post(dead_letters::requeue))
-        .route(
-            "/v1/tenants/{tenant}/unacknowledged",
-            get(tenants::unacknowledged),
-        )
-        .route("/v1/tenants/{tenant}/matrix", get(transparency::matrix))
-        .route("/v1/tenants/{tenant}/health", get(transparency::health))
-        .route("/v1/matrix", get(transparency::suite_matrix))
-        .route("/v1/stats", get(transparency::stats))
-        .route("/v1/stream", get(stream::stream))
-        .route("/metrics", get(metrics))
+    let mut router = Router::new();
+    for route in ROUTES {
+        let mut endpoint = handler(route);
+        if route.scope != Scope::Public {
+            endpoint = endpoint.route_layer(axum::middleware::from_fn_with_state(
+                (state.clone(), route.scope),
+                crate::auth::authorize,
+            ));
+        }
+        router = router.route(route.path, endpoint);
+    }
+    router
         .fallback(|| async {
             ApiError::not_found(
                 "not_found",
@@ -58,7 +82,50 @@ pub fn router(state: Arc<State>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| {
+                use axum::response::IntoResponse;
+                ApiError::internal(&"a handler panicked").into_response()
+            },
+        ))
         .with_state(state)
+}
+
+/// How deeply `json` (valid JSON text) nests objects and arrays.
+pub fn json_depth(json: &str) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in json.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// Refuses `data` nested deeper than the `max_data_depth` limit.
+pub fn check_depth(p: &mut Problems, field: &str, json: &str, max: usize) {
+    let depth = json_depth(json);
+    if depth > max {
+        p.add(
+            field,
+            format!("nests {depth} levels deep; the limit (max_data_depth) is {max}: flatten it"),
+        );
+    }
 }
 
 /// Serializes `body` as the JSON reply with `status`.
@@ -85,20 +152,30 @@ impl FromRequest<Arc<State>> for Body {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &Arc<State>) -> Result<Body, ApiError> {
-        let limit = state.config.limits.max_body_bytes;
-        match Bytes::from_request(req, state).await {
-            Ok(bytes) => Ok(Body(bytes)),
-            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
+        let limits = &state.config.limits;
+        let limit = limits.max_body_bytes;
+        let read = tokio::time::timeout(limits.body_timeout, Bytes::from_request(req, state));
+        match read.await {
+            Ok(Ok(bytes)) => Ok(Body(bytes)),
+            Ok(Err(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 format!(
-                    "the request body is over the {limit}-byte limit: send fewer events per batch or smaller data"
+                    "the request body is over the {limit}-byte limit (max_body_bytes): send fewer events per batch or smaller data"
                 ),
             )),
-            Err(e) => Err(ApiError::new(
+            Ok(Err(_)) => Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_body",
-                format!("could not read the request body: {e}"),
+                "could not read the request body: the connection failed or the body was malformed",
+            )),
+            Err(_) => Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within {} ms (body_timeout_ms)",
+                    limits.body_timeout.as_millis()
+                ),
             )),
         }
     }

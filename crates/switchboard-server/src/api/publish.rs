@@ -15,14 +15,11 @@ use switchboard_core::routing::route;
 use switchboard_core::{AppId, DeliveryStatus, EventId, EventType, TenantId, Timestamp};
 use switchboard_store::{NewEvent, Published};
 
-use super::{Body, Problems, json_response, parse_json};
+use super::{Body, Problems, check_depth, json_response, parse_json};
 use crate::State;
 use crate::auth::Caller;
 use crate::clock;
 use crate::error::ApiError;
-
-/// Most targets one event may name.
-const MAX_TARGETS: usize = 100;
 
 /// One body shape for both forms: a single event, or `{"events": [...]}`. (serde cannot
 /// flatten with `deny_unknown_fields`, hence the repeated fields.)
@@ -130,6 +127,7 @@ fn validate(
     source: &AppId,
     now: Timestamp,
     known: &dyn Fn(&AppId) -> bool,
+    limits: &crate::Limits,
 ) -> Option<Event> {
     let before = p.0.len();
     let f = |name: &str| format!("{prefix}{name}");
@@ -148,7 +146,10 @@ fn validate(
         }
     };
     let data = match input.data {
-        Some(raw) if raw.get().starts_with('{') => Some(raw.get().to_owned()),
+        Some(raw) if raw.get().starts_with('{') => {
+            check_depth(p, &f("data"), raw.get(), limits.max_data_depth);
+            Some(raw.get().to_owned())
+        }
         Some(_) => {
             p.add(f("data"), "must be a JSON object, like {\"user_id\": 42}");
             None
@@ -173,10 +174,14 @@ fn validate(
         }
     };
     let named_targets: Option<Vec<AppId>> = named_targets.map(|names| {
-        if names.len() > MAX_TARGETS {
+        if names.len() > limits.max_targets {
             p.add(
                 f("target"),
-                format!("{} targets is over the limit of {MAX_TARGETS}", names.len()),
+                format!(
+                    "{} targets is over the limit (max_targets) of {}",
+                    names.len(),
+                    limits.max_targets
+                ),
             );
         }
         names
@@ -270,7 +275,7 @@ pub async fn publish(
             } else {
                 String::new()
             };
-            validate(&mut p, &prefix, input, &source, now, &known)
+            validate(&mut p, &prefix, input, &source, now, &known, limits)
         })
         .collect();
     p.into_result()?;

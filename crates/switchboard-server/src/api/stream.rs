@@ -53,12 +53,9 @@ pub async fn stream(
         .and_then(|t| p.check("type", TypePattern::parse(t)));
     p.into_result()?;
     let filter = Filter {
-        tenant,
+        tenant: caller.tenant_filter(tenant)?,
         pattern,
-        app: match &caller {
-            Caller::Admin => None,
-            Caller::App(app) => Some(app.to_string()),
-        },
+        app: caller.app().map(ToString::to_string),
     };
     let rx = state.observe.subscribe();
     let shutdown = state.shutdown.clone();

@@ -56,15 +56,13 @@ pub async fn unacknowledged(
     );
     p.into_result()?;
     let tenant = tenant.expect("checked");
+    caller.check_tenant(&tenant)?;
     let now = clock::now();
     let page = state
         .store
         .unacknowledged(UnackedQuery {
             tenant: tenant.clone(),
-            visible_to: match &caller {
-                Caller::Admin => None,
-                Caller::App(app) => Some(app.clone()),
-            },
+            visible_to: caller.app().cloned(),
             created_before: Timestamp(now.millis() - older_than_ms as i64),
             limit,
             cursor: params.get("cursor").cloned(),

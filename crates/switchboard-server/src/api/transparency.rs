@@ -119,6 +119,10 @@ fn visible(caller: &Caller, channels: Vec<ChannelStats>) -> Vec<ChannelStats> {
             .into_iter()
             .filter(|c| &c.source == app || &c.target == app)
             .collect(),
+        Caller::TenantReader(tenant) => channels
+            .into_iter()
+            .filter(|c| &c.tenant == tenant)
+            .collect(),
     }
 }
 
@@ -163,6 +167,7 @@ pub async fn matrix(
 ) -> Result<Response, ApiError> {
     let params = query_params(query, &["window"])?;
     let tenant = tenant_param(&tenant)?;
+    caller.check_tenant(&tenant)?;
     let mut p = Problems::default();
     let (name, window) = parse_window(&mut p, params.get("window").map(String::as_str));
     p.into_result()?;
@@ -189,7 +194,6 @@ pub async fn suite_matrix(
     caller: Caller,
     query: Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    caller.require_admin()?;
     let params = query_params(query, &["window"])?;
     let mut p = Problems::default();
     let (name, window) = parse_window(&mut p, params.get("window").map(String::as_str));
@@ -276,6 +280,7 @@ pub async fn health(
 ) -> Result<Response, ApiError> {
     let params = query_params(query, &["window"])?;
     let tenant = tenant_param(&tenant)?;
+    caller.check_tenant(&tenant)?;
     let mut p = Problems::default();
     let (name, window) = parse_window(&mut p, params.get("window").map(String::as_str));
     p.into_result()?;
@@ -377,10 +382,8 @@ pub async fn stats(
         p.add("until", "must be after `since`");
     }
     p.into_result()?;
-    let visible_to = match &caller {
-        Caller::Admin => None,
-        Caller::App(app) => Some(app.clone()),
-    };
+    let tenant = caller.tenant_filter(tenant)?;
+    let visible_to = caller.app().cloned();
     let rows = state
         .store
         .stats(StatsQuery {

@@ -6,8 +6,6 @@ use switchboard_core::{AppId, TenantId};
 
 /// Registered apps: app id → app JSON.
 pub const APPS: &str = "sb:apps";
-/// API keys: key hash (hex) → app id.
-pub const KEYS: &str = "sb:keys";
 /// Every lease in flight: delivery number scored by its deadline.
 pub const LEASES: &str = "sb:leases";
 /// The pub/sub channel carrying app ids whose deliveries became ready.
@@ -36,6 +34,28 @@ fn encode(s: &str) -> String {
         }
     }
     out
+}
+
+/// A key's owner as stored in its hash: `app:<id>` or `tenant:<tenant>`.
+pub fn key_owner(owner: &crate::KeyOwner) -> String {
+    match owner {
+        crate::KeyOwner::App(app) => format!("app:{app}"),
+        crate::KeyOwner::TenantReader(tenant) => format!("tenant:{tenant}"),
+    }
+}
+
+/// The set of an owner's live key ids.
+pub fn owner_keys(owner: &crate::KeyOwner) -> String {
+    match owner {
+        crate::KeyOwner::App(app) => format!("sb:ko:app:{app}"),
+        crate::KeyOwner::TenantReader(tenant) => format!("sb:ko:tenant:{}", tenant_tag(tenant)),
+    }
+}
+
+/// A key's hash: owner `o`, key hash `h` (hex; `sb:keys` maps it back to the id), created
+/// `c`, last used `u`.
+pub fn key(key_id: &str) -> String {
+    format!("sb:key:{key_id}")
 }
 
 pub fn event(id: &str) -> String {

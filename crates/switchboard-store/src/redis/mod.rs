@@ -9,6 +9,7 @@
 
 mod codec;
 mod counters;
+mod credentials;
 mod keys;
 mod read;
 mod scripts;
@@ -30,9 +31,9 @@ use self::scripts::Scripts;
 use crate::{
     AckItem, AlertChange, AlertState, AppActivity, AppUpdate, BoxFuture, ChannelQuery,
     ChannelStats, DeadLetterQuery, DeliveryChange, DeliveryPage, EventPage, EventQuery,
-    EventRecord, Expired, ExtendItem, KeyHash, LeaseRequest, Leased, NackItem, NackResult, NewApp,
-    NewEvent, Published, RequeueRequest, Requeued, Result, StatsQuery, StatsRow, Store, StoreError,
-    UnackedQuery,
+    EventRecord, Expired, ExtendItem, KeyGrant, KeyHash, KeyInfo, KeyOwner, LeaseRequest, Leased,
+    NackItem, NackResult, NewApp, NewEvent, NewKey, Published, RequeueRequest, Requeued, Result,
+    StatsQuery, StatsRow, Store, StoreError, UnackedQuery,
 };
 
 /// How long one command or script may take before the store reports Redis unavailable.
@@ -193,6 +194,11 @@ async fn listen(
                 Ok(()) => {
                     delay = Duration::from_millis(50);
                     if reconnected {
+                        // Apps or keys may have changed meanwhile: reload them, and look
+                        // again for every app's deliveries.
+                        if let Ok(hub) = AppId::parse("switchboard") {
+                            let _ = wake.send(hub);
+                        }
                         let apps: Vec<String> = redis::cmd("HKEYS")
                             .arg(keys::APPS)
                             .query_async(&mut conn)
@@ -236,8 +242,34 @@ impl Store for RedisStore {
         Box::pin(self.do_list_apps())
     }
 
-    fn app_for_key(&self, hash: KeyHash) -> BoxFuture<'_, Result<Option<AppId>>> {
-        Box::pin(self.do_app_for_key(hash))
+    fn resolve_key(&self, hash: KeyHash) -> BoxFuture<'_, Result<Option<KeyGrant>>> {
+        Box::pin(self.do_resolve_key(hash))
+    }
+
+    fn add_key(
+        &self,
+        owner: KeyOwner,
+        key: NewKey,
+        now: Timestamp,
+    ) -> BoxFuture<'_, Result<KeyInfo>> {
+        Box::pin(self.do_add_key(owner, key, now))
+    }
+
+    fn revoke_key(
+        &self,
+        owner: KeyOwner,
+        key_id: String,
+        _now: Timestamp,
+    ) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.do_revoke_key(owner, key_id))
+    }
+
+    fn keys(&self, owner: KeyOwner) -> BoxFuture<'_, Result<Vec<KeyInfo>>> {
+        Box::pin(self.do_keys(owner))
+    }
+
+    fn touch_keys(&self, used: Vec<(String, Timestamp)>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.do_touch_keys(used))
     }
 
     fn publish(

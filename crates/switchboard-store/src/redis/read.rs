@@ -13,7 +13,7 @@ use super::write::invoke;
 use super::{RedisStore, keys, unavailable};
 use crate::{
     DeadFilter, DeadLetterQuery, DeliveryPage, DeliveryRecord, EventPage, EventQuery, EventRecord,
-    KeyHash, Result, StoreError, UnackedQuery,
+    Result, StoreError, UnackedQuery,
 };
 
 /// Index entries one query call looks at before it returns a (possibly short) page.
@@ -98,17 +98,6 @@ impl RedisStore {
             .collect::<Result<Vec<_>>>()?;
         apps.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(apps)
-    }
-
-    pub(super) async fn do_app_for_key(&self, hash: KeyHash) -> Result<Option<AppId>> {
-        let mut conn = self.conn()?;
-        let app: Option<String> = redis::cmd("HGET")
-            .arg(keys::KEYS)
-            .arg(codec::hex(&hash.0))
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        app.map(|a| codec::app_id(&a)).transpose()
     }
 
     /// Loads deliveries by number, with their history; missing ones are left out.

@@ -214,7 +214,8 @@ impl RedisStore {
         inv.arg(created.id.as_str())
             .arg(codec::app_json(&created))
             .arg(codec::hex(&app.key.hash.0))
-            .arg(&app.key.key_id);
+            .arg(&app.key.key_id)
+            .arg(app.now.millis());
         let done: i64 = invoke(&mut conn, &inv).await?;
         if done == 0 {
             return Err(StoreError::AppExists(created.id));

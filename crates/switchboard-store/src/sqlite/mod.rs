@@ -5,6 +5,7 @@
 
 mod checkpoint;
 mod counters;
+mod keys;
 mod read;
 mod rows;
 mod schema;
@@ -23,9 +24,9 @@ use self::writer::Writer;
 use crate::{
     AckItem, AlertChange, AlertState, AppActivity, AppUpdate, BoxFuture, ChannelQuery,
     ChannelStats, DeadLetterQuery, DeliveryChange, DeliveryPage, EventPage, EventQuery,
-    EventRecord, Expired, ExtendItem, KeyHash, LeaseRequest, Leased, NackItem, NackResult, NewApp,
-    NewEvent, Published, RequeueRequest, Requeued, Result, StatsQuery, StatsRow, Store, StoreError,
-    UnackedQuery,
+    EventRecord, Expired, ExtendItem, KeyGrant, KeyHash, KeyInfo, KeyOwner, LeaseRequest, Leased,
+    NackItem, NackResult, NewApp, NewEvent, NewKey, Published, RequeueRequest, Requeued, Result,
+    StatsQuery, StatsRow, Store, StoreError, UnackedQuery,
 };
 
 pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
@@ -158,8 +159,40 @@ impl Store for SqliteStore {
         Box::pin(self.read(read::list_apps))
     }
 
-    fn app_for_key(&self, hash: KeyHash) -> BoxFuture<'_, Result<Option<AppId>>> {
-        Box::pin(self.read(move |conn| read::app_for_key(conn, hash)))
+    fn resolve_key(&self, hash: KeyHash) -> BoxFuture<'_, Result<Option<KeyGrant>>> {
+        Box::pin(self.read(move |conn| keys::resolve(conn, hash)))
+    }
+
+    fn add_key(
+        &self,
+        owner: KeyOwner,
+        key: NewKey,
+        now: Timestamp,
+    ) -> BoxFuture<'_, Result<KeyInfo>> {
+        Box::pin(
+            self.writer
+                .write(move |ctx| keys::add(ctx, &owner, key, now)),
+        )
+    }
+
+    fn revoke_key(
+        &self,
+        owner: KeyOwner,
+        key_id: String,
+        now: Timestamp,
+    ) -> BoxFuture<'_, Result<()>> {
+        Box::pin(
+            self.writer
+                .write(move |ctx| keys::revoke(ctx, &owner, key_id, now)),
+        )
+    }
+
+    fn keys(&self, owner: KeyOwner) -> BoxFuture<'_, Result<Vec<KeyInfo>>> {
+        Box::pin(self.read(move |conn| keys::list(conn, &owner)))
+    }
+
+    fn touch_keys(&self, used: Vec<(String, Timestamp)>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.writer.write(move |ctx| keys::touch(ctx, used)))
     }
 
     fn publish(

@@ -4,12 +4,12 @@
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use switchboard_core::event::{App, Attempt, Delivery, Event, Requeue};
-use switchboard_core::{AppId, AttemptOutcome, EventId, Timestamp, TypePattern};
+use switchboard_core::{AttemptOutcome, EventId, Timestamp, TypePattern};
 
 use super::rows::{self, APP_COLS, EVENT_COLS, app_from_row, delivery_id, event_from_row};
 use crate::{
     DeadFilter, DeadLetterQuery, DeliveryPage, DeliveryRecord, EventPage, EventQuery, EventRecord,
-    KeyHash, StoreError, UnackedQuery,
+    StoreError, UnackedQuery,
 };
 
 /// A WHERE clause built piece by piece, with numbered arguments.
@@ -85,13 +85,6 @@ pub fn list_apps(conn: &Connection) -> Result<Vec<App>, StoreError> {
         .query_map([], app_from_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(apps)
-}
-
-pub fn app_for_key(conn: &Connection, hash: KeyHash) -> Result<Option<AppId>, StoreError> {
-    let mut stmt =
-        conn.prepare_cached("SELECT app_id FROM app_keys WHERE hash = ?1 AND revoked_at IS NULL")?;
-    let id: Option<String> = stmt.query_row([&hash.0[..]], |r| r.get(0)).optional()?;
-    Ok(id.map(|s| rows::app_id(&s)).transpose()?)
 }
 
 /// The delivery columns, in the order [`delivery_from_row`] reads them, for alias `d`.

@@ -144,6 +144,13 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (tenant, source, target, rule)
     ) WITHOUT ROWID;
     "#,
+    // 4: several live keys per app (rotation), tenant reader keys (`app_id` '' and the
+    // tenant set), and when each key was last used.
+    r#"
+    ALTER TABLE app_keys ADD COLUMN tenant TEXT;
+    ALTER TABLE app_keys ADD COLUMN last_used_at INTEGER;
+    CREATE INDEX app_keys_owner ON app_keys(app_id, tenant) WHERE revoked_at IS NULL;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -2,6 +2,7 @@
 //! client SDK. One module per feature; `harness` starts and stops hubs.
 
 mod access;
+mod authz;
 mod consume;
 mod crash;
 mod harness;
