@@ -9,6 +9,9 @@ use serde::Serialize;
 use crate::stats::spread;
 use crate::workloads::RunOutcome;
 
+/// Warnings a table shows; the rest are counted.
+pub const SHOWN_WARNINGS: usize = 10;
+
 /// The machine the benchmark ran on.
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
@@ -193,8 +196,15 @@ impl Report {
                 f.unit
             ));
         }
-        for w in &self.warnings {
+        // A server that logs one line per failed request can log thousands: the JSON has all.
+        for w in self.warnings.iter().take(SHOWN_WARNINGS) {
             out.push_str(&format!("warning: {w}\n"));
+        }
+        if self.warnings.len() > SHOWN_WARNINGS {
+            out.push_str(&format!(
+                "… and {} more warnings (all of them in the JSON)\n",
+                self.warnings.len() - SHOWN_WARNINGS
+            ));
         }
         for failure in &self.failures {
             out.push_str(&format!("FAILED: {failure}\n"));
@@ -209,7 +219,7 @@ impl Report {
 }
 
 /// A figure for reading: thousands separated from 1,000 up, three significant digits below.
-fn number(x: f64) -> String {
+pub fn number(x: f64) -> String {
     if !x.is_finite() {
         return x.to_string();
     }

@@ -548,6 +548,8 @@ async fn latency<T: Target>(config: &T::Config, s: &Settings) -> Result<RunOutco
     while let Some(joined) = publishes.join_next().await {
         published += u64::from(joined?);
     }
+    // Below the offered rate when the target could not keep up (publishes queued up).
+    let completed_secs = first_tick.elapsed().as_secs_f64();
     expected.store(published, Ordering::Relaxed);
     let limit = Duration::from_secs(30) + s.consume_wait;
     let (mut latencies, foreign) = match tokio::time::timeout(limit, consumer).await {
@@ -594,6 +596,11 @@ async fn latency<T: Target>(config: &T::Config, s: &Settings) -> Result<RunOutco
             (count - 1) as f64 / offered_secs,
         );
     }
+    outcome.add(
+        "publishes completed",
+        "events/s",
+        published as f64 / completed_secs,
+    );
     if foreign > 0 {
         outcome
             .warnings
