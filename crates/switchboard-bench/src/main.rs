@@ -1,21 +1,26 @@
-//! `switchboard-bench`: runs the workloads against a target (today switchboard itself, as the
-//! release binary in a child process), several times each, and reports median and spread.
+//! `switchboard-bench`: runs the workloads against switchboard (the release binary in a child
+//! process, on its embedded store and on a Redis of its own) and the peers users would pick
+//! instead (Redis Streams, RabbitMQ, NATS JetStream), several times each, and reports median,
+//! spread, the ratios and the durability each had.
 //!
 //! Build both binaries, then run the bench from the same directory:
 //!
 //! ```text
 //! cargo build --release -p switchboard -p switchboard-bench
-//! target/release/switchboard-bench [--quick] [--runs N] [--json FILE]
+//! target/release/switchboard-bench [--quick] [--runs N] [--json FILE] [--only NAMES]
 //! target/release/switchboard-bench --scenario backlog|lease-expiry|matrix|counter-cost|redis
 //! ```
 //!
-//! Adding a peer (Redis Streams, RabbitMQ, NATS) means implementing [`target::Target`] for it
-//! and calling [`bench`] with it.
+//! Adding a peer means implementing [`target::Target`] for it (see `peers/`) and listing it in
+//! `suite.rs`.
 
+mod compare;
+mod peers;
 mod report;
 mod scenarios;
 mod server;
 mod stats;
+mod suite;
 mod switchboard;
 mod target;
 mod workloads;
@@ -25,12 +30,9 @@ use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use clap::Parser;
-use serde_json::json;
 
-use crate::report::{Machine, Report};
-use crate::switchboard::{Switchboard, SwitchboardConfig};
-use crate::target::Target;
-use crate::workloads::{EVENT_DATA_BYTES, Settings, Workload, now_ns};
+use crate::switchboard::SwitchboardConfig;
+use crate::workloads::{Settings, now_ns};
 
 /// Throughput, latency and footprint of switchboard under fixed workloads.
 #[derive(Parser)]
@@ -58,6 +60,8 @@ struct Args {
     /// The switchboard binary to compare with (scenario counter-cost: the pre-counter build).
     #[arg(long, value_name = "PATH")]
     baseline_bin: Option<PathBuf>,
+    #[command(flatten)]
+    peers: suite::PeerArgs,
 }
 
 /// The release server binary: `--server-bin`, else `switchboard` next to this executable.
@@ -75,72 +79,6 @@ fn server_binary(arg: Option<PathBuf>) -> Result<PathBuf> {
         );
     }
     Ok(path)
-}
-
-fn settings_json(s: &Settings, quick: bool) -> serde_json::Value {
-    json!({
-        "quick": quick,
-        "event_data_bytes": EVENT_DATA_BYTES,
-        "publish": {
-            "publishers": s.publishers,
-            "warmup_s": s.warmup.as_secs_f64(),
-            "window_s": s.publish_window.as_secs_f64(),
-        },
-        "full_cycle": {
-            "events": s.cycle_events,
-            "publishers": s.cycle_publishers,
-            "batch": s.cycle_batch,
-            "consumers_per_target": s.consumers_per_sink,
-            "consume_max": s.consume_max,
-            "consume_wait_ms": s.consume_wait.as_millis() as u64,
-        },
-        "latency": {
-            "rate_per_s": s.latency_rate,
-            "window_s": s.latency_window.as_secs_f64(),
-            "pacing": "tokio interval, MissedTickBehavior::Burst, one spawned publish per tick",
-            "consume_max": s.consume_max,
-            "consume_wait_ms": s.consume_wait.as_millis() as u64,
-        },
-    })
-}
-
-/// Runs every workload `runs` times against `T` and returns the report.
-async fn bench<T: Target>(
-    config: &T::Config,
-    settings: &Settings,
-    quick: bool,
-    runs: usize,
-) -> Report {
-    let mut report = Report::new(
-        T::NAME,
-        T::durability(config),
-        Machine::detect(),
-        settings_json(settings, quick),
-        runs,
-    );
-    println!("{}", report.header());
-    let workloads = [
-        Workload::Publish { batch: 1 },
-        Workload::Publish { batch: 10 },
-        Workload::Publish { batch: 100 },
-        Workload::FullCycle { sinks: 1 },
-        Workload::FullCycle { sinks: 3 },
-        Workload::Latency,
-    ];
-    for workload in workloads {
-        let title = workload.title(settings);
-        for run in 1..=runs {
-            eprintln!("running {title}, run {run}/{runs}");
-            match workload.run::<T>(config, settings).await {
-                Ok(outcome) => report.add_run(&title, run, outcome),
-                Err(e) => {
-                    eprintln!("  failed: {e:#}");
-                    report.add_failure(&title, run, &e);
-                }
-            }
-        }
-    }
-    report
 }
 
 #[tokio::main]
@@ -168,15 +106,14 @@ async fn main() -> Result<ExitCode> {
         };
         return scenarios::run(scenario, &config, &settings, &options).await;
     }
-    let report = bench::<Switchboard>(&config, &settings, args.quick, args.runs as usize).await;
-    print!("{}", report.table());
-    if let Some(path) = &args.json {
-        report.write_json(path)?;
-        println!("wrote {}", path.display());
-    }
-    Ok(if report.failures.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    let runs = args.runs as usize;
+    suite::run(
+        &config,
+        &settings,
+        &args.peers,
+        args.quick,
+        runs,
+        args.json.as_deref(),
+    )
+    .await
 }

@@ -45,36 +45,31 @@ impl Switchboard {
     pub fn admin(&self) -> Client {
         self.publisher.with_key(ADMIN_KEY)
     }
-}
 
-impl Target for Switchboard {
-    type Config = SwitchboardConfig;
-    type Batch = Batch;
-    type Delivery = Delivery;
-
-    const NAME: &'static str = "switchboard";
-
-    fn durability(config: &SwitchboardConfig) -> String {
-        format!(
-            "embedded SQLite, WAL, synchronous=FULL: each publish and ack is answered after \
-             its group commit is fsynced; data dir on {}",
-            filesystem_of(&config.data_root).unwrap_or_else(|| "an unknown filesystem".into())
-        )
-    }
-
-    async fn start(config: &SwitchboardConfig, sinks: usize) -> Result<Switchboard> {
+    /// Starts a server on the embedded store, or on the Redis at `store` (`redis://…`), with a
+    /// publisher app and `sinks` subscriber apps.
+    pub async fn launch(
+        config: &SwitchboardConfig,
+        sinks: usize,
+        store: Option<&str>,
+    ) -> Result<Switchboard> {
         let binary = config.binary.clone();
         let data_root = config.data_root.clone();
+        let store = store.map(str::to_owned);
         let server = tokio::task::spawn_blocking(move || {
+            let mut args = vec![
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                "{data_dir}",
+            ];
+            if let Some(store) = &store {
+                args.extend(["--store", store.as_str()]);
+            }
             ServerProcess::start(
                 &binary,
-                &[
-                    "serve",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--data-dir",
-                    "{data_dir}",
-                ],
+                &args,
                 &[("SWITCHBOARD_ADMIN_KEY", ADMIN_KEY), ("RUST_LOG", "info")],
                 &data_root,
             )
@@ -103,6 +98,26 @@ impl Target for Switchboard {
             publisher,
             sinks: sink_clients,
         })
+    }
+}
+
+impl Target for Switchboard {
+    type Config = SwitchboardConfig;
+    type Batch = Batch;
+    type Delivery = Delivery;
+
+    const NAME: &'static str = "switchboard";
+
+    fn durability(config: &SwitchboardConfig) -> String {
+        format!(
+            "embedded SQLite, WAL, synchronous=FULL: each publish and ack is answered after \
+             its group commit is fsynced; data dir on {}",
+            filesystem_of(&config.data_root).unwrap_or_else(|| "an unknown filesystem".into())
+        )
+    }
+
+    async fn start(config: &SwitchboardConfig, sinks: usize) -> Result<Switchboard> {
+        Switchboard::launch(config, sinks, None).await
     }
 
     fn batch(&self, data: &[&str]) -> Result<Batch> {
