@@ -1572,6 +1572,22 @@ pub async fn requeue_by_filter_moves_a_bounded_batch(store: &dyn Store) {
 pub async fn requeue_by_an_app_is_limited_to_its_deliveries(store: &dyn Store) {
     let hr_dead = make_dead(store, "acme", "user.created", "hr", T0).await;
     let billing_dead = make_dead(store, "acme", "user.created", "billing", T0).await;
+    // A dead delivery hr published (to billing): hr sees it, but may not requeue it.
+    publish_to(
+        store,
+        event("hr", "acme", "employee.hired", T0),
+        &["billing"],
+    )
+    .await;
+    let published_dead = lease(store, "billing", 1, T0).await.remove(0).id;
+    store
+        .nack(
+            app("billing"),
+            nack_item(&published_dead, 1, true, None),
+            T0,
+        )
+        .await
+        .unwrap();
     let as_hr = |selector| RequeueRequest {
         selector,
         by: "hr".into(),
@@ -1590,7 +1606,10 @@ pub async fn requeue_by_an_app_is_limited_to_its_deliveries(store: &dyn Store) {
         limit: 100,
     };
     assert_eq!(store.requeue(as_hr(all)).await.unwrap().count, 1);
-    assert_eq!(dead_ids(store, DeadFilter::default()).await, [billing_dead]);
+    assert_eq!(
+        dead_ids(store, DeadFilter::default()).await,
+        [published_dead, billing_dead]
+    );
     let back = lease(store, "hr", 1, T0).await;
     assert_eq!(back[0].id, hr_dead);
 }

@@ -665,7 +665,13 @@ pub fn requeue(ctx: &mut WriteCtx, req: RequeueRequest) -> Result<Requeued, Stor
             .collect::<Result<_, StoreError>>()?,
         RequeueSelector::Filter { filter, limit } => {
             let mut filter = filter.clone();
-            filter.visible_to = filter.visible_to.or_else(|| req.visible_to.clone());
+            if let Some(app) = &req.visible_to {
+                // An app requeues only deliveries sent to it (it may see others it published).
+                if filter.target.as_ref().is_some_and(|t| t != app) {
+                    return Ok(Requeued::default());
+                }
+                filter.target = Some(app.clone());
+            }
             dead_matching(ctx, &filter, 0, *limit)?
                 .into_iter()
                 .map(|rowid| (rowid, delivery_id(rowid)))
