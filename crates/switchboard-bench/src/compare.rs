@@ -9,27 +9,52 @@ use serde::Serialize;
 
 use crate::report::{Figure, Machine, Report, SHOWN_WARNINGS, number};
 
-/// What a target promised when it answered a publish (the ack side is in the detail text).
+/// What a target promised when it answered a publish, or an ack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Guarantee {
     /// On disk (fsynced) before the reply: switchboard, Redis with `appendfsync always`,
-    /// RabbitMQ with confirms (its fsyncs batched across publishers, like a group commit).
+    /// RabbitMQ's publisher confirms (its fsyncs batched across publishers, like a group
+    /// commit).
     FsyncBeforeReply,
     /// fsynced within about a second after the reply.
     FsyncPerSecond,
     /// In the OS page cache at the reply, fsynced later by the server's own schedule.
     NoFsyncBeforeReply,
+    /// The server does not reply at all (RabbitMQ's `basic.ack`, a JetStream ack): the client
+    /// goes on once the message is sent.
+    NoReply,
 }
 
 impl Guarantee {
-    /// A few words for the table's column.
+    /// A word or two for the table's column.
     pub fn short(self) -> &'static str {
         match self {
-            Guarantee::FsyncBeforeReply => "fsync before reply",
-            Guarantee::FsyncPerSecond => "fsync every second",
-            Guarantee::NoFsyncBeforeReply => "no fsync before reply",
+            Guarantee::FsyncBeforeReply => "fsync",
+            Guarantee::FsyncPerSecond => "1 s",
+            Guarantee::NoFsyncBeforeReply => "page cache",
+            Guarantee::NoReply => "unconfirmed",
         }
+    }
+}
+
+/// What a publish reply and an ack reply meant for one target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Durability {
+    pub publish: Guarantee,
+    pub ack: Guarantee,
+}
+
+impl Durability {
+    /// `publish / ack`, e.g. `fsync / unconfirmed`.
+    pub fn short(self) -> String {
+        format!("{} / {}", self.publish.short(), self.ack.short())
+    }
+
+    /// Whether a figure of `other` promised what this one did: the publish always, the ack
+    /// too when the figure includes acks.
+    fn equal_to(self, other: Durability, with_acks: bool) -> bool {
+        self.publish == other.publish && (!with_acks || self.ack == other.ack)
     }
 }
 
@@ -47,6 +72,8 @@ pub struct KeyFigure {
     pub workload: String,
     pub figure: &'static str,
     pub better: Better,
+    /// Whether the figure includes acks (so their durability counts too).
+    pub with_acks: bool,
 }
 
 /// What happened to one target in this invocation.
@@ -54,7 +81,7 @@ pub struct KeyFigure {
 pub struct TargetResult {
     /// The name `--only` takes.
     pub name: &'static str,
-    pub guarantee: Guarantee,
+    pub guarantee: Durability,
     /// What a successful publish and ack guaranteed, in words.
     pub durability: String,
     /// Whether `--only` named it (the comparison tables leave out the others).
@@ -160,7 +187,7 @@ impl Suite {
     pub fn table(&self) -> String {
         let m = &self.machine;
         let mut out = format!(
-            "\n=== switchboard against the peers ===\ncommand:  {}\nmachine:  {} CPUs ({}), {} RAM, Linux {}\nload avg: {} before, {} after\nruns:     median of {} per figure, min–max beside it; a column \"X ÷\" is X's median divided by the row's{}\n\ndurability (what a reply to a publish meant):\n",
+            "\n=== switchboard against the peers ===\ncommand:  {}\nmachine:  {} CPUs ({}), {} RAM, Linux {}\nload avg: {} before, {} after\nruns:     median of {} per figure, min–max beside it; a column \"X ÷\" is X's median divided by the row's{}\n\ndurability (publish / ack: fsync = fsynced before the reply; 1 s = fsynced within about a second; page cache = written, not fsynced; unconfirmed = the server sends no reply):\n",
             self.command,
             m.nproc,
             m.cpu_model,
@@ -220,8 +247,7 @@ impl Suite {
                         .targets
                         .iter()
                         .find(|t| t.name == r.target)
-                        .map_or("", |t| t.guarantee.short())
-                        .to_owned();
+                        .map_or_else(String::new, |t| t.guarantee.short());
                     let ratios = self
                         .bases
                         .iter()
@@ -256,7 +282,12 @@ impl Suite {
                 .max()
                 .unwrap_or(0)
                 .max(7);
-            let g_w = cells.iter().map(|c| c.2.len()).max().unwrap_or(0).max(10);
+            let g_w = cells
+                .iter()
+                .map(|c| c.2.chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(10);
             let ratio_heads: Vec<String> = self.bases.iter().map(|b| format!("{b} ÷")).collect();
             let mut head = format!(
                 "  {:<name_w$}  {:>med_w$}  {:>range_w$}  {:<g_w$}",
@@ -285,8 +316,8 @@ impl Suite {
         }
         if dagger {
             out.push_str(
-                "\n† the two had unequal durability (see above): the peer promised less at its \
-                 reply, so this ratio flatters it.\n",
+                "\n† unequal durability (see above): the peer promised less at its publish \
+                 reply, or, for a figure that includes acks, at its ack: this ratio flatters it.\n",
             );
         }
         for t in &self.targets {
@@ -329,7 +360,7 @@ fn compare(
     bases: &[&'static str],
 ) -> Option<Comparison> {
     let unit = targets.iter().find_map(|t| t.figure(key))?.unit.clone();
-    let base_figures: Vec<(&'static str, Guarantee, f64)> = bases
+    let base_figures: Vec<(&'static str, Durability, f64)> = bases
         .iter()
         .filter_map(|b| {
             let t = targets.iter().find(|t| t.name == *b)?;
@@ -365,7 +396,7 @@ fn compare(
                 .collect();
             let unequal = base_figures
                 .iter()
-                .filter(|(b, g, _)| *b != t.name && *g != t.guarantee)
+                .filter(|(b, d, _)| *b != t.name && !d.equal_to(t.guarantee, key.with_acks))
                 .map(|(b, _, _)| *b)
                 .collect();
             Row {
@@ -398,8 +429,13 @@ pub fn load_average() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use Guarantee::{FsyncBeforeReply, FsyncPerSecond, NoReply};
 
-    fn target(name: &'static str, guarantee: Guarantee, median: Option<f64>) -> TargetResult {
+    fn target(
+        name: &'static str,
+        (publish, ack): (Guarantee, Guarantee),
+        median: Option<f64>,
+    ) -> TargetResult {
         let report = median.map(|m| {
             let mut r = Report::new(
                 name,
@@ -408,21 +444,23 @@ mod tests {
                 serde_json::Value::Null,
                 1,
             );
-            r.figures.push(Figure {
-                name: "w: throughput".into(),
-                workload: "w".into(),
-                figure: "throughput".into(),
-                unit: "events/s".into(),
-                median: m,
-                min: m,
-                max: m,
-                runs: vec![m],
-            });
+            for w in ["publish", "cycle"] {
+                r.figures.push(Figure {
+                    name: format!("{w}: throughput"),
+                    workload: w.into(),
+                    figure: "throughput".into(),
+                    unit: "events/s".into(),
+                    median: m,
+                    min: m,
+                    max: m,
+                    runs: vec![m],
+                });
+            }
             r
         });
         TargetResult {
             name,
-            guarantee,
+            guarantee: Durability { publish, ack },
             durability: String::new(),
             selected: true,
             skipped: median.is_none().then(|| "not reachable".to_owned()),
@@ -432,28 +470,14 @@ mod tests {
         }
     }
 
-    #[test]
-    fn ratios_flag_unequal_durability_and_skips_are_not_zero() {
-        let targets = vec![
-            target("switchboard", Guarantee::FsyncBeforeReply, Some(1000.0)),
-            target(
-                "redis-streams-always",
-                Guarantee::FsyncBeforeReply,
-                Some(500.0),
-            ),
-            target(
-                "redis-streams-everysec",
-                Guarantee::FsyncPerSecond,
-                Some(2000.0),
-            ),
-            target("rabbitmq", Guarantee::FsyncBeforeReply, None),
-        ];
-        let keys = [KeyFigure {
-            workload: "w".into(),
+    fn suite(targets: Vec<TargetResult>) -> Suite {
+        let key = |workload: &str, with_acks| KeyFigure {
+            workload: workload.into(),
             figure: "throughput",
             better: Better::Higher,
-        }];
-        let suite = Suite::new(
+            with_acks,
+        };
+        Suite::new(
             "cmd".into(),
             Machine::detect(),
             "0".into(),
@@ -462,8 +486,23 @@ mod tests {
             1,
             &["switchboard", "switchboard-redis"],
             targets,
-            &keys,
-        );
+            &[key("publish", false), key("cycle", true)],
+        )
+    }
+
+    #[test]
+    fn ratios_flag_unequal_durability_and_skips_are_not_zero() {
+        let fsync = (FsyncBeforeReply, FsyncBeforeReply);
+        let suite = suite(vec![
+            target("switchboard", fsync, Some(1000.0)),
+            target("redis-streams-always", fsync, Some(500.0)),
+            target(
+                "redis-streams-everysec",
+                (FsyncPerSecond, FsyncPerSecond),
+                Some(2000.0),
+            ),
+            target("nats-jetstream", fsync, None),
+        ]);
         assert_eq!(suite.bases, ["switchboard"]);
         let rows = &suite.comparisons[0].rows;
         assert_eq!(rows[1].ratios, [("switchboard", 2.0)]);
@@ -474,10 +513,27 @@ mod tests {
         assert!(rows[3].missing.as_deref().unwrap().starts_with("skipped"));
         let table = suite.table();
         assert!(table.contains("0.50 †"), "{table}");
-        let mut rabbit_rows = table
+        let mut skipped_rows = table
             .lines()
-            .filter(|l| l.trim_start().starts_with("rabbitmq"));
-        assert!(rabbit_rows.clone().count() >= 2, "{table}");
-        assert!(rabbit_rows.all(|l| l.contains("skipped")), "{table}");
+            .filter(|l| l.trim_start().starts_with("nats-jetstream"));
+        assert!(skipped_rows.clone().count() >= 3, "{table}");
+        assert!(skipped_rows.all(|l| l.contains("skipped")), "{table}");
+    }
+
+    #[test]
+    fn unconfirmed_acks_count_only_where_the_figure_has_acks() {
+        let suite = suite(vec![
+            target(
+                "switchboard",
+                (FsyncBeforeReply, FsyncBeforeReply),
+                Some(1000.0),
+            ),
+            target("rabbitmq", (FsyncBeforeReply, NoReply), Some(1000.0)),
+        ]);
+        let publish = &suite.comparisons[0].rows[1];
+        let cycle = &suite.comparisons[1].rows[1];
+        assert!(publish.unequal_durability_with.is_empty());
+        assert_eq!(cycle.unequal_durability_with, ["switchboard"]);
+        assert!(suite.table().contains("fsync / unconfirmed"));
     }
 }

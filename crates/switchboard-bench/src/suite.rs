@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use serde_json::json;
 
-use crate::compare::{Better, Guarantee, KeyFigure, Suite, TargetResult, load_average};
+use crate::compare::{Better, Durability, Guarantee, KeyFigure, Suite, TargetResult, load_average};
 use crate::peers::nats::{self, Nats, NatsConfig};
 use crate::peers::rabbitmq::{self, QueueType, RabbitMq, RabbitMqConfig};
 use crate::peers::redis_server::{self, Fsync};
@@ -94,14 +94,18 @@ impl Id {
         }
     }
 
-    fn guarantee(self) -> Guarantee {
-        match self {
-            Id::Switchboard | Id::SwitchboardRedis | Id::RedisAlways | Id::Rabbitmq => {
-                Guarantee::FsyncBeforeReply
+    /// What its publish and ack replies meant.
+    fn guarantee(self) -> Durability {
+        use Guarantee::{FsyncBeforeReply, FsyncPerSecond, NoFsyncBeforeReply, NoReply};
+        let (publish, ack) = match self {
+            Id::Switchboard | Id::SwitchboardRedis | Id::RedisAlways => {
+                (FsyncBeforeReply, FsyncBeforeReply)
             }
-            Id::RedisEverysec => Guarantee::FsyncPerSecond,
-            Id::Nats => Guarantee::NoFsyncBeforeReply,
-        }
+            Id::RedisEverysec => (FsyncPerSecond, FsyncPerSecond),
+            Id::Rabbitmq => (FsyncBeforeReply, NoReply),
+            Id::Nats => (NoFsyncBeforeReply, NoReply),
+        };
+        Durability { publish, ack }
     }
 
     fn durability(self, c: &Configs) -> String {
@@ -210,6 +214,7 @@ fn key_figures(list: &[(Workload, Settings)]) -> Vec<KeyFigure> {
             workload: w.title(s),
             figure,
             better,
+            with_acks: !matches!(w, Workload::Publish { .. }),
         });
     };
     for (w, s) in list {
