@@ -34,6 +34,10 @@ pub struct PeerArgs {
     /// nats-jetstream [default: all].
     #[arg(long, value_name = "NAMES", value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Only these workloads, comma-separated: publish-1, publish-10, publish-100, cycle-1,
+    /// cycle-3, latency-1000, latency-10000 [default: all].
+    #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+    pub workloads: Vec<String>,
     /// The RabbitMQ broker (not started by the benchmark).
     #[arg(
         long,
@@ -206,6 +210,36 @@ fn workloads(settings: &Settings) -> Vec<(Workload, Settings)> {
     list
 }
 
+/// The short name `--workloads` selects a workload by.
+fn short_name(w: &Workload, s: &Settings) -> String {
+    match w {
+        Workload::Publish { batch } => format!("publish-{batch}"),
+        Workload::FullCycle { sinks } => format!("cycle-{sinks}"),
+        Workload::Latency => format!("latency-{}", s.latency_rate),
+    }
+}
+
+/// The workloads `--workloads` names, all when it names none.
+fn select_workloads(
+    list: Vec<(Workload, Settings)>,
+    names: &[String],
+) -> Result<Vec<(Workload, Settings)>> {
+    if names.is_empty() {
+        return Ok(list);
+    }
+    let known: Vec<String> = list.iter().map(|(w, s)| short_name(w, s)).collect();
+    if let Some(unknown) = names.iter().find(|n| !known.contains(n)) {
+        bail!(
+            "--workloads: unknown workload {unknown}; use one of {}",
+            known.join(", ")
+        );
+    }
+    Ok(list
+        .into_iter()
+        .filter(|(w, s)| names.contains(&short_name(w, s)))
+        .collect())
+}
+
 /// The figures put side by side, for the workloads as titled with their settings.
 fn key_figures(list: &[(Workload, Settings)]) -> Vec<KeyFigure> {
     let mut keys = Vec::new();
@@ -306,7 +340,7 @@ pub async fn run(
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let load_before = load_average();
     println!("command:  {command}\nload avg: {load_before} (before)");
-    let list = workloads(settings);
+    let list = select_workloads(workloads(settings), &peers.workloads)?;
     let settings_value = settings_json(settings, quick);
 
     // Who can run, and the report of each.
