@@ -1,12 +1,20 @@
-//! WAL checkpoints off the commit path: SQLite's automatic checkpoint would run inside a
-//! group commit (copying pages and fsyncing the database file while every waiting request
-//! waits). Instead the writer never checkpoints, and this thread runs a PASSIVE checkpoint,
-//! which never blocks the writer or readers, every few hundred milliseconds. Owned by the
-//! store and stopped on close.
+//! WAL checkpoints off the commit path, and a WAL that does not grow without bound.
+//!
+//! SQLite's automatic checkpoint would run inside a group commit (copying pages and fsyncing
+//! the database file while every waiting request waits). Instead the writer never
+//! checkpoints on commit, and this module's thread runs a PASSIVE checkpoint, which never
+//! blocks the writer or readers, every few hundred milliseconds (at once again while it is
+//! behind). Under sustained writes a passive checkpoint never finds the WAL idle, so SQLite
+//! never starts it over from the beginning: it would grow for as long as the load lasts, and
+//! every fsync of a growing file also commits its new size and blocks (about twice the cost
+//! of overwriting). So the writer, between two groups, restarts the WAL itself once it is
+//! long and the checkpointer has copied nearly all of it ([`restart_if_due`]): a short
+//! RESTART checkpoint of the remaining frames, after which new frames overwrite the old ones.
+//! Owned by the store and stopped on close; must never wait for readers.
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -14,7 +22,23 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::StoreError;
 
+/// The pause between passive checkpoints when the last one had caught up.
 const EVERY: Duration = Duration::from_millis(250);
+/// The pause while the checkpointer is behind the writer.
+const BEHIND: Duration = Duration::from_millis(20);
+/// The WAL is restarted once it holds this many frames (pages): 16 MiB of 4 KiB pages.
+const RESTART_AT: i64 = 4096;
+/// ...when at most this many of them are not yet copied into the database file,
+const LEFT_AT_MOST: i64 = 512;
+/// ...or at any rate once it is this long, whatever the copy of the rest costs.
+const RESTART_ANYWAY_AT: i64 = 4 * RESTART_AT;
+
+/// How long the WAL is and how much of it the checkpointer has copied, as of its last run.
+#[derive(Debug, Default)]
+pub struct WalProgress {
+    frames: AtomicI64,
+    copied: AtomicI64,
+}
 
 pub struct Checkpointer {
     stop: Arc<AtomicBool>,
@@ -22,7 +46,7 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    pub fn spawn(path: &Path) -> Result<Checkpointer, StoreError> {
+    pub fn spawn(path: &Path, progress: Arc<WalProgress>) -> Result<Checkpointer, StoreError> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -33,12 +57,24 @@ impl Checkpointer {
         let thread = std::thread::Builder::new()
             .name("switchboard-checkpoint".into())
             .spawn(move || {
+                let mut pause = EVERY;
                 while !flag.load(Ordering::Acquire) {
-                    std::thread::park_timeout(EVERY);
-                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                    {
-                        tracing::debug!(error = %e, "passive checkpoint skipped");
-                    }
+                    std::thread::park_timeout(pause);
+                    pause = match checkpoint(&conn, "PASSIVE") {
+                        Ok((frames, copied)) => {
+                            progress.frames.store(frames, Ordering::Relaxed);
+                            progress.copied.store(copied, Ordering::Relaxed);
+                            if frames - copied > LEFT_AT_MOST {
+                                BEHIND
+                            } else {
+                                EVERY
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "passive checkpoint skipped");
+                            EVERY
+                        }
+                    };
                 }
             })
             .map_err(|e| StoreError::Internal(format!("cannot start the checkpointer: {e}")))?;
@@ -49,5 +85,98 @@ impl Checkpointer {
         self.stop.store(true, Ordering::Release);
         self.thread.thread().unpark();
         let _ = self.thread.join();
+    }
+}
+
+/// Runs a checkpoint; returns the frames in the WAL and how many of them are copied.
+fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<(i64, i64)> {
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        Ok((r.get(1)?, r.get(2)?))
+    })
+}
+
+/// Called by the writer between groups, outside any transaction: restarts the WAL when it is
+/// due (see the module comment). Never waits for a reader: if one still reads the old frames,
+/// the restart is left for a later call.
+pub fn restart_if_due(conn: &Connection, progress: &WalProgress) {
+    let frames = progress.frames.load(Ordering::Relaxed);
+    let left = frames - progress.copied.load(Ordering::Relaxed);
+    let due = frames >= RESTART_ANYWAY_AT || (frames >= RESTART_AT && left <= LEFT_AT_MOST);
+    if !due {
+        return;
+    }
+    let started = std::time::Instant::now();
+    // RESTART would wait for readers through the busy handler: not on the writer's time.
+    let restarted = conn
+        .busy_timeout(Duration::ZERO)
+        .and_then(|()| checkpoint(conn, "RESTART"));
+    if let Err(e) = conn.busy_timeout(super::BUSY_TIMEOUT) {
+        tracing::warn!(error = %e, "could not restore the writer's busy timeout");
+    }
+    match restarted {
+        Ok(_) => {
+            // Until the checkpointer runs again, the WAL is known to be empty.
+            progress.frames.store(0, Ordering::Relaxed);
+            progress.copied.store(0, Ordering::Relaxed);
+            metrics::histogram!("switchboard_store_wal_restart_seconds")
+                .record(started.elapsed().as_secs_f64());
+        }
+        Err(e) => tracing::debug!(error = %e, "WAL restart left for later"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wal_len(dir: &Path) -> u64 {
+        std::fs::metadata(dir.join("t.db-wal")).map_or(0, |m| m.len())
+    }
+
+    /// A connection like the writer's: WAL, no automatic checkpoints.
+    fn writer_like(dir: &Path) -> Connection {
+        let conn = Connection::open(dir.join("t.db")).expect("open");
+        conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+            .expect("wal");
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .expect("no autocheckpoint");
+        conn.execute_batch("CREATE TABLE t (v BLOB)")
+            .expect("table");
+        conn
+    }
+
+    fn write_pages(conn: &Connection, n: usize) {
+        for _ in 0..n {
+            conn.execute("INSERT INTO t VALUES (zeroblob(3000))", [])
+                .expect("insert");
+        }
+    }
+
+    #[test]
+    fn a_due_restart_makes_new_frames_overwrite_the_wal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = writer_like(dir.path());
+        write_pages(&conn, 200);
+        let long = wal_len(dir.path());
+        let progress = WalProgress::default();
+        progress.frames.store(RESTART_ANYWAY_AT, Ordering::Relaxed);
+        restart_if_due(&conn, &progress);
+        write_pages(&conn, 20);
+        assert_eq!(wal_len(dir.path()), long, "the WAL started over: no growth");
+        assert_eq!(progress.frames.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn no_restart_before_it_is_due() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = writer_like(dir.path());
+        write_pages(&conn, 200);
+        let long = wal_len(dir.path());
+        let progress = WalProgress::default();
+        // Long enough, but too much of it not yet copied by the checkpointer.
+        progress.frames.store(RESTART_AT, Ordering::Relaxed);
+        restart_if_due(&conn, &progress);
+        write_pages(&conn, 20);
+        assert!(wal_len(dir.path()) > long, "the WAL kept growing");
     }
 }

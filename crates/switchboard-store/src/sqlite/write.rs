@@ -233,13 +233,16 @@ pub fn lease(ctx: &mut WriteCtx, req: LeaseRequest) -> Result<Leased, StoreError
     let conn = &ctx.conn;
     let now = req.now.millis();
     let expires = req.now.plus_ms(req.lease_ms);
+    // A lease is answered before its fsync (see `Writer::write_unsynced`): it hands out only
+    // events whose publish is on disk; the others' publishers wake the consumers once it is.
+    let durable_seq = ctx.durable_seq();
     let mut ready = conn.prepare_cached(&format!(
         "SELECT d.id, d.attempts, d.tenant, d.source, {EVENT_COLS} FROM deliveries d JOIN events e ON e.seq = d.event_seq \
          WHERE d.target = ?1 AND d.status = 0 AND d.blocked = 0 AND d.available_at <= ?2 \
-         ORDER BY d.available_at, d.id LIMIT ?3"
+         AND d.event_seq <= ?4 ORDER BY d.available_at, d.id LIMIT ?3"
     ))?;
     let picked = ready
-        .query_map(params![req.app.as_str(), now, req.max], |r| {
+        .query_map(params![req.app.as_str(), now, req.max, durable_seq], |r| {
             let (_, event) = event_from_row(r, 4)?;
             let channel: (String, String) = (r.get(2)?, r.get(3)?);
             Ok((r.get::<_, i64>(0)?, r.get::<_, u32>(1)?, channel, event))
@@ -277,10 +280,13 @@ pub fn lease(ctx: &mut WriteCtx, req: LeaseRequest) -> Result<Leased, StoreError
     }
     let next_ready_at = if deliveries.is_empty() {
         let mut next = conn.prepare_cached(
-            "SELECT min(available_at) FROM deliveries WHERE target = ?1 AND status = 0 AND blocked = 0",
+            "SELECT min(available_at) FROM deliveries \
+             WHERE target = ?1 AND status = 0 AND blocked = 0 AND event_seq <= ?2",
         )?;
-        next.query_row([req.app.as_str()], |r| r.get::<_, Option<i64>>(0))?
-            .map(Timestamp)
+        next.query_row(params![req.app.as_str(), durable_seq], |r| {
+            r.get::<_, Option<i64>>(0)
+        })?
+        .map(Timestamp)
     } else {
         None
     };

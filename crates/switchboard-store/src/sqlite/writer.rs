@@ -1,13 +1,17 @@
-//! Group commit: one thread owns the only write connection. It takes every job waiting in
-//! its queue, runs each inside its own savepoint of one transaction and commits once. The
-//! commit itself does not fsync (`synchronous = NORMAL`): the group's answers go to the
-//! syncer thread, which fsyncs the WAL file (once for every group waiting) and only then
-//! answers each job, while the writer already runs the next group. So no job is answered
-//! before its commit is on disk, and fsync and execution overlap. A job that fails rolls back
-//! its savepoint alone. Nothing here knows what the jobs do.
+//! Group commit: one thread owns the only write connection. Jobs run as they arrive, each
+//! inside its own savepoint of the open transaction; the transaction commits once the syncer
+//! is free. The commit itself does not fsync (`synchronous = NORMAL`): the group's answers go
+//! to the syncer thread, which fsyncs the WAL file and only then answers each job. While it
+//! does, the writer already runs the next jobs in a new transaction, and commits them when the
+//! fsync is done. So no job is answered before its commit is on disk, execution overlaps the
+//! fsync, and each fsync covers one commit holding everything that arrived meanwhile (each
+//! page written once per group, not once per tiny group). A job that fails rolls back its
+//! savepoint alone. Nothing here knows what the jobs do.
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::thread::JoinHandle;
 
@@ -16,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use switchboard_core::Timestamp;
 
+use super::checkpoint::{self, WalProgress};
 use super::counters::{Counters, Pending};
 use crate::StoreError;
 
@@ -32,6 +37,18 @@ pub struct WriteCtx {
     group_counters: Pending,
     /// When each app's last consume was written, to write it at most once a second.
     pub consumed_written: HashMap<String, i64>,
+    /// The checkpointer's view of the WAL, to restart it when due.
+    wal_progress: Arc<WalProgress>,
+    /// The highest event seq whose commit is fsynced: leases (answered before their own
+    /// fsync) hand out only deliveries of events up to here, so no consumer ever sees an
+    /// event a power loss could still take back.
+    durable_seq: Arc<AtomicI64>,
+}
+
+impl WriteCtx {
+    pub fn durable_seq(&self) -> i64 {
+        self.durable_seq.load(Ordering::Acquire)
+    }
 }
 
 impl WriteCtx {
@@ -45,8 +62,19 @@ impl WriteCtx {
 type Completion = Box<dyn FnOnce(bool) + Send>;
 type Job = Box<dyn FnOnce(&mut WriteCtx) -> Completion + Send>;
 
+/// When a job's caller is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// Once the WAL holding its commit is fsynced: the default.
+    AfterFsync,
+    /// As soon as it is committed, before the fsync (see [`Writer::write_unsynced`]).
+    AtCommit,
+}
+
 enum Msg {
-    Job(Job),
+    Job(Answer, Job),
+    /// From the syncer: the last group handed to it is on disk.
+    Synced,
     Close(oneshot::Sender<()>),
 }
 
@@ -60,18 +88,24 @@ impl Writer {
         conn: Connection,
         seed: u64,
         wal: File,
+        wal_progress: Arc<WalProgress>,
     ) -> std::io::Result<(Writer, JoinHandle<()>)> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let (sync_tx, sync_rx) = std_mpsc::channel::<Vec<Completion>>();
+        let (sync_tx, sync_rx) = std_mpsc::channel::<ToSync>();
+        let synced_tx = tx.clone();
+        let durable_seq = Arc::new(AtomicI64::new(max_seq(&conn).unwrap_or(0)));
+        let durable = durable_seq.clone();
         let syncer = std::thread::Builder::new()
             .name("switchboard-sync".into())
-            .spawn(move || sync(wal, sync_rx))?;
+            .spawn(move || sync(wal, sync_rx, synced_tx, &durable))?;
         let ctx = WriteCtx {
             conn,
             rng: SplitMix64(seed),
             job_counters: Pending::default(),
             group_counters: Pending::default(),
             consumed_written: HashMap::new(),
+            wal_progress,
+            durable_seq,
         };
         let handle = std::thread::Builder::new()
             .name("switchboard-writer".into())
@@ -85,7 +119,29 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&mut WriteCtx) -> Result<T, StoreError> + Send + 'static,
     {
+        self.submit(Answer::AfterFsync, f).await
+    }
+
+    /// Runs `f` like [`Writer::write`] but answers as soon as its transaction is committed,
+    /// without waiting for the fsync: only for changes a crash may undo without breaking a
+    /// promise (a lease: after a crash the delivery is still pending and is handed out
+    /// again; at-least-once holds). Writes committed later are fsynced after it, so anything
+    /// answered as durable afterwards, an ack of the lease included, makes it durable too.
+    pub async fn write_unsynced<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut WriteCtx) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.submit(Answer::AtCommit, f).await
+    }
+
+    async fn submit<T, F>(&self, answer_at: Answer, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut WriteCtx) -> Result<T, StoreError> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
+        let submitted = std::time::Instant::now();
         let job: Job = Box::new(move |ctx| {
             let result = in_savepoint(ctx, f);
             Box::new(move |committed| {
@@ -97,11 +153,13 @@ impl Writer {
                         "the write could not be committed".into(),
                     )),
                 };
+                metrics::histogram!("switchboard_store_write_seconds")
+                    .record(submitted.elapsed().as_secs_f64());
                 let _ = reply.send(result);
             })
         });
         self.tx
-            .send(Msg::Job(job))
+            .send(Msg::Job(answer_at, job))
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| {
             StoreError::Unavailable(
@@ -144,15 +202,33 @@ fn in_savepoint<T>(
     result
 }
 
-/// The syncer: fsyncs the WAL for every group committed since its last fsync, then answers
-/// their jobs. Ends when the writer drops its sender, after answering everything.
-fn sync(wal: File, rx: std_mpsc::Receiver<Vec<Completion>>) {
-    while let Ok(mut batch) = rx.recv() {
+/// The syncer: fsyncs the WAL for every group committed since its last fsync, answers their
+/// jobs, then tells the writer it is free. Ends when the writer drops its sender, after
+/// answering everything.
+fn sync(
+    wal: File,
+    rx: std_mpsc::Receiver<ToSync>,
+    writer: mpsc::UnboundedSender<Msg>,
+    durable_seq: &AtomicI64,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut max_seq = first.max_seq;
+        let mut batch = first.answers;
         while let Ok(more) = rx.try_recv() {
-            batch.extend(more);
+            max_seq = max_seq.max(more.max_seq);
+            batch.extend(more.answers);
         }
-        let synced = match wal.sync_data() {
-            Ok(()) => true,
+        let started = std::time::Instant::now();
+        let synced = wal.sync_data();
+        metrics::histogram!("switchboard_store_fsync_seconds")
+            .record(started.elapsed().as_secs_f64());
+        // The writer may commit the next group now; answering can overlap that.
+        let _ = writer.send(Msg::Synced);
+        let synced = match synced {
+            Ok(()) => {
+                durable_seq.fetch_max(max_seq, Ordering::AcqRel);
+                true
+            }
             Err(e) => {
                 tracing::error!(error = %e, "fsync of the WAL failed: the writes are not answered as durable");
                 false
@@ -164,32 +240,76 @@ fn sync(wal: File, rx: std_mpsc::Receiver<Vec<Completion>>) {
     }
 }
 
+/// A committed group handed to the syncer.
+struct ToSync {
+    /// The highest event seq in the database after the commit.
+    max_seq: i64,
+    answers: Vec<Completion>,
+}
+
+fn max_seq(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached("SELECT coalesce(max(seq), 0) FROM events")?
+        .query_row([], |r| r.get(0))
+}
+
+/// The open transaction: the completions of the jobs that ran in it.
+struct Group {
+    /// Answered by the syncer.
+    after_fsync: Vec<Completion>,
+    /// Answered right after the commit.
+    at_commit: Vec<Completion>,
+    began: std::time::Instant,
+}
+
+impl Group {
+    fn len(&self) -> usize {
+        self.after_fsync.len() + self.at_commit.len()
+    }
+}
+
 fn run(
     mut ctx: WriteCtx,
     mut rx: mpsc::UnboundedReceiver<Msg>,
-    sync_tx: std_mpsc::Sender<Vec<Completion>>,
+    sync_tx: std_mpsc::Sender<ToSync>,
     syncer: JoinHandle<()>,
 ) {
     let mut closing: Option<oneshot::Sender<()>> = None;
-    while closing.is_none() {
-        let Some(first) = rx.blocking_recv() else {
-            break;
-        };
-        let mut jobs: Vec<Job> = Vec::new();
-        match first {
-            Msg::Job(job) => jobs.push(job),
-            Msg::Close(done) => closing = Some(done),
-        }
-        while closing.is_none() && jobs.len() < MAX_GROUP {
+    let mut group: Option<Group> = None;
+    // Whether a commit is with the syncer and not yet on disk.
+    let mut syncing = false;
+    loop {
+        // Run everything that is waiting, up to a full group.
+        while closing.is_none() && group.as_ref().is_none_or(|g| g.len() < MAX_GROUP) {
             match rx.try_recv() {
-                Ok(Msg::Job(job)) => jobs.push(job),
-                Ok(Msg::Close(done)) => closing = Some(done),
+                Ok(msg) => handle(&mut ctx, msg, &mut group, &mut syncing, &mut closing),
                 Err(_) => break,
             }
         }
-        if !jobs.is_empty() {
-            commit_group(&mut ctx, jobs, &sync_tx);
+        // A group waits for the syncer only if someone in it waits for the fsync.
+        let commit_now = match &group {
+            Some(g) => {
+                !syncing || g.after_fsync.is_empty() || closing.is_some() || g.len() >= MAX_GROUP
+            }
+            None => false,
+        };
+        if commit_now && let Some(g) = group.take() {
+            if commit_group(&mut ctx, g, &sync_tx) {
+                syncing = true;
+            }
+            checkpoint::restart_if_due(&ctx.conn, &ctx.wal_progress);
+            continue;
         }
+        if closing.is_some() {
+            break;
+        }
+        // Wait for a job, or for the syncer to be free so the open group can commit.
+        match rx.blocking_recv() {
+            Some(msg) => handle(&mut ctx, msg, &mut group, &mut syncing, &mut closing),
+            None => break,
+        }
+    }
+    if let Some(g) = group.take() {
+        commit_group(&mut ctx, g, &sync_tx);
     }
     // Let the syncer answer what is left before the files are closed.
     drop(sync_tx);
@@ -203,16 +323,49 @@ fn run(
     }
 }
 
-fn commit_group(ctx: &mut WriteCtx, jobs: Vec<Job>, sync_tx: &std_mpsc::Sender<Vec<Completion>>) {
-    let started = std::time::Instant::now();
-    let group = jobs.len();
-    if let Err(e) = ctx.conn.execute_batch("BEGIN IMMEDIATE") {
-        tracing::error!(error = %e, "could not begin a write transaction");
-        // Dropping a job unanswered makes its caller see `Unavailable`; nothing ran.
-        drop(jobs);
-        return;
+fn handle(
+    ctx: &mut WriteCtx,
+    msg: Msg,
+    group: &mut Option<Group>,
+    syncing: &mut bool,
+    closing: &mut Option<oneshot::Sender<()>>,
+) {
+    match msg {
+        Msg::Job(answer_at, job) => {
+            if group.is_none() {
+                if let Err(e) = ctx.conn.execute_batch("BEGIN IMMEDIATE") {
+                    tracing::error!(error = %e, "could not begin a write transaction");
+                    // Dropping a job unanswered makes its caller see `Unavailable`; nothing ran.
+                    return;
+                }
+                *group = Some(Group {
+                    after_fsync: Vec::new(),
+                    at_commit: Vec::new(),
+                    began: std::time::Instant::now(),
+                });
+            }
+            if let Some(g) = group {
+                let done = job(ctx);
+                match answer_at {
+                    Answer::AfterFsync => g.after_fsync.push(done),
+                    Answer::AtCommit => g.at_commit.push(done),
+                }
+            }
+        }
+        Msg::Synced => *syncing = false,
+        Msg::Close(done) => *closing = Some(done),
     }
-    let completions: Vec<Completion> = jobs.into_iter().map(|job| job(ctx)).collect();
+}
+
+/// Commits the open group; returns whether it handed answers to the syncer.
+fn commit_group(ctx: &mut WriteCtx, group: Group, sync_tx: &std_mpsc::Sender<ToSync>) -> bool {
+    let size = group.len();
+    let Group {
+        after_fsync,
+        at_commit,
+        began,
+    } = group;
+    let started = std::time::Instant::now();
     let flushed = ctx.group_counters.flush(&ctx.conn);
     ctx.group_counters.clear();
     let committed = match flushed {
@@ -231,17 +384,38 @@ fn commit_group(ctx: &mut WriteCtx, jobs: Vec<Job>, sync_tx: &std_mpsc::Sender<V
         }
     };
     metrics::histogram!("switchboard_store_commit_seconds").record(started.elapsed().as_secs_f64());
-    metrics::histogram!("switchboard_store_group_size").record(group as f64);
-    if !committed {
-        for complete in completions {
+    metrics::histogram!("switchboard_store_transaction_seconds")
+        .record(began.elapsed().as_secs_f64());
+    metrics::histogram!("switchboard_store_group_size").record(size as f64);
+    for complete in at_commit {
+        complete(committed);
+    }
+    if !committed || after_fsync.is_empty() {
+        for complete in after_fsync {
             complete(false);
         }
-        return;
+        return false;
     }
+    let max_seq = match max_seq(&ctx.conn) {
+        Ok(seq) => seq,
+        Err(e) => {
+            // Only leases would wait longer: those events become leasable with a later fsync.
+            tracing::warn!(error = %e, "could not read the highest event seq");
+            0
+        }
+    };
     // Answered by the syncer once the WAL is on disk.
-    if let Err(std_mpsc::SendError(completions)) = sync_tx.send(completions) {
-        for complete in completions {
-            complete(false);
+    let to_sync = ToSync {
+        max_seq,
+        answers: after_fsync,
+    };
+    match sync_tx.send(to_sync) {
+        Ok(()) => true,
+        Err(std_mpsc::SendError(to_sync)) => {
+            for complete in to_sync.answers {
+                complete(false);
+            }
+            false
         }
     }
 }
