@@ -110,8 +110,8 @@ impl Target for Switchboard {
 
     fn durability(config: &SwitchboardConfig) -> String {
         format!(
-            "embedded SQLite, WAL, synchronous=FULL: each publish and ack is answered after \
-             its group commit is fsynced; data dir on {}",
+            "embedded SQLite, WAL, group commit: each publish and ack is answered after the \
+             WAL holding its commit is fsynced; data dir on {}",
             filesystem_of(&config.data_root).unwrap_or_else(|| "an unknown filesystem".into())
         )
     }
