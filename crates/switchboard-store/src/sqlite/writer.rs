@@ -93,6 +93,9 @@ impl Writer {
         let (tx, rx) = mpsc::unbounded_channel();
         let (sync_tx, sync_rx) = std_mpsc::channel::<ToSync>();
         let synced_tx = tx.clone();
+        // What a crashed process left in the WAL may still be only in the OS's cache: make it
+        // durable before calling every stored event durable.
+        wal.sync_data()?;
         let durable_seq = Arc::new(AtomicI64::new(max_seq(&conn).unwrap_or(0)));
         let durable = durable_seq.clone();
         let syncer = std::thread::Builder::new()
