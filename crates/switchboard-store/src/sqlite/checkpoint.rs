@@ -61,7 +61,7 @@ impl Checkpointer {
                 while !flag.load(Ordering::Acquire) {
                     std::thread::park_timeout(pause);
                     pause = match checkpoint(&conn, "PASSIVE") {
-                        Ok((frames, copied)) => {
+                        Ok(Checkpoint { frames, copied, .. }) => {
                             progress.frames.store(frames, Ordering::Relaxed);
                             progress.copied.store(copied, Ordering::Relaxed);
                             if frames - copied > LEFT_AT_MOST {
@@ -88,10 +88,23 @@ impl Checkpointer {
     }
 }
 
-/// Runs a checkpoint; returns the frames in the WAL and how many of them are copied.
-fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<(i64, i64)> {
+/// What a checkpoint reported.
+struct Checkpoint {
+    /// It could not finish: a reader (or, for RESTART, a reader of the old frames) held on.
+    busy: bool,
+    /// Frames in the WAL.
+    frames: i64,
+    /// Frames of them copied into the database file.
+    copied: i64,
+}
+
+fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<Checkpoint> {
     conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-        Ok((r.get(1)?, r.get(2)?))
+        Ok(Checkpoint {
+            busy: r.get::<_, i64>(0)? != 0,
+            frames: r.get(1)?,
+            copied: r.get(2)?,
+        })
     })
 }
 
@@ -113,13 +126,17 @@ pub fn restart_if_due(conn: &Connection, progress: &WalProgress) {
     if let Err(e) = conn.busy_timeout(super::BUSY_TIMEOUT) {
         tracing::warn!(error = %e, "could not restore the writer's busy timeout");
     }
+    // Whatever happened, the next try waits for the checkpointer's next report, so a reader
+    // holding old frames for long costs one try per checkpointer run, not one per group.
+    progress.frames.store(0, Ordering::Relaxed);
+    progress.copied.store(0, Ordering::Relaxed);
     match restarted {
-        Ok(_) => {
-            // Until the checkpointer runs again, the WAL is known to be empty.
-            progress.frames.store(0, Ordering::Relaxed);
-            progress.copied.store(0, Ordering::Relaxed);
+        Ok(Checkpoint { busy: false, .. }) => {
             metrics::histogram!("switchboard_store_wal_restart_seconds")
                 .record(started.elapsed().as_secs_f64());
+        }
+        Ok(Checkpoint { busy: true, .. }) => {
+            tracing::debug!("WAL restart left for later: a reader still reads old frames");
         }
         Err(e) => tracing::debug!(error = %e, "WAL restart left for later"),
     }
@@ -178,5 +195,33 @@ mod tests {
         restart_if_due(&conn, &progress);
         write_pages(&conn, 20);
         assert!(wal_len(dir.path()) > long, "the WAL kept growing");
+    }
+
+    #[test]
+    fn a_reader_of_old_frames_defers_the_restart_without_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = writer_like(dir.path());
+        conn.busy_timeout(super::super::BUSY_TIMEOUT)
+            .expect("busy timeout");
+        write_pages(&conn, 200);
+        // A reader in the middle of a read transaction over the current frames.
+        let reader = Connection::open(dir.path().join("t.db")).expect("reader");
+        reader.execute_batch("BEGIN").expect("begin");
+        let rows: i64 = reader
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .expect("read");
+        assert_eq!(rows, 200);
+        let progress = WalProgress::default();
+        progress.frames.store(RESTART_ANYWAY_AT, Ordering::Relaxed);
+        restart_if_due(&conn, &progress);
+        let long = wal_len(dir.path());
+        write_pages(&conn, 20);
+        assert!(wal_len(dir.path()) > long, "not restarted under the reader");
+        assert_eq!(progress.frames.load(Ordering::Relaxed), 0, "next try waits");
+        let timeout: i64 = conn
+            .query_row("PRAGMA busy_timeout", [], |r| r.get(0))
+            .expect("busy timeout");
+        let expected = i64::try_from(super::super::BUSY_TIMEOUT.as_millis()).expect("ms");
+        assert_eq!(timeout, expected, "the writer's busy timeout is back");
     }
 }
