@@ -5,8 +5,9 @@
 //! does, the writer already runs the next jobs in a new transaction, and commits them when the
 //! fsync is done. So no job is answered before its commit is on disk, execution overlaps the
 //! fsync, and each fsync covers one commit holding everything that arrived meanwhile (each
-//! page written once per group, not once per tiny group). A job that fails rolls back its
-//! savepoint alone. Nothing here knows what the jobs do.
+//! page written once per group, not once per tiny group). The one exception,
+//! [`Writer::write_unsynced`] (leases), is answered at its commit. A job that fails rolls back
+//! its savepoint alone. Nothing here knows what the jobs do.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -49,9 +50,7 @@ impl WriteCtx {
     pub fn durable_seq(&self) -> i64 {
         self.durable_seq.load(Ordering::Acquire)
     }
-}
 
-impl WriteCtx {
     /// Records a job's counter changes; they are written with the group's commit, and
     /// dropped if the job fails.
     pub fn counted(&mut self, counters: Counters, now: Timestamp) {
@@ -205,9 +204,9 @@ fn in_savepoint<T>(
     result
 }
 
-/// The syncer: fsyncs the WAL for every group committed since its last fsync, answers their
-/// jobs, then tells the writer it is free. Ends when the writer drops its sender, after
-/// answering everything.
+/// The syncer: fsyncs the WAL for every group committed since its last fsync, tells the
+/// writer it is free (the next commit overlaps the answering), then answers their jobs. Ends
+/// when the writer drops its sender, after answering everything.
 fn sync(
     wal: File,
     rx: std_mpsc::Receiver<ToSync>,
