@@ -8,10 +8,6 @@
 //! both and a delivery is often leased on one node and acked on the other.
 
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -21,7 +17,8 @@ use serde_json::json;
 use switchboard_client::{Ack, Client, ConsumeRequest, Delivery, Method, NewApp};
 
 use super::{Options, Outcome, measure, median_of, new_report, start_node};
-use crate::server::{ServerProcess, dir_size, process_cpu_seconds, process_memory};
+use crate::peers::redis_server::{Fsync, RedisServer, version};
+use crate::server::{ServerProcess, process_cpu_seconds, process_memory};
 use crate::switchboard::{Switchboard, SwitchboardConfig};
 use crate::target::{EVENT_TYPE, Footprint, TENANT, Target};
 use crate::workloads::{RunOutcome, Settings, Workload};
@@ -39,7 +36,7 @@ pub struct RedisConfig {
 
 /// A `redis-server` of the benchmark's own and `nodes` switchboard nodes on it.
 pub struct RedisNodes {
-    redis: RedisProcess,
+    redis: RedisServer,
     nodes: Vec<ServerProcess>,
     /// publishers[node]
     publishers: Vec<Client>,
@@ -74,13 +71,15 @@ impl Target for RedisNodes {
              always: each publish and ack is answered after Redis fsynced its AOF",
             config.nodes,
             if config.nodes == 1 { "" } else { "s" },
-            redis_version()
+            version().unwrap_or_else(|| "Redis".to_owned())
         )
     }
 
     async fn start(config: &RedisConfig, sinks: usize) -> Result<RedisNodes> {
         let data_root = config.inner.data_root.clone();
-        let redis = tokio::task::spawn_blocking(move || RedisProcess::start(&data_root)).await??;
+        let redis =
+            tokio::task::spawn_blocking(move || RedisServer::start(&data_root, Fsync::Always))
+                .await??;
         let url = redis.url();
         let mut nodes = Vec::new();
         let mut admins = Vec::new();
@@ -185,19 +184,8 @@ impl Target for RedisNodes {
 
     /// Memory and CPU of the nodes and redis-server together; disk is Redis' directory.
     fn footprint(&self) -> Footprint {
-        let pids = self
-            .nodes
-            .iter()
-            .map(ServerProcess::pid)
-            .chain([self.redis.pid()]);
-        let mut f = Footprint {
-            peak_rss: Some(0),
-            rss: Some(0),
-            disk: dir_size(self.redis.dir()).ok(),
-            cpu_seconds: Some(0.0),
-            connections: None,
-        };
-        for pid in pids {
+        let mut f = self.redis.footprint();
+        for pid in self.nodes.iter().map(ServerProcess::pid) {
             let memory = process_memory(pid).ok();
             let cpu = process_cpu_seconds(&format!("/proc/{pid}/stat")).ok();
             f.peak_rss = f.peak_rss.zip(memory).map(|(a, m)| a + m.peak_rss);
@@ -242,102 +230,6 @@ async fn wait_known(client: &Client) -> Result<()> {
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
-}
-
-/// A `redis-server` on a free loopback port with its data in a temp dir, killed on drop.
-struct RedisProcess {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl RedisProcess {
-    fn start(data_root: &Path) -> Result<RedisProcess> {
-        let dir = tempfile::Builder::new()
-            .prefix("switchboard-bench-redis-")
-            .tempdir_in(data_root)?;
-        // Another process may take the free port before redis-server binds it: try a few.
-        for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-            let mut child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .arg("--dir")
-                .arg(dir.path())
-                .args([
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "yes",
-                    "--appendfsync",
-                    "always",
-                ])
-                .args(["--protected-mode", "no"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("cannot run redis-server (apt-get install redis-server)")?;
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if ping(port) {
-                    return Ok(RedisProcess { child, port, dir });
-                }
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        bail!("redis-server would not start on a free port")
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for RedisProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Whether a server on `port` answers PING with PONG.
-fn ping(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-    if stream.write_all(b"PING\r\n").is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 64];
-    matches!(stream.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
-}
-
-/// `redis-server --version`, shortened.
-fn redis_version() -> String {
-    Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|v| {
-            v.split_whitespace()
-                .find(|w| w.starts_with("v="))
-                .map(|w| format!("Redis {}", &w[2..]))
-        })
-        .unwrap_or_else(|| "Redis".to_owned())
 }
 
 /// The figure compared for each workload.
