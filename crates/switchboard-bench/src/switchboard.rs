@@ -40,6 +40,74 @@ pub struct Batch {
     count: usize,
 }
 
+impl Batch {
+    /// The request body publishing `data` (one event, or a batch of them).
+    pub fn new(data: &[&str]) -> Result<Batch> {
+        let mut body = String::with_capacity(data.iter().map(|d| d.len() + 64).sum::<usize>() + 16);
+        let single = data.len() == 1;
+        if !single {
+            body.push_str(r#"{"events":["#);
+        }
+        for (i, d) in data.iter().enumerate() {
+            serde_json::from_str::<IgnoredAny>(d).with_context(|| format!("bad event data {d}"))?;
+            if i > 0 {
+                body.push(',');
+            }
+            write!(
+                body,
+                r#"{{"type":"{EVENT_TYPE}","tenant":"{TENANT}","data":{d}}}"#
+            )?;
+        }
+        if !single {
+            body.push_str("]}");
+        }
+        Ok(Batch {
+            body: body.into_bytes(),
+            count: data.len(),
+        })
+    }
+
+    /// Publishes it through `publisher`; an error unless every event was stored.
+    pub async fn publish(&self, publisher: &Client) -> Result<usize> {
+        let (status, reply) = publisher
+            .raw(Method::POST, "/v1/events", Some(self.body.clone()))
+            .await?;
+        if !(200..300).contains(&status) {
+            bail!("publish answered {status}: {reply}");
+        }
+        let stored = reply["events"].as_array().map_or(0, Vec::len);
+        if stored != self.count {
+            bail!(
+                "publish of {} events answered {} events: {reply}",
+                self.count,
+                stored
+            );
+        }
+        Ok(stored)
+    }
+}
+
+/// A long-poll for up to `max` deliveries, waiting up to `wait`, with the benchmark's lease.
+pub fn consume_request(max: u32, wait: Duration) -> ConsumeRequest {
+    ConsumeRequest {
+        max,
+        wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        lease_ms: LEASE_MS,
+    }
+}
+
+/// Acks of the attempts the deliveries were leased for.
+pub fn acks_of(deliveries: Vec<Delivery>) -> Vec<Ack> {
+    deliveries
+        .into_iter()
+        .map(|d| Ack {
+            delivery_id: d.delivery_id,
+            attempt: Some(d.attempt),
+            data: None,
+        })
+        .collect()
+}
+
 impl Switchboard {
     /// A client with the admin key, for scenarios that register more apps than the workloads.
     pub fn admin(&self) -> Client {
@@ -121,68 +189,21 @@ impl Target for Switchboard {
     }
 
     fn batch(&self, data: &[&str]) -> Result<Batch> {
-        let mut body = String::with_capacity(data.iter().map(|d| d.len() + 64).sum::<usize>() + 16);
-        let single = data.len() == 1;
-        if !single {
-            body.push_str(r#"{"events":["#);
-        }
-        for (i, d) in data.iter().enumerate() {
-            serde_json::from_str::<IgnoredAny>(d).with_context(|| format!("bad event data {d}"))?;
-            if i > 0 {
-                body.push(',');
-            }
-            write!(
-                body,
-                r#"{{"type":"{EVENT_TYPE}","tenant":"{TENANT}","data":{d}}}"#
-            )?;
-        }
-        if !single {
-            body.push_str("]}");
-        }
-        Ok(Batch {
-            body: body.into_bytes(),
-            count: data.len(),
-        })
+        Batch::new(data)
     }
 
     async fn publish(&self, batch: &Batch) -> Result<usize> {
-        let (status, reply) = self
-            .publisher
-            .raw(Method::POST, "/v1/events", Some(batch.body.clone()))
-            .await?;
-        if !(200..300).contains(&status) {
-            bail!("publish answered {status}: {reply}");
-        }
-        let stored = reply["events"].as_array().map_or(0, Vec::len);
-        if stored != batch.count {
-            bail!(
-                "publish of {} events answered {} events: {reply}",
-                batch.count,
-                stored
-            );
-        }
-        Ok(stored)
+        batch.publish(&self.publisher).await
     }
 
     async fn consume(&self, sink: usize, max: u32, wait: Duration) -> Result<Vec<Delivery>> {
-        let request = ConsumeRequest {
-            max,
-            wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-            lease_ms: LEASE_MS,
-        };
-        Ok(self.sinks[sink].consume(&request).await?)
+        Ok(self.sinks[sink]
+            .consume(&consume_request(max, wait))
+            .await?)
     }
 
     async fn ack(&self, sink: usize, deliveries: Vec<Delivery>) -> Result<u64> {
-        let acks: Vec<Ack> = deliveries
-            .into_iter()
-            .map(|d| Ack {
-                delivery_id: d.delivery_id,
-                attempt: Some(d.attempt),
-                data: None,
-            })
-            .collect();
-        Ok(self.sinks[sink].ack(&acks).await?)
+        Ok(self.sinks[sink].ack(&acks_of(deliveries)).await?)
     }
 
     fn sent_ns(delivery: &Delivery) -> Option<u64> {

@@ -7,24 +7,20 @@
 //! consume and ack goes to the next node in turn, so publishers and consumers are spread over
 //! both and a delivery is often leased on one node and acked on the other.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-use serde::de::IgnoredAny;
+use anyhow::{Result, bail};
 use serde_json::json;
-use switchboard_client::{Ack, Client, ConsumeRequest, Delivery, Method, NewApp};
+use switchboard_client::{Client, Delivery, NewApp};
 
 use super::{Options, Outcome, measure, median_of, new_report, start_node};
 use crate::peers::redis_server::{Fsync, RedisServer, version};
 use crate::server::{ServerProcess, process_cpu_seconds, process_memory};
-use crate::switchboard::{Switchboard, SwitchboardConfig};
-use crate::target::{EVENT_TYPE, Footprint, TENANT, Target};
+use crate::switchboard::{Batch, Switchboard, SwitchboardConfig, acks_of, consume_request};
+use crate::target::{EVENT_TYPE, Footprint, Target};
 use crate::workloads::{RunOutcome, Settings, Workload};
 
-/// Lease long enough that no delivery comes back while its consumer is still acking it.
-const LEASE_MS: u64 = 60_000;
 /// How long a node may take to learn of the apps registered through another.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -43,12 +39,6 @@ pub struct RedisNodes {
     /// sinks[sink][node]
     sinks: Vec<Vec<Client>>,
     next: AtomicUsize,
-}
-
-/// A publish request body, serialized once.
-pub struct Batch {
-    body: Vec<u8>,
-    count: usize,
 }
 
 impl RedisNodes {
@@ -119,63 +109,22 @@ impl Target for RedisNodes {
     }
 
     fn batch(&self, data: &[&str]) -> Result<Batch> {
-        let mut body = String::with_capacity(data.iter().map(|d| d.len() + 64).sum::<usize>() + 16);
-        let single = data.len() == 1;
-        if !single {
-            body.push_str(r#"{"events":["#);
-        }
-        for (i, d) in data.iter().enumerate() {
-            serde_json::from_str::<IgnoredAny>(d).with_context(|| format!("bad event data {d}"))?;
-            if i > 0 {
-                body.push(',');
-            }
-            write!(
-                body,
-                r#"{{"type":"{EVENT_TYPE}","tenant":"{TENANT}","data":{d}}}"#
-            )?;
-        }
-        if !single {
-            body.push_str("]}");
-        }
-        Ok(Batch {
-            body: body.into_bytes(),
-            count: data.len(),
-        })
+        Batch::new(data)
     }
 
     async fn publish(&self, batch: &Batch) -> Result<usize> {
-        let (status, reply) = self.publishers[self.node()]
-            .raw(Method::POST, "/v1/events", Some(batch.body.clone()))
-            .await?;
-        if !(200..300).contains(&status) {
-            bail!("publish answered {status}: {reply}");
-        }
-        let stored = reply["events"].as_array().map_or(0, Vec::len);
-        if stored != batch.count {
-            bail!("publish of {} events answered {stored}", batch.count);
-        }
-        Ok(stored)
+        batch.publish(&self.publishers[self.node()]).await
     }
 
     async fn consume(&self, sink: usize, max: u32, wait: Duration) -> Result<Vec<Delivery>> {
-        let request = ConsumeRequest {
-            max,
-            wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-            lease_ms: LEASE_MS,
-        };
+        let request = consume_request(max, wait);
         Ok(self.sinks[sink][self.node()].consume(&request).await?)
     }
 
     async fn ack(&self, sink: usize, deliveries: Vec<Delivery>) -> Result<u64> {
-        let acks: Vec<Ack> = deliveries
-            .into_iter()
-            .map(|d| Ack {
-                delivery_id: d.delivery_id,
-                attempt: Some(d.attempt),
-                data: None,
-            })
-            .collect();
-        Ok(self.sinks[sink][self.node()].ack(&acks).await?)
+        Ok(self.sinks[sink][self.node()]
+            .ack(&acks_of(deliveries))
+            .await?)
     }
 
     fn sent_ns(delivery: &Delivery) -> Option<u64> {
@@ -216,12 +165,7 @@ impl Target for RedisNodes {
 async fn wait_known(client: &Client) -> Result<()> {
     let started = Instant::now();
     loop {
-        let request = ConsumeRequest {
-            max: 1,
-            wait_ms: 0,
-            lease_ms: LEASE_MS,
-        };
-        match client.consume(&request).await {
+        match client.consume(&consume_request(1, Duration::ZERO)).await {
             Ok(d) if d.is_empty() => return Ok(()),
             Ok(_) => bail!("a fresh app got a delivery"),
             Err(e) if started.elapsed() > SYNC_TIMEOUT => {
