@@ -121,31 +121,8 @@ impl Switchboard {
         sinks: usize,
         store: Option<&str>,
     ) -> Result<Switchboard> {
-        let binary = config.binary.clone();
-        let data_root = config.data_root.clone();
-        let store = store.map(str::to_owned);
-        let server = tokio::task::spawn_blocking(move || {
-            let mut args = vec![
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-                "{data_dir}",
-            ];
-            if let Some(store) = &store {
-                args.extend(["--store", store.as_str()]);
-            }
-            ServerProcess::start(
-                &binary,
-                &args,
-                &[("SWITCHBOARD_ADMIN_KEY", ADMIN_KEY), ("RUST_LOG", "info")],
-                &data_root,
-            )
-        })
-        .await??;
+        let (server, admin) = start_node(config, store).await?;
         let url = server.url();
-        let admin = Client::new(&url, ADMIN_KEY);
-        admin.health().await.context("health check")?;
         let publisher_key = admin
             .create_app(&NewApp::new("bench-publisher", Vec::<String>::new()))
             .await
@@ -230,4 +207,37 @@ impl Target for Switchboard {
         let Switchboard { server, .. } = self;
         tokio::task::spawn_blocking(move || server.stop()).await?
     }
+}
+
+/// A switchboard server of its own: the binary on 127.0.0.1:0 with a fresh data
+/// directory, on the embedded store or the Redis at `store`.
+pub async fn start_node(
+    config: &SwitchboardConfig,
+    store: Option<&str>,
+) -> Result<(ServerProcess, Client)> {
+    let binary = config.binary.clone();
+    let data_root = config.data_root.clone();
+    let store = store.map(str::to_owned);
+    let server = tokio::task::spawn_blocking(move || {
+        let mut args = vec![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            "{data_dir}",
+        ];
+        if let Some(store) = &store {
+            args.extend(["--store", store.as_str()]);
+        }
+        ServerProcess::start(
+            &binary,
+            &args,
+            &[("SWITCHBOARD_ADMIN_KEY", ADMIN_KEY), ("RUST_LOG", "info")],
+            &data_root,
+        )
+    })
+    .await??;
+    let admin = Client::new(server.url(), ADMIN_KEY);
+    admin.health().await.context("health check")?;
+    Ok((server, admin))
 }

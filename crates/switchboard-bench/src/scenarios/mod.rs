@@ -22,9 +22,8 @@ use switchboard_client::{Client, Method};
 use tokio::task::JoinSet;
 
 use crate::report::{Machine, Report};
-use crate::server::ServerProcess;
 use crate::stats::quantile_sorted;
-use crate::switchboard::{ADMIN_KEY, SwitchboardConfig};
+use crate::switchboard::{SwitchboardConfig, start_node};
 use crate::workloads::{Measure, RunOutcome, Settings, event_data};
 
 /// The scenarios, by the name `--scenario` takes.
@@ -122,39 +121,6 @@ fn median_of(report: &Report, workload: &str, name: &str) -> Option<f64> {
         .iter()
         .find(|f| f.workload == workload && f.figure == name)
         .map(|f| f.median)
-}
-
-/// A switchboard server of the scenario's own: the binary on 127.0.0.1:0 with a fresh data
-/// directory, on the embedded store or the Redis at `store`.
-async fn start_node(
-    config: &SwitchboardConfig,
-    store: Option<&str>,
-) -> Result<(ServerProcess, Client)> {
-    let binary = config.binary.clone();
-    let data_root = config.data_root.clone();
-    let store = store.map(str::to_owned);
-    let server = tokio::task::spawn_blocking(move || {
-        let mut args = vec![
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            "{data_dir}",
-        ];
-        if let Some(store) = &store {
-            args.extend(["--store", store.as_str()]);
-        }
-        ServerProcess::start(
-            &binary,
-            &args,
-            &[("SWITCHBOARD_ADMIN_KEY", ADMIN_KEY), ("RUST_LOG", "info")],
-            &data_root,
-        )
-    })
-    .await??;
-    let admin = Client::new(server.url(), ADMIN_KEY);
-    admin.health().await.context("health check")?;
-    Ok((server, admin))
 }
 
 /// Registers app `id` subscribed to `patterns` and returns a client with its key.
