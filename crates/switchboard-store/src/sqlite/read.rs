@@ -4,7 +4,7 @@
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use switchboard_core::event::{App, Attempt, Delivery, Event, Requeue};
-use switchboard_core::{AttemptOutcome, EventId, Timestamp, TypePattern};
+use switchboard_core::{AttemptOutcome, DeliveryStatus, EventId, Timestamp, TypePattern};
 
 use super::rows::{self, APP_COLS, EVENT_COLS, app_from_row, delivery_id, event_from_row};
 use crate::{
@@ -89,15 +89,24 @@ pub fn list_apps(conn: &Connection) -> Result<Vec<App>, StoreError> {
 
 /// The delivery columns, in the order [`delivery_from_row`] reads them, for alias `d`.
 const DELIVERY_COLS: &str = "d.id, d.target, d.status, d.attempts, d.last_error, d.ack_data, \
-     d.created_at, d.updated_at, d.available_at, d.lease_expires_at, d.acked_at";
-const DELIVERY_COL_COUNT: usize = 11;
+     d.created_at, d.updated_at, d.available_at, d.lease_expires_at, d.acked_at, d.leased_at";
+const DELIVERY_COL_COUNT: usize = 12;
 
-/// Reads a delivery (without history) starting at column `at`; returns it with its row id.
-fn delivery_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<(i64, Delivery)> {
+/// A delivery as read, with what [`with_history`] needs to complete it.
+struct DeliveryRow {
+    rowid: i64,
+    /// When the current attempt started: in flight or acknowledged.
+    leased_at: Option<Timestamp>,
+    delivery: Delivery,
+}
+
+/// Reads a delivery (without history) starting at column `at`.
+fn delivery_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<DeliveryRow> {
     let rowid: i64 = r.get(at)?;
-    Ok((
+    Ok(DeliveryRow {
         rowid,
-        Delivery {
+        leased_at: r.get::<_, Option<i64>>(at + 11)?.map(Timestamp),
+        delivery: Delivery {
             id: delivery_id(rowid),
             target: rows::app_id(&r.get::<_, String>(at + 1)?)?,
             status: rows::status(r.get(at + 2)?)?,
@@ -112,11 +121,17 @@ fn delivery_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<(i64, Delivery)
             history: Vec::new(),
             requeues: Vec::new(),
         },
-    ))
+    })
 }
 
-/// Fills in the attempts and requeues of a delivery.
-fn with_history(conn: &Connection, rowid: i64, delivery: &mut Delivery) -> Result<(), StoreError> {
+/// Fills in the attempts and requeues of a delivery: the failed attempts from `attempts`,
+/// the current one (in flight, or the acknowledged last) from the delivery row itself.
+fn with_history(conn: &Connection, row: DeliveryRow) -> Result<Delivery, StoreError> {
+    let DeliveryRow {
+        rowid,
+        leased_at,
+        mut delivery,
+    } = row;
     delivery.history = conn
         .prepare_cached(
             "SELECT attempt, started_at, ended_at, outcome, error FROM attempts \
@@ -133,6 +148,24 @@ fn with_history(conn: &Connection, rowid: i64, delivery: &mut Delivery) -> Resul
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    let current = match (delivery.status, leased_at) {
+        (DeliveryStatus::InFlight, Some(started_at)) => Some(Attempt {
+            attempt: delivery.attempts,
+            started_at,
+            ended_at: None,
+            outcome: None,
+            error: None,
+        }),
+        (DeliveryStatus::Acknowledged, Some(started_at)) => Some(Attempt {
+            attempt: delivery.attempts,
+            started_at,
+            ended_at: delivery.acknowledged_at,
+            outcome: Some(AttemptOutcome::Acknowledged),
+            error: None,
+        }),
+        _ => None,
+    };
+    delivery.history.extend(current);
     delivery.requeues = conn
         .prepare_cached("SELECT at, by FROM requeues WHERE delivery_id = ?1 ORDER BY at")?
         .query_map([rowid], |r| {
@@ -142,20 +175,20 @@ fn with_history(conn: &Connection, rowid: i64, delivery: &mut Delivery) -> Resul
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(())
+    Ok(delivery)
 }
 
 fn deliveries_of(conn: &Connection, seq: i64) -> Result<Vec<Delivery>, StoreError> {
-    let mut deliveries = conn
+    let deliveries = conn
         .prepare_cached(&format!(
             "SELECT {DELIVERY_COLS} FROM deliveries d WHERE d.event_seq = ?1 ORDER BY d.target"
         ))?
         .query_map([seq], |r| delivery_from_row(r, 0))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    for (rowid, delivery) in &mut deliveries {
-        with_history(conn, *rowid, delivery)?;
-    }
-    Ok(deliveries.into_iter().map(|(_, d)| d).collect())
+    deliveries
+        .into_iter()
+        .map(|row| with_history(conn, row))
+        .collect()
 }
 
 fn record(conn: &Connection, seq: i64, event: Event) -> Result<EventRecord, StoreError> {
@@ -252,16 +285,16 @@ fn delivery_page(conn: &Connection, sql: Sql, limit: i64) -> Result<DeliveryPage
     let mut found = conn
         .prepare_cached(&sql.sql)?
         .query_map(params_from_iter(sql.args), |r| {
-            let (rowid, delivery) = delivery_from_row(r, 0)?;
+            let delivery = delivery_from_row(r, 0)?;
             let (_, event) = event_from_row(r, DELIVERY_COL_COUNT)?;
-            Ok((rowid, DeliveryRecord { event, delivery }))
+            Ok((delivery, event))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    let next_cursor = page_cursor(&mut found, limit, |(rowid, _)| *rowid);
+    let next_cursor = page_cursor(&mut found, limit, |(row, _)| row.rowid);
     let mut items = Vec::with_capacity(found.len());
-    for (rowid, mut record) in found {
-        with_history(conn, rowid, &mut record.delivery)?;
-        items.push(record);
+    for (row, event) in found {
+        let delivery = with_history(conn, row)?;
+        items.push(DeliveryRecord { event, delivery });
     }
     Ok(DeliveryPage { items, next_cursor })
 }
@@ -284,7 +317,7 @@ pub fn dead_letters(conn: &Connection, q: &DeadLetterQuery) -> Result<DeliveryPa
 pub fn unacknowledged(conn: &Connection, q: &UnackedQuery) -> Result<DeliveryPage, StoreError> {
     let mut sql = Sql::new(&format!(
         "SELECT {DELIVERY_COLS}, {EVENT_COLS} FROM deliveries d JOIN events e ON e.seq = d.event_seq \
-         WHERE d.status IN (0, 1)"
+         WHERE d.finished_at IS NULL"
     ));
     sql.push_arg(" AND d.tenant = ?", q.tenant.to_string().into());
     sql.push_arg(" AND d.created_at <= ?", q.created_before.millis().into());
@@ -438,7 +471,7 @@ pub fn channels(conn: &Connection, q: &ChannelQuery) -> Result<Vec<ChannelStats>
     // The oldest open delivery of each channel with any: one index seek each.
     let mut oldest = conn.prepare_cached(
         "SELECT min(created_at) FROM deliveries WHERE tenant = ?1 AND source = ?2 AND target = ?3 \
-         AND status IN (0, 1)",
+         AND finished_at IS NULL",
     )?;
     for (key, c) in out.iter_mut() {
         if c.pending + c.in_flight > 0 {

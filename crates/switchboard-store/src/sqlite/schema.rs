@@ -151,12 +151,36 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE app_keys ADD COLUMN last_used_at INTEGER;
     CREATE INDEX app_keys_owner ON app_keys(app_id, tenant) WHERE revoked_at IS NULL;
     "#,
+    // 5: fewer B-tree writes per delivery. The current attempt lives in the delivery row
+    // (`leased_at`; an acknowledged attempt ends at `acked_at`), so `attempts` holds only
+    // attempts that failed: a lease and an ack no longer write it. The two "open" indexes
+    // are keyed on `finished_at` (set when a delivery is acknowledged or dies, cleared by a
+    // requeue), which a lease does not change, so a lease no longer rewrites them.
+    r#"
+    ALTER TABLE deliveries ADD COLUMN leased_at INTEGER;
+    ALTER TABLE deliveries ADD COLUMN finished_at INTEGER;
+    UPDATE deliveries SET leased_at = coalesce(
+        (SELECT started_at FROM attempts a WHERE a.delivery_id = deliveries.id AND a.attempt = deliveries.attempts),
+        updated_at)
+        WHERE status IN (1, 2);
+    UPDATE deliveries SET finished_at = coalesce(acked_at, updated_at) WHERE status IN (2, 3);
+    DELETE FROM attempts WHERE outcome IS NULL OR outcome = 'acknowledged';
+    DROP INDEX deliveries_open;
+    DROP INDEX deliveries_channel_open;
+    CREATE INDEX deliveries_open ON deliveries(tenant, id) WHERE finished_at IS NULL;
+    CREATE INDEX deliveries_channel_open ON deliveries(tenant, source, target, created_at)
+        WHERE finished_at IS NULL;
+    "#,
 ];
 
 /// The schema version this build writes.
 pub const CURRENT_VERSION: usize = MIGRATIONS.len();
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    migrate_to(conn, CURRENT_VERSION)
+}
+
+fn migrate_to(conn: &mut Connection, target: usize) -> Result<(), StoreError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let version = version.max(0) as usize;
     if version > CURRENT_VERSION {
@@ -164,7 +188,7 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             "the data directory has schema version {version}, newer than this build's {CURRENT_VERSION}: run a newer switchboard"
         )));
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+    for (i, sql) in MIGRATIONS.iter().enumerate().take(target).skip(version) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
@@ -172,4 +196,61 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         tracing::info!(version = i + 1, "applied schema migration");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A version-4 database with a delivery in each state and its attempts as version 4 kept
+    /// them (a row per attempt, inserted at lease).
+    fn version_4() -> Connection {
+        let mut conn = Connection::open_in_memory().expect("open");
+        migrate_to(&mut conn, 4).expect("migrate to 4");
+        conn.execute_batch(
+            "INSERT INTO deliveries (id, event_seq, target, status, attempts, available_at, \
+                 lease_expires_at, created_at, updated_at, acked_at) VALUES
+                 (1, 1, 'a', 0, 0, 0, NULL, 0, 0, NULL),
+                 (2, 1, 'b', 1, 2, 0, 900, 0, 50, NULL),
+                 (3, 1, 'c', 2, 1, 0, NULL, 0, 70, 70),
+                 (4, 1, 'd', 3, 1, 0, NULL, 0, 80, NULL);
+             INSERT INTO attempts VALUES
+                 (2, 1, 10, 20, 'failed', 'boom'),
+                 (2, 2, 40, NULL, NULL, NULL),
+                 (3, 1, 60, 70, 'acknowledged', NULL),
+                 (4, 1, 75, 80, 'failed', 'bad');",
+        )
+        .expect("fill");
+        conn
+    }
+
+    #[test]
+    fn migration_5_moves_current_attempts_into_the_delivery_row() {
+        let mut conn = version_4();
+        migrate(&mut conn).expect("migrate");
+        let rows: Vec<(i64, Option<i64>, Option<i64>)> = conn
+            .prepare("SELECT id, leased_at, finished_at FROM deliveries ORDER BY id")
+            .expect("prepare")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        assert_eq!(
+            rows,
+            vec![
+                (1, None, None),         // pending
+                (2, Some(40), None),     // in flight since its second attempt
+                (3, Some(60), Some(70)), // acknowledged
+                (4, None, Some(80)),     // dead
+            ]
+        );
+        let attempts: Vec<(i64, i64)> = conn
+            .prepare("SELECT delivery_id, attempt FROM attempts ORDER BY 1, 2")
+            .expect("prepare")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        assert_eq!(attempts, vec![(2, 1), (4, 1)], "only failed attempts stay");
+    }
 }

@@ -248,12 +248,11 @@ pub fn lease(ctx: &mut WriteCtx, req: LeaseRequest) -> Result<Leased, StoreError
             Ok((r.get::<_, i64>(0)?, r.get::<_, u32>(1)?, channel, event))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    // The attempt starts in the delivery row (`leased_at`); `attempts` gets a row only if it
+    // fails (see schema migration 5).
     let mut set_leased = conn.prepare_cached(
-        "UPDATE deliveries SET status = 1, attempts = ?2, lease_expires_at = ?3, updated_at = ?4 \
-         WHERE id = ?1",
-    )?;
-    let mut start_attempt = conn.prepare_cached(
-        "INSERT INTO attempts (delivery_id, attempt, started_at) VALUES (?1, ?2, ?3)",
+        "UPDATE deliveries SET status = 1, attempts = ?2, lease_expires_at = ?3, leased_at = ?4, \
+         updated_at = ?4 WHERE id = ?1",
     )?;
     let mut deliveries = Vec::with_capacity(picked.len());
     let mut counters = Counters::default();
@@ -263,7 +262,6 @@ pub fn lease(ctx: &mut WriteCtx, req: LeaseRequest) -> Result<Leased, StoreError
         c.in_flight += 1;
         let attempt = attempts + 1;
         set_leased.execute(params![rowid, attempt, expires.millis(), now])?;
-        start_attempt.execute(params![rowid, attempt, now])?;
         deliveries.push(LeasedDelivery {
             id: delivery_id(rowid),
             attempt,
@@ -290,7 +288,7 @@ pub fn lease(ctx: &mut WriteCtx, req: LeaseRequest) -> Result<Leased, StoreError
     } else {
         None
     };
-    drop((ready, set_leased, start_attempt));
+    drop((ready, set_leased));
     if written.is_none_or(|at| now - at >= 1000) {
         ctx.consumed_written.insert(req.app.to_string(), now);
     }
@@ -313,13 +311,15 @@ struct Held {
     budget_base: u32,
     failed_attempts: u32,
     created_at: Timestamp,
+    /// When the current (or last) attempt started.
+    leased_at: Option<Timestamp>,
     status: DeliveryStatus,
     order_key: Option<String>,
 }
 
 /// The columns [`held_from_row`] reads.
 const HELD_COLS: &str = "d.id, d.tenant, d.source, d.target, d.status, d.attempts, \
-     d.budget_base, d.failed_attempts, d.created_at, d.order_key, e.id, e.type \
+     d.budget_base, d.failed_attempts, d.created_at, d.order_key, e.id, e.type, d.leased_at \
      FROM deliveries d JOIN events e ON e.seq = d.event_seq";
 
 fn held_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Held> {
@@ -336,6 +336,7 @@ fn held_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Held> {
         order_key: r.get(9)?,
         event_id: r.get(10)?,
         event_type: r.get(11)?,
+        leased_at: r.get::<_, Option<i64>>(12)?.map(Timestamp),
     })
 }
 
@@ -431,17 +432,9 @@ pub fn ack(
         ctx.conn
             .prepare_cached(
                 "UPDATE deliveries SET status = 2, ack_data = ?2, acked_at = ?3, updated_at = ?3, \
-                 lease_expires_at = NULL WHERE id = ?1",
+                 finished_at = ?3, lease_expires_at = NULL WHERE id = ?1",
             )?
             .execute(params![held.rowid, item.data, now.millis()])?;
-        end_attempt(
-            ctx,
-            held.rowid,
-            held.attempts,
-            now,
-            AttemptOutcome::Acknowledged,
-            None,
-        )?;
         finished(ctx, &held, now)?;
         let c = counters.of(&held.tenant, &held.source, &held.target);
         c.in_flight -= 1;
@@ -472,22 +465,23 @@ pub fn extend_lease(
     Ok(until)
 }
 
-fn end_attempt(
+/// Records the held delivery's current attempt as failed with `outcome`.
+fn record_failed_attempt(
     ctx: &WriteCtx,
-    rowid: i64,
-    attempt: u32,
+    held: &Held,
     now: Timestamp,
     outcome: AttemptOutcome,
-    error: Option<&str>,
+    error: &str,
 ) -> Result<(), StoreError> {
     ctx.conn
         .prepare_cached(
-            "UPDATE attempts SET ended_at = ?3, outcome = ?4, error = ?5 \
-             WHERE delivery_id = ?1 AND attempt = ?2",
+            "INSERT INTO attempts (delivery_id, attempt, started_at, ended_at, outcome, error) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?
         .execute(params![
-            rowid,
-            attempt,
+            held.rowid,
+            held.attempts,
+            held.leased_at.unwrap_or(now).millis(),
             now.millis(),
             outcome.as_str(),
             error
@@ -523,23 +517,18 @@ fn fail(
     ctx.conn
         .prepare_cached(
             "UPDATE deliveries SET status = ?2, available_at = ?3, lease_expires_at = NULL, \
-             last_error = ?4, updated_at = ?5, failed_attempts = failed_attempts + 1 WHERE id = ?1",
+             last_error = ?4, updated_at = ?5, finished_at = ?6, \
+             failed_attempts = failed_attempts + 1 WHERE id = ?1",
         )?
         .execute(params![
             held.rowid,
             status.code(),
             retry_at.unwrap_or(now).millis(),
             error,
-            now.millis()
+            now.millis(),
+            (status == DeliveryStatus::Dead).then_some(now.millis()),
         ])?;
-    end_attempt(
-        ctx,
-        held.rowid,
-        held.attempts,
-        now,
-        failure.outcome(),
-        Some(error),
-    )?;
+    record_failed_attempt(ctx, held, now, failure.outcome(), error)?;
     let was_failing = (held.failed_attempts > 0) as i64;
     let c = counters.of(&held.tenant, &held.source, &held.target);
     c.in_flight -= 1;
@@ -707,7 +696,7 @@ pub fn requeue(ctx: &mut WriteCtx, req: RequeueRequest) -> Result<Requeued, Stor
         ctx.conn
             .prepare_cached(
                 "UPDATE deliveries SET status = 0, budget_base = attempts, available_at = ?2, \
-                 updated_at = ?2, blocked = ?3 WHERE id = ?1",
+                 updated_at = ?2, finished_at = NULL, blocked = ?3 WHERE id = ?1",
             )?
             .execute(params![rowid, now.millis(), blocked])?;
         ctx.conn
