@@ -20,7 +20,7 @@ use rusqlite::{Connection, OpenFlags};
 use switchboard_core::event::App;
 use switchboard_core::{AppId, EventId, Timestamp};
 
-use self::writer::Writer;
+use self::writer::{Answer, Undo, Writer};
 use crate::{
     AckItem, AlertChange, AlertState, AppActivity, AppUpdate, BoxFuture, ChannelQuery,
     ChannelStats, DeadLetterQuery, DeliveryChange, DeliveryPage, EventPage, EventQuery,
@@ -211,9 +211,12 @@ impl Store for SqliteStore {
         events: Vec<NewEvent>,
         now: Timestamp,
     ) -> BoxFuture<'_, Result<Vec<Published>>> {
+        // Fails only before writing (see write::publish): no savepoint of its own.
         Box::pin(
             self.writer
-                .write(move |ctx| write::publish(ctx, events, now)),
+                .write_as(Answer::AfterFsync, Undo::Group, move |ctx| {
+                    write::publish(ctx, events, now)
+                }),
         )
     }
 
@@ -221,7 +224,9 @@ impl Store for SqliteStore {
         // A lease a crash undoes leaves the delivery pending: handed out again, nothing lost.
         Box::pin(
             self.writer
-                .write_unsynced(move |ctx| write::lease(ctx, req)),
+                .write_as(Answer::AtCommit, Undo::Group, move |ctx| {
+                    write::lease(ctx, req)
+                }),
         )
     }
 
@@ -233,7 +238,9 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'_, Result<Vec<DeliveryChange>>> {
         Box::pin(
             self.writer
-                .write(move |ctx| write::ack(ctx, app, acks, now)),
+                .write_as(Answer::AfterFsync, Undo::Group, move |ctx| {
+                    write::ack(ctx, app, acks, now)
+                }),
         )
     }
 

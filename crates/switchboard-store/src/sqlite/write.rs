@@ -113,6 +113,7 @@ fn release_next(
     Ok(released > 0)
 }
 
+/// Runs without a savepoint (`Undo::Group`): it returns an error only for a database error.
 pub fn publish(
     ctx: &mut WriteCtx,
     events: Vec<NewEvent>,
@@ -229,6 +230,7 @@ fn published_before(
     }))
 }
 
+/// Runs without a savepoint (`Undo::Group`): it returns an error only for a database error.
 pub fn lease(ctx: &mut WriteCtx, req: LeaseRequest) -> Result<Leased, StoreError> {
     let conn = &ctx.conn;
     let now = req.now.millis();
@@ -404,15 +406,17 @@ fn finished(ctx: &WriteCtx, held: &Held, now: Timestamp) -> Result<(), StoreErro
     Ok(())
 }
 
+/// Runs without a savepoint (`Undo::Group`): it checks every item before its first change.
 pub fn ack(
     ctx: &mut WriteCtx,
     app: AppId,
     acks: Vec<AckItem>,
     now: Timestamp,
 ) -> Result<Vec<DeliveryChange>, StoreError> {
+    // Every item is checked before the first change: the job runs without a savepoint (see
+    // `Undo::Group`), and one bad item fails the whole request.
     let mut seen = BTreeSet::new();
-    let mut changed = Vec::new();
-    let mut counters = Counters::default();
+    let mut checked = Vec::with_capacity(acks.len());
     for item in acks {
         if !seen.insert(item.id.clone()) {
             continue;
@@ -429,6 +433,11 @@ pub fn ack(
             next_status(held.status, Transition::Ack),
             Some(DeliveryStatus::Acknowledged)
         );
+        checked.push((held, item));
+    }
+    let mut changed = Vec::with_capacity(checked.len());
+    let mut counters = Counters::default();
+    for (held, item) in checked {
         ctx.conn
             .prepare_cached(
                 "UPDATE deliveries SET status = 2, ack_data = ?2, acked_at = ?3, updated_at = ?3, \
