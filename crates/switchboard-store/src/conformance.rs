@@ -1650,38 +1650,68 @@ pub async fn unacknowledged_lists_open_deliveries_oldest_first(store: &dyn Store
         .await
         .unwrap();
     make_dead(store, "acme", "user.created", "crm", T0.plus_ms(3)).await;
+    // A second open delivery on the first channel, after the others.
+    let later = publish_to(
+        store,
+        event("crm", "acme", "user.created", T0.plus_ms(4)),
+        &["hr"],
+    )
+    .await
+    .deliveries[0]
+        .id
+        .clone();
     publish_to(store, event("crm", "globex", "user.created", T0), &["hr"]).await;
-    let query = |created_before, limit, cursor| UnackedQuery {
+    let query = |visible_to: Option<&str>, created_before, limit, cursor| UnackedQuery {
         tenant: TenantId::parse("acme").unwrap(),
-        visible_to: None,
+        visible_to: visible_to.map(app),
         created_before,
         limit,
         cursor,
     };
+    let ids_of = |page: &crate::DeliveryPage| -> Vec<DeliveryId> {
+        page.items.iter().map(|r| r.delivery.id.clone()).collect()
+    };
     let page = store
-        .unacknowledged(query(T0.plus_ms(10), 100, None))
+        .unacknowledged(query(None, T0.plus_ms(10), 100, None))
         .await
         .unwrap();
-    let ids: Vec<DeliveryId> = page.items.iter().map(|r| r.delivery.id.clone()).collect();
-    assert_eq!(ids, [pending.clone(), in_flight.clone(), failing.clone()]);
+    assert_eq!(
+        ids_of(&page),
+        [
+            pending.clone(),
+            in_flight.clone(),
+            failing.clone(),
+            later.clone()
+        ]
+    );
     assert_eq!(page.items[2].delivery.last_error.as_deref(), Some("boom"));
     assert_eq!(page.items[2].delivery.attempts, 1);
     let older = store
-        .unacknowledged(query(T0.plus_ms(1), 100, None))
+        .unacknowledged(query(None, T0.plus_ms(1), 100, None))
         .await
         .unwrap();
-    assert_eq!(older.items.len(), 2);
+    assert_eq!(ids_of(&older), [pending.clone(), in_flight.clone()]);
     let first = store
-        .unacknowledged(query(T0.plus_ms(10), 2, None))
+        .unacknowledged(query(None, T0.plus_ms(10), 2, None))
         .await
         .unwrap();
-    assert_eq!(first.items.len(), 2);
+    assert_eq!(ids_of(&first), [pending.clone(), in_flight.clone()]);
     let rest = store
-        .unacknowledged(query(T0.plus_ms(10), 2, first.next_cursor))
+        .unacknowledged(query(None, T0.plus_ms(10), 2, first.next_cursor))
         .await
         .unwrap();
-    let ids: Vec<DeliveryId> = rest.items.iter().map(|r| r.delivery.id.clone()).collect();
-    assert_eq!(ids, [failing]);
+    assert_eq!(ids_of(&rest), [failing.clone(), later.clone()]);
+    // An app sees what was sent to it, and what it published.
+    let to_hr = store
+        .unacknowledged(query(Some("hr"), T0.plus_ms(10), 100, None))
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&to_hr), [pending.clone(), later.clone()]);
+    let from_crm = store
+        .unacknowledged(query(Some("crm"), T0.plus_ms(10), 100, None))
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&from_crm), [pending, in_flight, failing, later]);
 }
 
 /// The channels of `tenant` over the window since `since`, as (source, target) → stats.

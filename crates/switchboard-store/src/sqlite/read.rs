@@ -4,7 +4,7 @@
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use switchboard_core::event::{App, Attempt, Delivery, Event, Requeue};
-use switchboard_core::{AttemptOutcome, DeliveryStatus, EventId, Timestamp, TypePattern};
+use switchboard_core::{AppId, AttemptOutcome, DeliveryStatus, EventId, Timestamp, TypePattern};
 
 use super::rows::{self, APP_COLS, EVENT_COLS, app_from_row, delivery_id, event_from_row};
 use crate::{
@@ -314,23 +314,61 @@ pub fn dead_letters(conn: &Connection, q: &DeadLetterQuery) -> Result<DeliveryPa
     delivery_page(conn, sql, limit)
 }
 
+/// The open deliveries of a tenant, oldest first. The one index of open deliveries is per
+/// channel (schema 6), so this merges the first page of each channel that has any (the
+/// counters say which) by id, then reads the page's rows.
 pub fn unacknowledged(conn: &Connection, q: &UnackedQuery) -> Result<DeliveryPage, StoreError> {
-    let mut sql = Sql::new(&format!(
-        "SELECT {DELIVERY_COLS}, {EVENT_COLS} FROM deliveries d JOIN events e ON e.seq = d.event_seq \
-         WHERE d.finished_at IS NULL"
-    ));
-    sql.push_arg(" AND d.tenant = ?", q.tenant.to_string().into());
-    sql.push_arg(" AND d.created_at <= ?", q.created_before.millis().into());
-    if let Some(app) = &q.visible_to {
-        sql.push_arg(" AND (d.target = ?", app.to_string().into());
-        sql.push_arg(" OR e.source = ?)", app.to_string().into());
-    }
-    if let Some(rowid) = parse_cursor(&q.cursor)? {
-        sql.push_arg(" AND d.id > ?", rowid.into());
-    }
+    let tenant = q.tenant.as_str();
+    let visible_to = q.visible_to.as_ref().map(AppId::as_str);
+    let channels = conn
+        .prepare_cached(
+            "SELECT source, target FROM channels WHERE tenant = ?1 AND pending + in_flight > 0 \
+             AND (?2 IS NULL OR source = ?2 OR target = ?2)",
+        )?
+        .query_map(params![tenant, visible_to], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let after = parse_cursor(&q.cursor)?.unwrap_or(0);
     let limit = q.limit.max(1) as i64;
-    sql.push_arg(" ORDER BY d.id LIMIT ?", (limit + 1).into());
-    delivery_page(conn, sql, limit)
+    let mut open_in = conn.prepare_cached(
+        "SELECT id FROM deliveries WHERE tenant = ?1 AND source = ?2 AND target = ?3 \
+         AND finished_at IS NULL AND id > ?4 AND created_at <= ?5 ORDER BY id LIMIT ?6",
+    )?;
+    let mut ids: Vec<i64> = Vec::new();
+    for (source, target) in &channels {
+        let page = open_in.query_map(
+            params![
+                tenant,
+                source,
+                target,
+                after,
+                q.created_before.millis(),
+                limit + 1
+            ],
+            |r| r.get::<_, i64>(0),
+        )?;
+        for id in page {
+            ids.push(id?);
+        }
+    }
+    ids.sort_unstable();
+    let next_cursor = page_cursor(&mut ids, limit, |id| *id);
+    let mut row = conn.prepare_cached(&format!(
+        "SELECT {DELIVERY_COLS}, {EVENT_COLS} FROM deliveries d JOIN events e ON e.seq = d.event_seq \
+         WHERE d.id = ?1"
+    ))?;
+    let mut items = Vec::with_capacity(ids.len());
+    for id in ids {
+        let (delivery, event) = row.query_row([id], |r| {
+            let delivery = delivery_from_row(r, 0)?;
+            let (_, event) = event_from_row(r, DELIVERY_COL_COUNT)?;
+            Ok((delivery, event))
+        })?;
+        let delivery = with_history(conn, delivery)?;
+        items.push(DeliveryRecord { event, delivery });
+    }
+    Ok(DeliveryPage { items, next_cursor })
 }
 
 use std::collections::HashMap;
@@ -468,15 +506,17 @@ pub fn channels(conn: &Connection, q: &ChannelQuery) -> Result<Vec<ChannelStats>
     }
     drop(rows_);
 
-    // The oldest open delivery of each channel with any: one index seek each.
+    // The oldest open delivery of each channel with any (the first published: ids follow
+    // publish order): one index seek each.
     let mut oldest = conn.prepare_cached(
-        "SELECT min(created_at) FROM deliveries WHERE tenant = ?1 AND source = ?2 AND target = ?3 \
-         AND finished_at IS NULL",
+        "SELECT created_at FROM deliveries WHERE tenant = ?1 AND source = ?2 AND target = ?3 \
+         AND finished_at IS NULL ORDER BY id LIMIT 1",
     )?;
     for (key, c) in out.iter_mut() {
         if c.pending + c.in_flight > 0 {
             c.oldest_open_at = oldest
-                .query_row(params![key.0, key.1, key.2], |r| r.get::<_, Option<i64>>(0))?
+                .query_row(params![key.0, key.1, key.2], |r| r.get::<_, i64>(0))
+                .optional()?
                 .map(Timestamp);
         }
     }
