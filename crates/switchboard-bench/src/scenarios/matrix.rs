@@ -6,8 +6,9 @@
 //! tenant `t-big` (the one timed), the tenth to one of `t-2`, `t-3`, `t-4`. After each stage
 //! some deliveries are acked (`hr`, 5% of the stage's events), nacked for good (500, dead) or
 //! with a 1 h retry (500, failing) by `billing`, and leased for 1 h (1000, in flight) by `mail`,
-//! so every counter has something. Then each endpoint is called once untimed and 50 times timed,
-//! one call at a time.
+//! so every counter has something. Then each endpoint (the matrices and health, and the
+//! unacknowledged view and dead letters by target, which read deliveries through their
+//! indexes) is called once untimed and 50 times timed, one call at a time.
 
 use std::sync::Arc;
 
@@ -40,7 +41,7 @@ const CALLS: usize = 50;
 const MIB: f64 = 1024.0 * 1024.0;
 
 /// The timed endpoints: (path, figure names for first call, p50, p99).
-const ENDPOINTS: [(&str, [&str; 3]); 5] = [
+const ENDPOINTS: [(&str, [&str; 3]); 8] = [
     (
         "/v1/tenants/t-big/matrix?window=24h",
         [
@@ -75,6 +76,31 @@ const ENDPOINTS: [(&str, [&str; 3]); 5] = [
             "suite matrix all: first call",
             "suite matrix all: p50",
             "suite matrix all: p99",
+        ],
+    ),
+    (
+        "/v1/tenants/t-big/unacknowledged?limit=50",
+        [
+            "unacknowledged: first call",
+            "unacknowledged: p50",
+            "unacknowledged: p99",
+        ],
+    ),
+    (
+        "/v1/dead-letters?target=billing&limit=50",
+        [
+            "dead letters of billing: first call",
+            "dead letters of billing: p50",
+            "dead letters of billing: p99",
+        ],
+    ),
+    (
+        // A target with no dead letter among hundreds of thousands of deliveries.
+        "/v1/dead-letters?target=hr&limit=50",
+        [
+            "dead letters of hr (none): first call",
+            "dead letters of hr (none): p50",
+            "dead letters of hr (none): p99",
         ],
     ),
 ];
