@@ -121,6 +121,17 @@ pub fn publish(
 ) -> Result<Vec<Published>, StoreError> {
     let mut out = Vec::with_capacity(events.len());
     let mut counters = Counters::default();
+    // Looked up once for the whole batch, not once per row.
+    let mut insert_event = ctx.conn.prepare_cached(
+        "INSERT INTO events (id, tenant, type, source, time, idem_key, named_targets, entity_id, \
+         correlation_id, causation_id, historical, data) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?;
+    let mut insert_delivery = ctx.conn.prepare_cached(
+        "INSERT INTO deliveries (event_seq, target, tenant, source, status, available_at, \
+         created_at, updated_at, order_key, blocked) \
+         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5, ?5, ?6, ?7)",
+    )?;
     for NewEvent { event, targets } in events {
         if let Some(key) = &event.idempotency_key
             && let Some(first) = published_before(ctx, &event.source, key)?
@@ -128,13 +139,7 @@ pub fn publish(
             out.push(first);
             continue;
         }
-        let conn = &ctx.conn;
-        conn.prepare_cached(
-            "INSERT INTO events (id, tenant, type, source, time, idem_key, named_targets, entity_id, \
-             correlation_id, causation_id, historical, data) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-        )?
-        .execute(params![
+        insert_event.execute(params![
             event.id.as_str(),
             event.tenant.as_str(),
             event.event_type.as_str(),
@@ -148,7 +153,7 @@ pub fn publish(
             event.historical,
             event.data,
         ])?;
-        let seq = conn.last_insert_rowid();
+        let seq = ctx.conn.last_insert_rowid();
         let mut deliveries = Vec::with_capacity(targets.len());
         for route in &targets {
             let key = order_key(route, &event);
@@ -156,21 +161,15 @@ pub fn publish(
                 Some(key) => has_open(ctx, route.app.as_str(), key, -1)?,
                 None => false,
             };
-            ctx.conn
-                .prepare_cached(
-                    "INSERT INTO deliveries (event_seq, target, tenant, source, status, available_at, \
-                     created_at, updated_at, order_key, blocked) \
-                     VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5, ?5, ?6, ?7)",
-                )?
-                .execute(params![
-                    seq,
-                    route.app.as_str(),
-                    event.tenant.as_str(),
-                    event.source.as_str(),
-                    now.millis(),
-                    key,
-                    blocked
-                ])?;
+            insert_delivery.execute(params![
+                seq,
+                route.app.as_str(),
+                event.tenant.as_str(),
+                event.source.as_str(),
+                now.millis(),
+                key,
+                blocked
+            ])?;
             let c = counters.of(
                 event.tenant.as_str(),
                 event.source.as_str(),
@@ -190,6 +189,7 @@ pub fn publish(
             deliveries,
         });
     }
+    drop((insert_event, insert_delivery));
     ctx.counted(counters, now);
     Ok(out)
 }
@@ -367,14 +367,27 @@ impl Held {
 
 /// Loads a delivery of `app`; another app's delivery is reported exactly like a missing one.
 fn held(ctx: &WriteCtx, app: Option<&AppId>, id: &DeliveryId) -> Result<Held, StoreError> {
-    let rowid = delivery_rowid(id)?;
-    let mut stmt = ctx
-        .conn
-        .prepare_cached(&format!("SELECT {HELD_COLS} WHERE d.id = ?1"))?;
-    let row = stmt.query_row([rowid], held_from_row).optional()?;
-    match row {
-        Some(h) if app.is_none_or(|a| a.as_str() == h.target) => Ok(h),
-        _ => Err(StoreError::UnknownDelivery(id.clone())),
+    HeldLookup::new(ctx)?.of(app, id)
+}
+
+/// [`held`] for many deliveries: the statement is looked up once, not once per delivery.
+struct HeldLookup<'c>(rusqlite::CachedStatement<'c>);
+
+impl<'c> HeldLookup<'c> {
+    fn new(ctx: &'c WriteCtx) -> Result<Self, StoreError> {
+        let stmt = ctx
+            .conn
+            .prepare_cached(&format!("SELECT {HELD_COLS} WHERE d.id = ?1"))?;
+        Ok(HeldLookup(stmt))
+    }
+
+    fn of(&mut self, app: Option<&AppId>, id: &DeliveryId) -> Result<Held, StoreError> {
+        let rowid = delivery_rowid(id)?;
+        let row = self.0.query_row([rowid], held_from_row).optional()?;
+        match row {
+            Some(h) if app.is_none_or(|a| a.as_str() == h.target) => Ok(h),
+            _ => Err(StoreError::UnknownDelivery(id.clone())),
+        }
     }
 }
 
@@ -417,11 +430,12 @@ pub fn ack(
     // `Undo::Group`), and one bad item fails the whole request.
     let mut seen = BTreeSet::new();
     let mut checked = Vec::with_capacity(acks.len());
+    let mut lookup = HeldLookup::new(ctx)?;
     for item in acks {
         if !seen.insert(item.id.clone()) {
             continue;
         }
-        let held = held(ctx, Some(&app), &item.id)?;
+        let held = lookup.of(Some(&app), &item.id)?;
         let repeated = held.status == DeliveryStatus::Acknowledged
             && item.attempt.is_none_or(|a| a == held.attempts);
         if repeated {
@@ -435,15 +449,15 @@ pub fn ack(
         );
         checked.push((held, item));
     }
+    drop(lookup);
     let mut changed = Vec::with_capacity(checked.len());
     let mut counters = Counters::default();
+    let mut set_acked = ctx.conn.prepare_cached(
+        "UPDATE deliveries SET status = 2, ack_data = ?2, acked_at = ?3, updated_at = ?3, \
+         finished_at = ?3, lease_expires_at = NULL WHERE id = ?1",
+    )?;
     for (held, item) in checked {
-        ctx.conn
-            .prepare_cached(
-                "UPDATE deliveries SET status = 2, ack_data = ?2, acked_at = ?3, updated_at = ?3, \
-                 finished_at = ?3, lease_expires_at = NULL WHERE id = ?1",
-            )?
-            .execute(params![held.rowid, item.data, now.millis()])?;
+        set_acked.execute(params![held.rowid, item.data, now.millis()])?;
         finished(ctx, &held, now)?;
         let c = counters.of(&held.tenant, &held.source, &held.target);
         c.in_flight -= 1;
@@ -453,6 +467,7 @@ pub fn ack(
         c.latencies.push(latency);
         changed.push(held.change(DeliveryStatus::Acknowledged, Some(latency), None)?);
     }
+    drop(set_acked);
     ctx.counted(counters, now);
     Ok(changed)
 }
