@@ -318,6 +318,9 @@ pub fn dead_letters(conn: &Connection, q: &DeadLetterQuery) -> Result<DeliveryPa
 /// channel (schema 6), so this merges the first page of each channel that has any (the
 /// counters say which) by id, then reads the page's rows.
 pub fn unacknowledged(conn: &Connection, q: &UnackedQuery) -> Result<DeliveryPage, StoreError> {
+    // One snapshot for the channels, their pages and the rows.
+    let snapshot = conn.unchecked_transaction()?;
+    let conn: &Connection = &snapshot;
     let tenant = q.tenant.as_str();
     let visible_to = q.visible_to.as_ref().map(AppId::as_str);
     let channels = conn
@@ -368,6 +371,8 @@ pub fn unacknowledged(conn: &Connection, q: &UnackedQuery) -> Result<DeliveryPag
         let delivery = with_history(conn, delivery)?;
         items.push(DeliveryRecord { event, delivery });
     }
+    drop((open_in, row));
+    snapshot.commit()?;
     Ok(DeliveryPage { items, next_cursor })
 }
 
