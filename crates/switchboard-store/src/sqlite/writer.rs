@@ -201,6 +201,7 @@ impl Writer {
     }
 }
 
+/// Runs an [`Undo::Savepoint`] job: a failure rolls back its own changes and nothing else.
 fn in_savepoint<T>(
     ctx: &mut WriteCtx,
     f: impl FnOnce(&mut WriteCtx) -> Result<T, StoreError>,
@@ -226,6 +227,8 @@ fn in_savepoint<T>(
     result
 }
 
+/// Runs an [`Undo::Group`] job: no savepoint; if it fails after changing rows, the writer
+/// rolls back its whole group (`poisoned`).
 fn without_savepoint<T>(
     ctx: &mut WriteCtx,
     f: impl FnOnce(&mut WriteCtx) -> Result<T, StoreError>,
