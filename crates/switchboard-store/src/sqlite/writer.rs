@@ -65,6 +65,14 @@ impl WriteCtx {
     pub fn counted(&mut self, counters: Counters, now: Timestamp) {
         self.job_counters.absorb(counters, now);
     }
+
+    /// Ends a job's counter changes: kept for the group's commit if it succeeded, else dropped.
+    fn end_job(&mut self, succeeded: bool) {
+        match succeeded {
+            true => self.group_counters.merge(&mut self.job_counters),
+            false => self.job_counters.clear(),
+        }
+    }
 }
 
 type Completion = Box<dyn FnOnce(bool) + Send>;
@@ -209,21 +217,13 @@ fn in_savepoint<T>(
     ctx.conn.prepare_cached("SAVEPOINT job")?.execute([])?;
     let result = f(ctx);
     match result {
-        Ok(_) => {
-            ctx.conn.prepare_cached("RELEASE job")?.execute([])?;
-            let WriteCtx {
-                job_counters,
-                group_counters,
-                ..
-            } = ctx;
-            group_counters.merge(job_counters);
-        }
+        Ok(_) => ctx.conn.prepare_cached("RELEASE job")?.execute([])?,
         Err(_) => {
             ctx.conn.prepare_cached("ROLLBACK TO job")?.execute([])?;
-            ctx.conn.prepare_cached("RELEASE job")?.execute([])?;
-            ctx.job_counters.clear();
+            ctx.conn.prepare_cached("RELEASE job")?.execute([])?
         }
-    }
+    };
+    ctx.end_job(result.is_ok());
     result
 }
 
@@ -235,18 +235,10 @@ fn without_savepoint<T>(
 ) -> Result<T, StoreError> {
     let changes = ctx.conn.total_changes();
     let result = f(ctx);
-    let WriteCtx {
-        job_counters,
-        group_counters,
-        ..
-    } = ctx;
-    match result {
-        Ok(_) => group_counters.merge(job_counters),
-        Err(_) => {
-            job_counters.clear();
-            // A broken promise or a database error: only the whole group can be undone.
-            ctx.poisoned = ctx.conn.total_changes() != changes || ctx.conn.is_autocommit();
-        }
+    ctx.end_job(result.is_ok());
+    if result.is_err() {
+        // A broken promise or a database error: only the whole group can be undone.
+        ctx.poisoned = ctx.conn.total_changes() != changes || ctx.conn.is_autocommit();
     }
     result
 }
