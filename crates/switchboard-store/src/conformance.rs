@@ -1614,32 +1614,21 @@ pub async fn requeue_by_an_app_is_limited_to_its_deliveries(store: &dyn Store) {
     assert_eq!(back[0].id, hr_dead);
 }
 
+/// Publishes a `user.created` of `crm` in tenant `acme` at `T0 + ms` to `target` alone;
+/// returns its delivery.
+async fn acme_delivery_to(store: &dyn Store, target: &str, ms: u64) -> DeliveryId {
+    let ev = event("crm", "acme", "user.created", T0.plus_ms(ms));
+    publish_to(store, ev, &[target]).await.deliveries[0]
+        .id
+        .clone()
+}
+
 pub async fn unacknowledged_lists_open_deliveries_oldest_first(store: &dyn Store) {
     register(store, "hr", &["*"], 8).await;
-    let pending = publish_to(store, event("crm", "acme", "user.created", T0), &["hr"])
-        .await
-        .deliveries[0]
-        .id
-        .clone();
-    let in_flight = publish_to(
-        store,
-        event("crm", "acme", "user.created", T0.plus_ms(1)),
-        &["billing"],
-    )
-    .await
-    .deliveries[0]
-        .id
-        .clone();
+    let pending = acme_delivery_to(store, "hr", 0).await;
+    let in_flight = acme_delivery_to(store, "billing", 1).await;
     lease(store, "billing", 1, T0.plus_ms(1)).await;
-    let failing = publish_to(
-        store,
-        event("crm", "acme", "user.created", T0.plus_ms(2)),
-        &["audit"],
-    )
-    .await
-    .deliveries[0]
-        .id
-        .clone();
+    let failing = acme_delivery_to(store, "audit", 2).await;
     let l = lease(store, "audit", 1, T0.plus_ms(2)).await.remove(0);
     store
         .nack(
@@ -1651,15 +1640,7 @@ pub async fn unacknowledged_lists_open_deliveries_oldest_first(store: &dyn Store
         .unwrap();
     make_dead(store, "acme", "user.created", "crm", T0.plus_ms(3)).await;
     // A second open delivery on the first channel, after the others.
-    let later = publish_to(
-        store,
-        event("crm", "acme", "user.created", T0.plus_ms(4)),
-        &["hr"],
-    )
-    .await
-    .deliveries[0]
-        .id
-        .clone();
+    let later = acme_delivery_to(store, "hr", 4).await;
     publish_to(store, event("crm", "globex", "user.created", T0), &["hr"]).await;
     let query = |visible_to: Option<&str>, created_before, limit, cursor| UnackedQuery {
         tenant: TenantId::parse("acme").unwrap(),

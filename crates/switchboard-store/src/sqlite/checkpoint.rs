@@ -169,32 +169,37 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_due_restart_makes_new_frames_overwrite_the_wal() {
+    /// The WAL's length before and after 20 more pages, when the writer is offered a
+    /// restart with the checkpointer reporting `frames` of which none copied; and the frames
+    /// the progress reports afterwards.
+    fn wal_around_a_restart(frames: i64) -> (u64, u64, i64) {
         let dir = tempfile::tempdir().expect("tempdir");
         let conn = writer_like(dir.path());
         write_pages(&conn, 200);
         let long = wal_len(dir.path());
         let progress = WalProgress::default();
-        progress.frames.store(RESTART_ANYWAY_AT, Ordering::Relaxed);
+        progress.frames.store(frames, Ordering::Relaxed);
         restart_if_due(&conn, &progress);
         write_pages(&conn, 20);
-        assert_eq!(wal_len(dir.path()), long, "the WAL started over: no growth");
-        assert_eq!(progress.frames.load(Ordering::Relaxed), 0);
+        (
+            long,
+            wal_len(dir.path()),
+            progress.frames.load(Ordering::Relaxed),
+        )
+    }
+
+    #[test]
+    fn a_due_restart_makes_new_frames_overwrite_the_wal() {
+        let (before, after, frames) = wal_around_a_restart(RESTART_ANYWAY_AT);
+        assert_eq!(after, before, "the WAL started over: no growth");
+        assert_eq!(frames, 0);
     }
 
     #[test]
     fn no_restart_before_it_is_due() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let conn = writer_like(dir.path());
-        write_pages(&conn, 200);
-        let long = wal_len(dir.path());
-        let progress = WalProgress::default();
         // Long enough, but too much of it not yet copied by the checkpointer.
-        progress.frames.store(RESTART_AT, Ordering::Relaxed);
-        restart_if_due(&conn, &progress);
-        write_pages(&conn, 20);
-        assert!(wal_len(dir.path()) > long, "the WAL kept growing");
+        let (before, after, _) = wal_around_a_restart(RESTART_AT);
+        assert!(after > before, "the WAL kept growing");
     }
 
     #[test]
