@@ -1,0 +1,178 @@
+//! The embedded store's hot path without HTTP: publish, lease and ack of the same events, timed
+//! per phase, on a real SQLite file with the real writer (group commit and fsync). What the
+//! writer costs per event, to compare builds quickly; not a test and not the benchmark.
+//!
+//! `cargo run --release -p switchboard-store --example hotpath -- [ROUNDS] [TARGETS]`
+//!
+//! Each round publishes 1,000 events (10 concurrent batches of 100) to every target, leases
+//! them (up to 1,000 per request) and acks them. It prints, per phase, the wall time and the
+//! process's CPU time per event (the writer does nearly all of it).
+
+use std::time::{Duration, Instant};
+
+use switchboard_core::{AppId, Timestamp};
+use switchboard_store::conformance::{self, event, register};
+use switchboard_store::sqlite::SqliteStore;
+use switchboard_store::{AckItem, LeaseRequest, NewEvent, Store};
+
+const BATCH: usize = 100;
+const BATCHES: usize = 10;
+
+/// User and system CPU time so far of a `stat` file of /proc (ticks of 10 ms).
+fn cpu_of(stat: &str) -> Duration {
+    let stat = std::fs::read_to_string(stat).expect("a stat file of /proc");
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..]
+        .split_whitespace()
+        .collect();
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    Duration::from_millis(ticks * 10)
+}
+
+/// The writer thread's `stat` file.
+fn writer_stat() -> String {
+    std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .filter_map(|t| t.ok())
+        .map(|t| t.path())
+        .find(|t| {
+            std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.starts_with("switchboard-wri"))
+        })
+        .expect("the writer thread")
+        .join("stat")
+        .display()
+        .to_string()
+}
+
+/// Wall time, process CPU time and the writer's CPU time of one phase, summed over rounds.
+#[derive(Default)]
+struct Phase {
+    wall: Duration,
+    cpu: Duration,
+    writer: Duration,
+}
+
+struct Started {
+    at: Instant,
+    cpu: Duration,
+    writer: Duration,
+}
+
+impl Phase {
+    fn add(&mut self, started: Started, writer: &str) {
+        self.wall += started.at.elapsed();
+        self.cpu += cpu_of("/proc/self/stat") - started.cpu;
+        self.writer += cpu_of(writer) - started.writer;
+    }
+}
+
+fn start(writer: &str) -> Started {
+    Started {
+        at: Instant::now(),
+        cpu: cpu_of("/proc/self/stat"),
+        writer: cpu_of(writer),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let rounds: usize = args.next().map_or(50, |a| a.parse().expect("ROUNDS"));
+    let targets: usize = args.next().map_or(1, |a| a.parse().expect("TARGETS"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(dir.path()).expect("open");
+    let sinks: Vec<String> = (1..=targets).map(|i| format!("sink-{i}")).collect();
+    register(&store, "publisher", &[], 8).await;
+    for sink in &sinks {
+        register(&store, sink, &["bench.event"], 8).await;
+    }
+    let data = format!(
+        r#"{{"user_id":"u-00000001","email":"user@example.com","name":"Bench User","plan":"pro","pad":"{}"}}"#,
+        "x".repeat(100)
+    );
+    let writer = writer_stat();
+    let routes: Vec<_> = sinks.iter().map(|s| conformance::route(s)).collect();
+    let (mut publish, mut lease, mut ack) = (Phase::default(), Phase::default(), Phase::default());
+    let mut now = Timestamp(1_700_000_000_000);
+    for _ in 0..rounds {
+        now = now.plus_ms(1);
+        let t = start(&writer);
+        let batches = (0..BATCHES).map(|_| {
+            let events: Vec<NewEvent> = (0..BATCH)
+                .map(|_| {
+                    let mut ev = event("publisher", "acme", "bench.event", now);
+                    ev.data.clone_from(&data);
+                    NewEvent {
+                        event: ev,
+                        targets: routes.clone(),
+                    }
+                })
+                .collect();
+            store.publish(events, now)
+        });
+        for published in futures_util::future::join_all(batches).await {
+            published.expect("publish");
+        }
+        publish.add(t, &writer);
+        for sink in &sinks {
+            let app = AppId::parse(sink).expect("app id");
+            let mut leased = Vec::new();
+            let t = start(&writer);
+            while leased.len() < BATCH * BATCHES {
+                let got = store
+                    .lease(LeaseRequest {
+                        app: app.clone(),
+                        max: 1000,
+                        lease_ms: 60_000,
+                        now,
+                    })
+                    .await
+                    .expect("lease");
+                assert!(!got.deliveries.is_empty(), "nothing to lease");
+                leased.extend(got.deliveries);
+            }
+            lease.add(t, &writer);
+            let items: Vec<AckItem> = leased
+                .iter()
+                .map(|d| AckItem {
+                    id: d.id.clone(),
+                    attempt: Some(d.attempt),
+                    data: None,
+                })
+                .collect();
+            let t = start(&writer);
+            let acked = store.ack(app, items, now).await.expect("ack");
+            assert_eq!(acked.len(), BATCH * BATCHES);
+            ack.add(t, &writer);
+        }
+    }
+    let events = (rounds * BATCH * BATCHES) as f64;
+    let deliveries = events * targets as f64;
+    let per = |d: Duration, n: f64| d.as_secs_f64() * 1e6 / n;
+    println!(
+        "{rounds} rounds, {events} events, {targets} target(s); µs per event (publish) or \
+         delivery (lease, ack)"
+    );
+    for (name, phase, n) in [
+        ("publish", &publish, events),
+        ("lease", &lease, deliveries),
+        ("ack", &ack, deliveries),
+    ] {
+        println!(
+            "  {name:8} wall {:6.2}  cpu {:6.2}  writer {:6.2}",
+            per(phase.wall, n),
+            per(phase.cpu, n),
+            per(phase.writer, n)
+        );
+    }
+    let writer_cpu = publish.writer + lease.writer + ack.writer;
+    println!(
+        "  cycle    wall {:6.2}  cpu {:6.2}  writer {:6.2}  ({:.0} events/s if the writer were \
+         the only limit)",
+        per(publish.wall + lease.wall + ack.wall, events),
+        per(publish.cpu + lease.cpu + ack.cpu, events),
+        per(writer_cpu, events),
+        events / writer_cpu.as_secs_f64()
+    );
+    store.close().await;
+}
