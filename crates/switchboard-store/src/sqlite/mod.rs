@@ -222,12 +222,23 @@ impl Store for SqliteStore {
 
     fn lease(&self, req: LeaseRequest) -> BoxFuture<'_, Result<Leased>> {
         // A lease a crash undoes leaves the delivery pending: handed out again, nothing lost.
-        Box::pin(
-            self.writer
+        // The writer changes the rows; the events are read after its commit, off the writer.
+        Box::pin(async move {
+            let leased = self
+                .writer
                 .write_as(Answer::AtCommit, Undo::Group, move |ctx| {
                     write::lease(ctx, req)
-                }),
-        )
+                })
+                .await?;
+            if leased.rows.is_empty() {
+                return Ok(Leased {
+                    deliveries: Vec::new(),
+                    next_ready_at: leased.next_ready_at,
+                });
+            }
+            self.read(move |conn| read::leased_events(conn, leased))
+                .await
+        })
     }
 
     fn ack(

@@ -7,9 +7,10 @@ use switchboard_core::event::{App, Attempt, Delivery, Event, Requeue};
 use switchboard_core::{AppId, AttemptOutcome, DeliveryStatus, EventId, Timestamp, TypePattern};
 
 use super::rows::{self, APP_COLS, EVENT_COLS, app_from_row, delivery_id, event_from_row};
+use super::write::LeasedRows;
 use crate::{
     DeadFilter, DeadLetterQuery, DeliveryPage, DeliveryRecord, EventPage, EventQuery, EventRecord,
-    StoreError, UnackedQuery,
+    Leased, LeasedDelivery, StoreError, UnackedQuery,
 };
 
 /// A WHERE clause built piece by piece, with numbered arguments.
@@ -208,6 +209,28 @@ pub fn event(conn: &Connection, id: &EventId) -> Result<Option<EventRecord>, Sto
     found
         .map(|(seq, event)| record(conn, seq, event))
         .transpose()
+}
+
+/// The events of a lease's deliveries (`write::lease` took the rows), read after its commit.
+/// Events never change once stored, so any snapshot taken after the lease has them.
+pub fn leased_events(conn: &Connection, leased: LeasedRows) -> Result<Leased, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {EVENT_COLS} FROM events e WHERE e.seq = ?1"
+    ))?;
+    let mut deliveries = Vec::with_capacity(leased.rows.len());
+    for (rowid, attempt, seq) in leased.rows {
+        let (_, event) = stmt.query_row([seq], |r| event_from_row(r, 0))?;
+        deliveries.push(LeasedDelivery {
+            id: delivery_id(rowid),
+            attempt,
+            lease_expires_at: leased.lease_expires_at,
+            event,
+        });
+    }
+    Ok(Leased {
+        deliveries,
+        next_ready_at: leased.next_ready_at,
+    })
 }
 
 fn parse_cursor(cursor: &Option<String>) -> Result<Option<i64>, StoreError> {

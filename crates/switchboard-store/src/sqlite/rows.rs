@@ -60,6 +60,11 @@ pub fn event_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<(i64, Event)
     Ok((seq, event))
 }
 
+/// A text column, borrowed from the row (no copy).
+pub fn text<'r>(row: &'r Row<'_>, at: usize) -> rusqlite::Result<&'r str> {
+    row.get_ref(at)?.as_str().map_err(rusqlite::Error::from)
+}
+
 pub fn join_targets(targets: &[AppId]) -> String {
     let names: Vec<&str> = targets.iter().map(AppId::as_str).collect();
     names.join(",")

@@ -12,15 +12,12 @@ use switchboard_core::{
 };
 
 use super::counters::{Counters, HOUR, MINUTE};
-use super::rows::{
-    self, EVENT_COLS, delivery_id, delivery_rowid, event_from_row, join_targets, load_app,
-    subscriptions_json,
-};
+use super::rows::{self, delivery_id, delivery_rowid, join_targets, load_app, subscriptions_json};
 use super::writer::WriteCtx;
 use crate::{
     AckItem, AlertChange, AppUpdate, DeadFilter, DeliveryChange, DeliveryState, Expired,
-    ExtendItem, LeaseRequest, Leased, LeasedDelivery, NackItem, NackResult, NewApp, NewEvent,
-    Published, RequeueRequest, RequeueSelector, Requeued, StoreError,
+    ExtendItem, LeaseRequest, NackItem, NackResult, NewApp, NewEvent, Published, RequeueRequest,
+    RequeueSelector, Requeued, StoreError,
 };
 
 pub fn create_app(ctx: &mut WriteCtx, app: NewApp) -> Result<App, StoreError> {
@@ -230,46 +227,48 @@ fn published_before(
     }))
 }
 
+/// What a lease changed: the deliveries it took, in order, without their events (read after
+/// the commit on a read connection, see [`super::read::leased_events`], so the one writer
+/// does not spend its time copying payloads).
+pub struct LeasedRows {
+    /// (delivery rowid, attempt, event seq)
+    pub rows: Vec<(i64, u32, i64)>,
+    pub lease_expires_at: Timestamp,
+    pub next_ready_at: Option<Timestamp>,
+}
+
 /// Runs without a savepoint (`Undo::Group`): it returns an error only for a database error.
-pub fn lease(ctx: &mut WriteCtx, req: LeaseRequest) -> Result<Leased, StoreError> {
+pub fn lease(ctx: &mut WriteCtx, req: LeaseRequest) -> Result<LeasedRows, StoreError> {
     let conn = &ctx.conn;
     let now = req.now.millis();
     let expires = req.now.plus_ms(req.lease_ms);
-    // A lease is answered before its fsync (see `Writer::write_unsynced`): it hands out only
-    // events whose publish is on disk; the others' publishers wake the consumers once it is.
+    // A lease is answered before its fsync (`Answer::AtCommit`): it hands out only events
+    // whose publish is on disk; the others' publishers wake the consumers once it is.
     let durable_seq = ctx.durable_seq();
-    let mut ready = conn.prepare_cached(&format!(
-        "SELECT d.id, d.attempts, d.tenant, d.source, {EVENT_COLS} FROM deliveries d JOIN events e ON e.seq = d.event_seq \
-         WHERE d.target = ?1 AND d.status = 0 AND d.blocked = 0 AND d.available_at <= ?2 \
-         AND d.event_seq <= ?4 ORDER BY d.available_at, d.id LIMIT ?3"
-    ))?;
-    let picked = ready
-        .query_map(params![req.app.as_str(), now, req.max, durable_seq], |r| {
-            let (_, event) = event_from_row(r, 4)?;
-            let channel: (String, String) = (r.get(2)?, r.get(3)?);
-            Ok((r.get::<_, i64>(0)?, r.get::<_, u32>(1)?, channel, event))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut ready = conn.prepare_cached(
+        "SELECT id, attempts, event_seq, tenant, source FROM deliveries \
+         WHERE target = ?1 AND status = 0 AND blocked = 0 AND available_at <= ?2 \
+         AND event_seq <= ?4 ORDER BY available_at, id LIMIT ?3",
+    )?;
+    let mut picked = ready.query(params![req.app.as_str(), now, req.max, durable_seq])?;
     // The attempt starts in the delivery row (`leased_at`); `attempts` gets a row only if it
     // fails (see schema migration 5).
     let mut set_leased = conn.prepare_cached(
         "UPDATE deliveries SET status = 1, attempts = ?2, lease_expires_at = ?3, leased_at = ?4, \
          updated_at = ?4 WHERE id = ?1",
     )?;
-    let mut deliveries = Vec::with_capacity(picked.len());
+    let mut rows = Vec::with_capacity(req.max.min(1024) as usize);
     let mut counters = Counters::default();
-    for (rowid, attempts, (tenant, source), event) in picked {
-        let c = counters.of(&tenant, &source, req.app.as_str());
+    while let Some(r) = picked.next()? {
+        let (rowid, attempts, seq): (i64, u32, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+        let c = counters.of(rows::text(r, 3)?, rows::text(r, 4)?, req.app.as_str());
         c.pending -= 1;
         c.in_flight += 1;
-        let attempt = attempts + 1;
+        rows.push((rowid, attempts + 1, seq));
+    }
+    drop(picked);
+    for &(rowid, attempt, _) in &rows {
         set_leased.execute(params![rowid, attempt, expires.millis(), now])?;
-        deliveries.push(LeasedDelivery {
-            id: delivery_id(rowid),
-            attempt,
-            lease_expires_at: expires,
-            event,
-        });
     }
     // When an app last consumed matters to the second, not the millisecond: write it at most
     // once a second, so empty long-polls stay read-only transactions (no fsync).
@@ -278,7 +277,7 @@ pub fn lease(ctx: &mut WriteCtx, req: LeaseRequest) -> Result<Leased, StoreError
         conn.prepare_cached("UPDATE apps SET last_consumed_at = ?2 WHERE id = ?1")?
             .execute(params![req.app.as_str(), now])?;
     }
-    let next_ready_at = if deliveries.is_empty() {
+    let next_ready_at = if rows.is_empty() {
         let mut next = conn.prepare_cached(
             "SELECT min(available_at) FROM deliveries \
              WHERE target = ?1 AND status = 0 AND blocked = 0 AND event_seq <= ?2",
@@ -295,8 +294,9 @@ pub fn lease(ctx: &mut WriteCtx, req: LeaseRequest) -> Result<Leased, StoreError
         ctx.consumed_written.insert(req.app.to_string(), now);
     }
     ctx.counted(counters, req.now);
-    Ok(Leased {
-        deliveries,
+    Ok(LeasedRows {
+        rows,
+        lease_expires_at: expires,
         next_ready_at,
     })
 }
