@@ -31,6 +31,13 @@ use crate::StoreError;
 
 /// At most this many jobs share one transaction.
 const MAX_GROUP: usize = 1024;
+/// Once the syncer is free, a group that has run this long takes no more jobs and commits.
+/// While the syncer is busy a group takes everything that arrives (its commit would wait
+/// anyway); but under steady load the queue never empties, and a group that waited for an
+/// empty queue ran ~13 ms, holding every job in it that long (interleaved A/B, full cycle:
+/// +15–20%; batches of 100: +13%; single publishes and latency unchanged; committing after
+/// every job when the syncer is free cost single publishes 10%).
+const MAX_GROUP_AGE: std::time::Duration = std::time::Duration::from_micros(500);
 
 /// What a job may use: the write connection and the writer's random source.
 pub struct WriteCtx {
@@ -172,6 +179,8 @@ impl Writer {
         let (reply, answer) = oneshot::channel();
         let submitted = std::time::Instant::now();
         let job: Job = Box::new(move |ctx| {
+            metrics::histogram!("switchboard_store_queue_seconds")
+                .record(submitted.elapsed().as_secs_f64());
             let result = match undo {
                 Undo::Savepoint => in_savepoint(ctx, f),
                 Undo::Group => without_savepoint(ctx, f),
@@ -324,8 +333,12 @@ fn run(
     // Whether a commit is with the syncer and not yet on disk.
     let mut syncing = false;
     loop {
-        // Run everything that is waiting, up to a full group.
-        while closing.is_none() && group.as_ref().is_none_or(|g| g.len() < MAX_GROUP) {
+        // Run what is waiting while the group is open: not full, and younger than
+        // MAX_GROUP_AGE unless the syncer is busy.
+        let open = |g: &Group, syncing: bool| {
+            g.len() < MAX_GROUP && (syncing || g.began.elapsed() < MAX_GROUP_AGE)
+        };
+        while closing.is_none() && group.as_ref().is_none_or(|g| open(g, syncing)) {
             match rx.try_recv() {
                 Ok(msg) => handle(&mut ctx, msg, &mut group, &mut syncing, &mut closing),
                 Err(_) => break,
