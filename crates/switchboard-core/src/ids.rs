@@ -181,6 +181,17 @@ impl DeliveryId {
     pub fn parse(s: &str) -> Result<Self, InvalidValue> {
         parse_opaque_id(s).map(DeliveryId)
     }
+
+    /// The id of a store's delivery number `n`: `dlv_` and the number (valid by construction,
+    /// so not checked: both stores make one per delivery they hand out).
+    pub fn numbered(n: u64) -> Self {
+        DeliveryId(format!("dlv_{n}"))
+    }
+
+    /// The number behind an id [`numbered`](Self::numbered) made; `None` for any other id.
+    pub fn number(&self) -> Option<u64> {
+        self.0.strip_prefix("dlv_").and_then(|n| n.parse().ok())
+    }
 }
 
 /// Generic opaque ids given by publishers: idempotency keys, entity, correlation and
@@ -243,6 +254,16 @@ mod tests {
         assert!(TenantId::parse("b0a6e370-c1e5-43d1-94e0-55ed792274c4").is_ok());
         assert!(TenantId::parse("").is_err());
         assert!(TenantId::parse("a b").is_err());
+    }
+
+    #[test]
+    fn numbered_delivery_ids_give_their_number_back() {
+        let id = DeliveryId::numbered(42);
+        assert_eq!(id.as_str(), "dlv_42");
+        assert_eq!(id.number(), Some(42));
+        for other in ["dlv_x", "dlv_", "dlv_-1", "evt_42", "42"] {
+            assert_eq!(DeliveryId::parse(other).unwrap().number(), None, "{other}");
+        }
     }
 
     #[test]

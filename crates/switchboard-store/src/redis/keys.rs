@@ -15,8 +15,6 @@ pub const EVENTS: &str = "sb:ix";
 /// Every dead delivery, scored by delivery number.
 pub const DEAD: &str = "sb:dead";
 
-const DELIVERY_PREFIX: &str = "dlv_";
-
 /// A tenant as it appears inside key names: bytes outside `[A-Za-z0-9._~@+=-]` become `%XX`,
 /// so no tenant can reach into another's keys or break a `{hash tag}`.
 pub fn tenant_tag(tenant: &TenantId) -> String {
@@ -112,16 +110,12 @@ pub fn tenant_open(tag: &str) -> String {
 }
 
 pub fn delivery_id(n: u64) -> switchboard_core::DeliveryId {
-    switchboard_core::DeliveryId::parse(&format!("{DELIVERY_PREFIX}{n}"))
-        .expect("well-formed delivery id")
+    switchboard_core::DeliveryId::numbered(n)
 }
 
 /// The delivery number behind an id; `None` for an id this store never made.
 pub fn delivery_number(id: &switchboard_core::DeliveryId) -> Option<u64> {
-    id.as_str()
-        .strip_prefix(DELIVERY_PREFIX)
-        .and_then(|n| n.parse().ok())
-        .filter(|n| *n > 0)
+    id.number().filter(|n| *n > 0)
 }
 
 #[cfg(test)]

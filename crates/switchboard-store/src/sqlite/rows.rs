@@ -74,17 +74,15 @@ pub fn status(code: i64) -> rusqlite::Result<DeliveryStatus> {
     DeliveryStatus::from_code(code).ok_or_else(|| corrupt("status", &code.to_string()))
 }
 
-const DELIVERY_PREFIX: &str = "dlv_";
-
+/// Delivery ids are their row's id (`dlv_` and the number).
 pub fn delivery_id(rowid: i64) -> DeliveryId {
-    DeliveryId::parse(&format!("{DELIVERY_PREFIX}{rowid}")).expect("well-formed delivery id")
+    DeliveryId::numbered(rowid.unsigned_abs())
 }
 
 /// The row id behind a delivery id, or `UnknownDelivery` for an id this store never made.
 pub fn delivery_rowid(id: &DeliveryId) -> Result<i64, StoreError> {
-    id.as_str()
-        .strip_prefix(DELIVERY_PREFIX)
-        .and_then(|n| n.parse().ok())
+    id.number()
+        .and_then(|n| i64::try_from(n).ok())
         .ok_or_else(|| StoreError::UnknownDelivery(id.clone()))
 }
 
