@@ -18,19 +18,24 @@ use switchboard_store::{AckItem, LeaseRequest, NewEvent, Store};
 const BATCH: usize = 100;
 const BATCHES: usize = 10;
 
-/// User and system CPU time so far of a `stat` file of /proc (ticks of 10 ms).
-fn cpu_of(stat: &str) -> Duration {
-    let stat = std::fs::read_to_string(stat).expect("a stat file of /proc");
-    let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..]
-        .split_whitespace()
-        .collect();
-    let ticks: u64 =
-        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
-    Duration::from_millis(ticks * 10)
+/// CPU time so far of a thread, from its `schedstat` file in /proc (nanoseconds on the CPU).
+fn cpu_of(schedstat: &std::path::Path) -> Duration {
+    let text = std::fs::read_to_string(schedstat).unwrap_or_default();
+    let ns = text.split_whitespace().next().and_then(|n| n.parse().ok());
+    Duration::from_nanos(ns.unwrap_or(0))
 }
 
-/// The writer thread's `stat` file.
-fn writer_stat() -> String {
+/// CPU time so far of every thread of this process.
+fn process_cpu() -> Duration {
+    std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .filter_map(|t| t.ok())
+        .map(|t| cpu_of(&t.path().join("schedstat")))
+        .sum()
+}
+
+/// The writer thread's `schedstat` file.
+fn writer_schedstat() -> std::path::PathBuf {
     std::fs::read_dir("/proc/self/task")
         .expect("/proc/self/task")
         .filter_map(|t| t.ok())
@@ -39,9 +44,7 @@ fn writer_stat() -> String {
             std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.starts_with("switchboard-wri"))
         })
         .expect("the writer thread")
-        .join("stat")
-        .display()
-        .to_string()
+        .join("schedstat")
 }
 
 /// Wall time, process CPU time and the writer's CPU time of one phase, summed over rounds.
@@ -59,17 +62,17 @@ struct Started {
 }
 
 impl Phase {
-    fn add(&mut self, started: Started, writer: &str) {
+    fn add(&mut self, started: Started, writer: &std::path::Path) {
         self.wall += started.at.elapsed();
-        self.cpu += cpu_of("/proc/self/stat") - started.cpu;
-        self.writer += cpu_of(writer) - started.writer;
+        self.cpu += process_cpu().saturating_sub(started.cpu);
+        self.writer += cpu_of(writer).saturating_sub(started.writer);
     }
 }
 
-fn start(writer: &str) -> Started {
+fn start(writer: &std::path::Path) -> Started {
     Started {
         at: Instant::now(),
-        cpu: cpu_of("/proc/self/stat"),
+        cpu: process_cpu(),
         writer: cpu_of(writer),
     }
 }
@@ -90,7 +93,7 @@ async fn main() {
         r#"{{"user_id":"u-00000001","email":"user@example.com","name":"Bench User","plan":"pro","pad":"{}"}}"#,
         "x".repeat(100)
     );
-    let writer = writer_stat();
+    let writer = writer_schedstat();
     let routes: Vec<_> = sinks.iter().map(|s| conformance::route(s)).collect();
     let (mut publish, mut lease, mut ack) = (Phase::default(), Phase::default(), Phase::default());
     let mut now = Timestamp(1_700_000_000_000);
