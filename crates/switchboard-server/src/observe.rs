@@ -106,18 +106,12 @@ impl Observer {
         published: &[Published],
         at: Timestamp,
     ) {
-        // Count per type, not per event: a batch is usually of one or a few types.
-        let mut per_type: Vec<(&EventType, u64)> = Vec::new();
-        for ((_, ty), p) in kinds.iter().zip(published) {
-            if p.duplicate {
-                continue;
-            }
-            match per_type.iter_mut().find(|(t, _)| *t == ty) {
-                Some((_, n)) => *n += 1,
-                None => per_type.push((ty, 1)),
-            }
-        }
-        for (ty, n) in per_type {
+        let fresh = kinds
+            .iter()
+            .zip(published)
+            .filter(|(_, p)| !p.duplicate)
+            .map(|((_, ty), _)| ty);
+        for (ty, n) in count_each(fresh) {
             counter!("switchboard_events_published_total", "app" => source.to_string(), "type" => ty.to_string())
                 .increment(n);
         }
@@ -147,10 +141,15 @@ impl Observer {
     }
 
     pub fn leased(&self, app: &AppId, leased: &[LeasedDelivery], at: Timestamp) {
+        for (ty, n) in count_each(leased.iter().map(|d| &d.event.event_type)) {
+            counter!("switchboard_deliveries_leased_total", "app" => app.to_string(), "type" => ty.to_string())
+                .increment(n);
+        }
+        if self.feed.receiver_count() == 0 {
+            return;
+        }
         for d in leased {
             let e = &d.event;
-            counter!("switchboard_deliveries_leased_total", "app" => app.to_string(), "type" => e.event_type.to_string())
-                .increment(1);
             self.send(Change {
                 kind: "delivery.leased",
                 at,
@@ -171,43 +170,69 @@ impl Observer {
 
     /// Acks, nacks and expiries. `timed_out` tells an expired lease from a nack.
     pub fn changed(&self, changes: &[DeliveryChange], timed_out: bool, at: Timestamp) {
+        let failed = match timed_out {
+            true => "switchboard_deliveries_timed_out_total",
+            false => "switchboard_deliveries_nacked_total",
+        };
+        // Counted per (counter, app, type), not per delivery: an ack of 1,000 deliveries is
+        // one counter update, not 1,000 label lookups.
+        let mut counted: Vec<(&'static str, &AppId, &EventType)> = Vec::new();
         for c in changes {
-            let app = c.target.to_string();
-            let ty = c.event_type.to_string();
-            let kind = match c.status {
+            match c.status {
                 DeliveryStatus::Acknowledged => {
-                    counter!("switchboard_deliveries_acknowledged_total", "app" => app.clone(), "type" => ty.clone())
-                        .increment(1);
-                    if let Some(ms) = c.latency_ms {
-                        histogram!("switchboard_publish_to_ack_seconds", "app" => app.clone())
-                            .record(ms as f64 / 1000.0);
-                    }
-                    "delivery.acknowledged"
+                    counted.push((
+                        "switchboard_deliveries_acknowledged_total",
+                        &c.target,
+                        &c.event_type,
+                    ));
                 }
-                status => {
-                    let name = match timed_out {
-                        true => "switchboard_deliveries_timed_out_total",
-                        false => "switchboard_deliveries_nacked_total",
-                    };
-                    counter!(name, "app" => app.clone(), "type" => ty.clone()).increment(1);
-                    match status {
-                        DeliveryStatus::Dead => {
-                            counter!("switchboard_deliveries_dead_total", "app" => app.clone(), "type" => ty.clone())
-                                .increment(1);
-                            "delivery.dead"
-                        }
-                        _ => "delivery.failed",
-                    }
+                DeliveryStatus::Dead => {
+                    counted.push((failed, &c.target, &c.event_type));
+                    counted.push((
+                        "switchboard_deliveries_dead_total",
+                        &c.target,
+                        &c.event_type,
+                    ));
                 }
+                _ => counted.push((failed, &c.target, &c.event_type)),
+            }
+        }
+        for ((name, app, ty), n) in count_each(&counted) {
+            counter!(*name, "app" => app.to_string(), "type" => ty.to_string()).increment(n);
+        }
+        let acked = changes
+            .iter()
+            .filter(|c| c.status == DeliveryStatus::Acknowledged);
+        let mut latency: Vec<(&AppId, metrics::Histogram)> = Vec::new();
+        for c in acked {
+            let Some(ms) = c.latency_ms else { continue };
+            let at = match latency.iter().position(|(app, _)| *app == &c.target) {
+                Some(at) => at,
+                None => {
+                    let h = histogram!("switchboard_publish_to_ack_seconds", "app" => c.target.to_string());
+                    latency.push((&c.target, h));
+                    latency.len() - 1
+                }
+            };
+            latency[at].1.record(ms as f64 / 1000.0);
+        }
+        if self.feed.receiver_count() == 0 {
+            return;
+        }
+        for c in changes {
+            let kind = match c.status {
+                DeliveryStatus::Acknowledged => "delivery.acknowledged",
+                DeliveryStatus::Dead => "delivery.dead",
+                _ => "delivery.failed",
             };
             self.send(Change {
                 kind,
                 at,
                 tenant: c.tenant.to_string(),
-                event_type: ty,
+                event_type: c.event_type.to_string(),
                 event_id: c.event_id.to_string(),
                 source: c.source.to_string(),
-                target: Some(app),
+                target: Some(c.target.to_string()),
                 targets: Vec::new(),
                 delivery_id: Some(c.id.to_string()),
                 status: Some(c.status),
@@ -217,4 +242,17 @@ impl Observer {
             });
         }
     }
+}
+
+/// How many times each item occurs, in order of first occurrence: a batch holds one or a few
+/// distinct ones, so a linear search beats hashing.
+fn count_each<'a, T: PartialEq + 'a>(items: impl IntoIterator<Item = &'a T>) -> Vec<(&'a T, u64)> {
+    let mut counts: Vec<(&T, u64)> = Vec::new();
+    for item in items {
+        match counts.iter_mut().find(|(seen, _)| *seen == item) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((item, 1)),
+        }
+    }
+    counts
 }

@@ -309,11 +309,18 @@ async fn the_stream_tells_changes_in_order() {
 #[tokio::test]
 async fn prometheus_metrics() {
     let hub = Hub::start().await;
-    let crm = hub.app("crm", &[]).await;
+    let crm = hub.app("metricscrm", &[]).await;
     let hr = hub.app("metricshr", &["user.*"]).await;
-    crm.publish(&event("user.created", "acme")).await.unwrap();
+    let batch = vec![event("user.created", "acme"); 3];
+    crm.publish_batch(&batch).await.unwrap();
     let got = hr.consume(&poll(10, 0, 30_000)).await.unwrap();
-    hr.ack(&[Ack::of(&got[0])]).await.unwrap();
+    assert_eq!(got.len(), 3);
+    hr.ack(&[Ack::of(&got[0]), Ack::of(&got[1])]).await.unwrap();
+    let dead = Nack {
+        permanent: true,
+        ..Nack::of(&got[2], "unknown user schema")
+    };
+    hr.nack(&dead).await.unwrap();
     let text = reqwest::get(format!("{}/metrics", hub.url))
         .await
         .unwrap()
@@ -321,7 +328,7 @@ async fn prometheus_metrics() {
         .await
         .unwrap();
     for needle in [
-        "switchboard_events_published_total{app=\"crm\",type=\"user.created\"}",
+        "switchboard_events_published_total{app=\"metricscrm\",type=\"user.created\"}",
         "switchboard_deliveries_leased_total{app=\"metricshr\"",
         "switchboard_deliveries_acknowledged_total{app=\"metricshr\"",
         "switchboard_publish_to_ack_seconds_bucket{app=\"metricshr\"",
@@ -330,6 +337,18 @@ async fn prometheus_metrics() {
         "switchboard_store_group_size_bucket",
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    // Counted per batch, one count per delivery all the same (the apps are this test's own:
+    // the recorder is the whole test binary's).
+    for line in [
+        "switchboard_events_published_total{app=\"metricscrm\",type=\"user.created\"} 3",
+        "switchboard_deliveries_leased_total{app=\"metricshr\",type=\"user.created\"} 3",
+        "switchboard_deliveries_acknowledged_total{app=\"metricshr\",type=\"user.created\"} 2",
+        "switchboard_deliveries_nacked_total{app=\"metricshr\",type=\"user.created\"} 1",
+        "switchboard_deliveries_dead_total{app=\"metricshr\",type=\"user.created\"} 1",
+        "switchboard_publish_to_ack_seconds_count{app=\"metricshr\"} 2",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
     }
     assert!(!text.contains("acme"), "no tenant ids in labels");
     hub.stop().await;
