@@ -565,6 +565,11 @@ pub async fn idempotency_within_one_batch(store: &dyn Store) {
     assert!(!out[0].duplicate);
     assert!(out[1].duplicate);
     assert_eq!(out[0].id, out[1].id);
+    assert_eq!(out[0].deliveries.len(), 1);
+    assert_eq!(
+        out[1].deliveries, out[0].deliveries,
+        "the repeat answers the first's deliveries"
+    );
 }
 
 pub async fn lease_hands_out_oldest_first_without_duplicates(store: &dyn Store) {
