@@ -248,31 +248,41 @@ fn insert_deliveries(
 ) -> Result<(), StoreError> {
     const CHUNKS: [usize; 4] = [64, 16, 4, 1];
     const PER_ROW: usize = 5;
-    let mut rest = rows.as_slice();
-    while !rest.is_empty() {
-        let size = CHUNKS
-            .into_iter()
-            .find(|&n| n <= rest.len())
-            .expect("1 fits any non-empty rest");
-        let (chunk, after) = rest.split_at(size);
-        let values: Vec<String> = (0..size)
-            .map(|r| {
-                let b = r * PER_ROW;
+    // The statement of each chunk size, written once per process.
+    static SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        CHUNKS
+            .iter()
+            .map(|&size| {
+                let values: Vec<String> = (0..size)
+                    .map(|r| {
+                        let b = r * PER_ROW;
+                        format!(
+                            "(?{}, ?{}, ?{}, ?{}, ?{}, 0, ?1, ?1, ?1)",
+                            b + 2,
+                            b + 3,
+                            b + 4,
+                            b + 5,
+                            b + 6
+                        )
+                    })
+                    .collect();
                 format!(
-                    "(?{}, ?{}, ?{}, ?{}, ?{}, 0, ?1, ?1, ?1)",
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6
+                    "INSERT INTO deliveries (id, event_seq, target, tenant, source, status, \
+                     available_at, created_at, updated_at) VALUES {}",
+                    values.join(", ")
                 )
             })
-            .collect();
-        let mut stmt = conn.prepare_cached(&format!(
-            "INSERT INTO deliveries (id, event_seq, target, tenant, source, status, \
-             available_at, created_at, updated_at) VALUES {}",
-            values.join(", ")
-        ))?;
+            .collect()
+    });
+    let mut rest = rows.as_slice();
+    while !rest.is_empty() {
+        let (size, sql) = CHUNKS
+            .iter()
+            .zip(SQL.iter())
+            .find(|(n, _)| **n <= rest.len())
+            .expect("1 fits any non-empty rest");
+        let (chunk, after) = rest.split_at(*size);
+        let mut stmt = conn.prepare_cached(sql)?;
         stmt.raw_bind_parameter(1, now.millis())?;
         for (r, row) in chunk.iter().enumerate() {
             let b = r * PER_ROW;
