@@ -223,6 +223,8 @@ impl Store for SqliteStore {
     fn lease(&self, req: LeaseRequest) -> BoxFuture<'_, Result<Leased>> {
         // A lease a crash undoes leaves the delivery pending: handed out again, nothing lost.
         // The writer changes the rows; the events are read after its commit, off the writer.
+        // Should that read fail, the caller gets the error and the deliveries stay leased
+        // until their lease expires: handed out again then, like any lost answer.
         Box::pin(async move {
             let leased = self
                 .writer
