@@ -36,6 +36,9 @@ const CONSUME_GRACE: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct Client {
     base_url: String,
+    /// `base_url` parsed once, so a request does not parse its whole URL again (host
+    /// included); `None` when it does not parse, and then each request fails as reqwest says.
+    base: Option<reqwest::Url>,
     api_key: String,
     http: reqwest::Client,
 }
@@ -77,6 +80,7 @@ impl Client {
             base_url.pop();
         }
         Client {
+            base: reqwest::Url::parse(&base_url).ok(),
             base_url,
             api_key: api_key.into(),
             http,
@@ -87,6 +91,7 @@ impl Client {
     pub fn with_key(&self, api_key: impl Into<String>) -> Client {
         Client {
             base_url: self.base_url.clone(),
+            base: self.base.clone(),
             api_key: api_key.into(),
             http: self.http.clone(),
         }
@@ -405,10 +410,24 @@ impl Client {
         Ok((status, value))
     }
 
+    /// A request to `path` (which may carry a query string) under the base URL.
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.http
-            .request(method, format!("{}{}", self.base_url, path))
-            .bearer_auth(&self.api_key)
+        let request = match &self.base {
+            Some(base) => {
+                let (path, query) = match path.split_once('?') {
+                    Some((path, query)) => (path, Some(query)),
+                    None => (path, None),
+                };
+                let mut url = base.clone();
+                url.set_path(&format!("{}{path}", base.path().trim_end_matches('/')));
+                url.set_query(query);
+                self.http.request(method, url)
+            }
+            None => self
+                .http
+                .request(method, format!("{}{}", self.base_url, path)),
+        };
+        request.bearer_auth(&self.api_key)
     }
 
     async fn send_json<B, T>(&self, method: Method, path: &str, body: &B) -> Result<T, Error>
@@ -427,5 +446,41 @@ impl Client {
             return Err(api_error(status.as_u16(), &bytes));
         }
         serde_json::from_slice(&bytes).map_err(|e| Error::Decode(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url_of(base: &str, path: &str) -> Result<String, reqwest::Error> {
+        let client = Client::new(base, "key");
+        let request = client.request(Method::GET, path).build()?;
+        Ok(request.url().to_string())
+    }
+
+    #[test]
+    fn requests_go_to_the_path_under_the_base_url() {
+        let url = |base, path| url_of(base, path).expect("a valid URL");
+        assert_eq!(
+            url("http://127.0.0.1:7800", "/v1/events"),
+            "http://127.0.0.1:7800/v1/events"
+        );
+        assert_eq!(
+            url(
+                "http://hub.local/switchboard/",
+                "/v1/events?tenant=acme&limit=5"
+            ),
+            "http://hub.local/switchboard/v1/events?tenant=acme&limit=5"
+        );
+        assert_eq!(
+            url("http://hub.local", "/v1/tenants/a b/matrix"),
+            "http://hub.local/v1/tenants/a%20b/matrix"
+        );
+    }
+
+    #[test]
+    fn a_base_url_that_does_not_parse_fails_each_request() {
+        assert!(url_of("not a url", "/v1/events").is_err());
     }
 }
