@@ -119,16 +119,29 @@ fn opaque(p: &mut Problems, field: String, v: &Option<Value>) -> Option<String> 
     p.check(field, parse_opaque(s))
 }
 
-/// Validates one event; problems are named `{prefix}type`, `{prefix}tenant`...
+/// What every event of one publish request shares.
+struct Shared<'a> {
+    source: &'a AppId,
+    now: Timestamp,
+    known: &'a (dyn Fn(&AppId) -> bool + Sync),
+    limits: &'a crate::Limits,
+}
+
+/// Validates one event; problems are named `{prefix}type`, `{prefix}tenant`... `entropy` is
+/// the random part of its id.
 fn validate(
     p: &mut Problems,
     prefix: &str,
     input: &EventIn<'_>,
-    source: &AppId,
-    now: Timestamp,
-    known: &dyn Fn(&AppId) -> bool,
-    limits: &crate::Limits,
+    shared: &Shared<'_>,
+    entropy: [u8; 10],
 ) -> Option<Event> {
+    let Shared {
+        source,
+        now,
+        known,
+        limits,
+    } = *shared;
     let before = p.0.len();
     let f = |name: &str| format!("{prefix}{name}");
     let event_type = match string(p, &f("type"), &input.event_type) {
@@ -206,8 +219,6 @@ fn validate(
     if p.0.len() > before {
         return None;
     }
-    let mut entropy = [0u8; 10];
-    getrandom::fill(&mut entropy).expect("the OS random source works");
     Some(Event {
         id: EventId::generate(now.millis(), entropy),
         tenant: tenant?,
@@ -266,16 +277,27 @@ pub async fn publish(
     let apps = state.registry.apps();
     let known = |id: &AppId| apps.iter().any(|a| &a.id == id);
     let mut p = Problems::default();
+    let shared = Shared {
+        source: &source,
+        now,
+        known: &known,
+        limits,
+    };
+    // The ids' random part for the whole request from one call to the OS, not one per event.
+    let mut entropy = vec![0u8; 10 * inputs.len()];
+    getrandom::fill(&mut entropy).expect("the OS random source works");
     let events: Vec<Event> = inputs
         .iter()
+        .zip(entropy.chunks_exact(10))
         .enumerate()
-        .filter_map(|(i, input)| {
+        .filter_map(|(i, (input, random))| {
             let prefix = if batch {
                 format!("events[{i}].")
             } else {
                 String::new()
             };
-            validate(&mut p, &prefix, input, &source, now, &known, limits)
+            let random: [u8; 10] = random.try_into().expect("chunks of 10");
+            validate(&mut p, &prefix, input, &shared, random)
         })
         .collect();
     p.into_result()?;
