@@ -5,8 +5,9 @@
 //! `cargo run --release -p switchboard-store --example hotpath -- [ROUNDS] [TARGETS]`
 //!
 //! Each round publishes 1,000 events (10 concurrent batches of 100) to every target, leases
-//! them (up to 1,000 per request) and acks them. It prints, per phase, the wall time and the
-//! process's CPU time per event (the writer does nearly all of it).
+//! them (up to 1,000 per request) and acks them. It prints, per phase, the wall time, the
+//! process's CPU time and the writer thread's own CPU time per event or delivery (from
+//! `/proc/self/task/*/schedstat`); the writer's figure is the one to compare.
 
 use std::time::{Duration, Instant};
 
