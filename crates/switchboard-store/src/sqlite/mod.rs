@@ -106,8 +106,14 @@ impl SqliteStore {
             .map_err(|e| {
                 StoreError::Unavailable(format!("cannot open the WAL file: {}", e.kind()))
             })?;
-        let (writer, handle) = Writer::spawn(conn, u64::from_le_bytes(seed), wal, wal_progress)
-            .map_err(|e| StoreError::Internal(format!("cannot start the writer: {e}")))?;
+        let (writer, handle) = Writer::spawn(
+            conn,
+            u64::from_le_bytes(seed),
+            wal,
+            wal_progress,
+            writer::MAX_GROUP_AGE,
+        )
+        .map_err(|e| StoreError::Internal(format!("cannot start the writer: {e}")))?;
         Ok(SqliteStore {
             writer,
             writer_thread: Mutex::new(Some(handle)),

@@ -39,7 +39,7 @@ const MAX_GROUP: usize = 1024;
 /// +12%, +15–20% with the lease reading its events off the writer; batches of 100 +9–13%;
 /// single publishes and latency unchanged; committing after every job whenever the syncer is
 /// free cost single publishes 10%).
-const MAX_GROUP_AGE: std::time::Duration = std::time::Duration::from_micros(500);
+pub const MAX_GROUP_AGE: std::time::Duration = std::time::Duration::from_micros(500);
 
 /// What a job may use: the write connection and the writer's random source.
 pub struct WriteCtx {
@@ -126,12 +126,14 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// `wal` is the database's WAL file, which the syncer fsyncs.
+    /// `wal` is the database's WAL file, which the syncer fsyncs; `max_group_age` is
+    /// [`MAX_GROUP_AGE`] but in tests.
     pub fn spawn(
         conn: Connection,
         seed: u64,
         wal: File,
         wal_progress: Arc<WalProgress>,
+        max_group_age: std::time::Duration,
     ) -> std::io::Result<(Writer, JoinHandle<()>)> {
         let (tx, rx) = mpsc::unbounded_channel();
         let (sync_tx, sync_rx) = std_mpsc::channel::<ToSync>();
@@ -158,7 +160,7 @@ impl Writer {
         };
         let handle = std::thread::Builder::new()
             .name("switchboard-writer".into())
-            .spawn(move || run(ctx, rx, sync_tx, syncer))?;
+            .spawn(move || run(ctx, rx, sync_tx, syncer, max_group_age))?;
         Ok((Writer { tx }, handle))
     }
 
@@ -329,6 +331,7 @@ fn run(
     mut rx: mpsc::UnboundedReceiver<Msg>,
     sync_tx: std_mpsc::Sender<ToSync>,
     syncer: JoinHandle<()>,
+    max_group_age: std::time::Duration,
 ) {
     let mut closing: Option<oneshot::Sender<()>> = None;
     let mut group: Option<Group> = None;
@@ -336,9 +339,9 @@ fn run(
     let mut syncing = false;
     loop {
         // Run what is waiting while the group is open: not full, and younger than
-        // MAX_GROUP_AGE unless the syncer is busy.
+        // `max_group_age` unless the syncer is busy.
         let open = |g: &Group, syncing: bool| {
-            g.len() < MAX_GROUP && (syncing || g.began.elapsed() < MAX_GROUP_AGE)
+            g.len() < MAX_GROUP && (syncing || g.began.elapsed() < max_group_age)
         };
         while closing.is_none() && group.as_ref().is_none_or(|g| open(g, syncing)) {
             match rx.try_recv() {
@@ -544,6 +547,8 @@ mod tests {
 
     use super::*;
 
+    /// A writer whose groups close as soon as the syncer is free (no age to wait for): what
+    /// shares a group is decided by what the test queues, not by the clock.
     fn writer(dir: &std::path::Path) -> (Writer, JoinHandle<()>) {
         let path = dir.join("w.db");
         let conn = Connection::open(&path).expect("open");
@@ -556,7 +561,7 @@ mod tests {
             .truncate(false)
             .open(dir.join("w.db-wal"))
             .expect("wal");
-        Writer::spawn(conn, 1, wal, Arc::default()).expect("spawn")
+        Writer::spawn(conn, 1, wal, Arc::default(), std::time::Duration::ZERO).expect("spawn")
     }
 
     fn insert(ctx: &mut WriteCtx, x: i64) -> Result<(), StoreError> {
@@ -601,9 +606,8 @@ mod tests {
         assert_eq!(rows(dir.path()), vec![1, 2]);
     }
 
-    /// A job that inserts `x`, holds the writer until released, then works 1 ms more: so the
-    /// jobs queued meanwhile wait, and its group (the syncer being free) is older than
-    /// MAX_GROUP_AGE when it ends.
+    /// A job that inserts `x` once released: the jobs queued meanwhile wait behind it, and its
+    /// group (the syncer being free, the test writer's age limit zero) closes when it ends.
     fn gate(
         x: i64,
     ) -> (
@@ -613,7 +617,6 @@ mod tests {
         let (release, held) = std::sync::mpsc::channel::<()>();
         let job = move |ctx: &mut WriteCtx| {
             held.recv().expect("released");
-            std::thread::sleep(2 * MAX_GROUP_AGE);
             insert(ctx, x)
         };
         (release, job)
