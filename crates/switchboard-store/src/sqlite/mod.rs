@@ -255,12 +255,23 @@ impl Store for SqliteStore {
         acks: Vec<AckItem>,
         now: Timestamp,
     ) -> BoxFuture<'_, Result<Vec<DeliveryChange>>> {
-        Box::pin(
-            self.writer
+        // Like a lease, the writer changes the rows and the changes are described after the
+        // commit, off the writer. Should that read fail, the caller gets the error with its
+        // acks stored: acking again is answered as a repeat.
+        Box::pin(async move {
+            let by = app.clone();
+            let acked = self
+                .writer
                 .write_as(Answer::AfterFsync, Undo::Group, move |ctx| {
-                    write::ack(ctx, app, acks, now)
-                }),
-        )
+                    write::ack(ctx, by, acks, now)
+                })
+                .await?;
+            if acked.is_empty() {
+                return Ok(Vec::new());
+            }
+            self.read(move |conn| read::acked_changes(conn, &app, acked))
+                .await
+        })
     }
 
     fn nack(

@@ -7,10 +7,10 @@ use switchboard_core::event::{App, Attempt, Delivery, Event, Requeue};
 use switchboard_core::{AppId, AttemptOutcome, DeliveryStatus, EventId, Timestamp, TypePattern};
 
 use super::rows::{self, APP_COLS, EVENT_COLS, app_from_row, delivery_id, event_from_row};
-use super::write::LeasedRows;
+use super::write::{AckedRow, LeasedRows};
 use crate::{
-    DeadFilter, DeadLetterQuery, DeliveryPage, DeliveryRecord, EventPage, EventQuery, EventRecord,
-    Leased, LeasedDelivery, StoreError, UnackedQuery,
+    DeadFilter, DeadLetterQuery, DeliveryChange, DeliveryPage, DeliveryRecord, EventPage,
+    EventQuery, EventRecord, Leased, LeasedDelivery, StoreError, UnackedQuery,
 };
 
 /// A WHERE clause built piece by piece, with numbered arguments.
@@ -231,6 +231,38 @@ pub fn leased_events(conn: &Connection, leased: LeasedRows) -> Result<Leased, St
         deliveries,
         next_ready_at: leased.next_ready_at,
     })
+}
+
+/// What `app`'s acks changed (see `write::ack`), described after their commit: a delivery's
+/// event, tenant and source never change once published.
+pub fn acked_changes(
+    conn: &Connection,
+    app: &AppId,
+    acked: Vec<AckedRow>,
+) -> Result<Vec<DeliveryChange>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT e.id, d.tenant, e.type, d.source FROM deliveries d \
+         JOIN events e ON e.seq = d.event_seq WHERE d.id = ?1",
+    )?;
+    let mut changes = Vec::with_capacity(acked.len());
+    for row in acked {
+        let change = stmt.query_row([row.rowid], |r| {
+            Ok(DeliveryChange {
+                id: delivery_id(row.rowid),
+                event_id: rows::event_id(rows::text(r, 0)?)?,
+                tenant: rows::tenant(rows::text(r, 1)?)?,
+                event_type: rows::event_type(rows::text(r, 2)?)?,
+                source: rows::app_id(rows::text(r, 3)?)?,
+                target: app.clone(),
+                status: DeliveryStatus::Acknowledged,
+                attempt: row.attempt,
+                latency_ms: Some(row.latency_ms),
+                error: None,
+            })
+        })?;
+        changes.push(change);
+    }
+    Ok(changes)
 }
 
 fn parse_cursor(cursor: &Option<String>) -> Result<Option<i64>, StoreError> {

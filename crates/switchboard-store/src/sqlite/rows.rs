@@ -26,13 +26,21 @@ pub fn app_id(s: &str) -> rusqlite::Result<AppId> {
     AppId::parse(s).map_err(|_| corrupt("app id", s))
 }
 
+pub fn event_id(s: &str) -> rusqlite::Result<EventId> {
+    EventId::parse(s).map_err(|_| corrupt("event id", s))
+}
+
+pub fn tenant(s: &str) -> rusqlite::Result<TenantId> {
+    TenantId::parse(s).map_err(|_| corrupt("tenant", s))
+}
+
+pub fn event_type(s: &str) -> rusqlite::Result<EventType> {
+    EventType::parse(s).map_err(|_| corrupt("type", s))
+}
+
 /// Reads an event starting at column `at`; returns it with its `seq`.
 pub fn event_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<(i64, Event)> {
     let seq: i64 = row.get(at)?;
-    let id: String = row.get(at + 1)?;
-    let tenant: String = row.get(at + 2)?;
-    let event_type: String = row.get(at + 3)?;
-    let source: String = row.get(at + 4)?;
     let named: Option<String> = row.get(at + 7)?;
     let named_targets = match named {
         None => None,
@@ -44,10 +52,10 @@ pub fn event_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<(i64, Event)
         ),
     };
     let event = Event {
-        id: EventId::parse(&id).map_err(|_| corrupt("event id", &id))?,
-        tenant: TenantId::parse(&tenant).map_err(|_| corrupt("tenant", &tenant))?,
-        event_type: EventType::parse(&event_type).map_err(|_| corrupt("type", &event_type))?,
-        source: app_id(&source)?,
+        id: event_id(text(row, at + 1)?)?,
+        tenant: tenant(text(row, at + 2)?)?,
+        event_type: event_type(text(row, at + 3)?)?,
+        source: app_id(text(row, at + 4)?)?,
         time: Timestamp(row.get(at + 5)?),
         idempotency_key: row.get(at + 6)?,
         named_targets,

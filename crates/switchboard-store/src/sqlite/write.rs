@@ -420,7 +420,6 @@ struct Held {
     attempts: u32,
     budget_base: u32,
     failed_attempts: u32,
-    created_at: Timestamp,
     /// When the current (or last) attempt started.
     leased_at: Option<Timestamp>,
     status: DeliveryStatus,
@@ -429,7 +428,7 @@ struct Held {
 
 /// The columns [`held_from_row`] reads.
 const HELD_COLS: &str = "d.id, d.tenant, d.source, d.target, d.status, d.attempts, \
-     d.budget_base, d.failed_attempts, d.created_at, d.order_key, e.id, e.type, d.leased_at \
+     d.budget_base, d.failed_attempts, d.order_key, e.id, e.type, d.leased_at \
      FROM deliveries d JOIN events e ON e.seq = d.event_seq";
 
 fn held_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Held> {
@@ -442,11 +441,10 @@ fn held_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Held> {
         attempts: r.get(5)?,
         budget_base: r.get(6)?,
         failed_attempts: r.get(7)?,
-        created_at: Timestamp(r.get(8)?),
-        order_key: r.get(9)?,
-        event_id: r.get(10)?,
-        event_type: r.get(11)?,
-        leased_at: r.get::<_, Option<i64>>(12)?.map(Timestamp),
+        order_key: r.get(8)?,
+        event_id: r.get(9)?,
+        event_type: r.get(10)?,
+        leased_at: r.get::<_, Option<i64>>(11)?.map(Timestamp),
     })
 }
 
@@ -500,20 +498,25 @@ impl<'c> HeldLookup<'c> {
 }
 
 /// Checks that the caller holds the current lease: in flight, and on the attempt it names.
-fn check_lease(id: &DeliveryId, given: Option<u32>, held: &Held) -> Result<(), StoreError> {
+fn check_lease(
+    id: &DeliveryId,
+    given: Option<u32>,
+    status: DeliveryStatus,
+    attempts: u32,
+) -> Result<(), StoreError> {
     if let Some(given) = given
-        && given != held.attempts
+        && given != attempts
     {
         return Err(StoreError::LeaseLost {
             id: id.clone(),
             given,
-            current: held.attempts,
+            current: attempts,
         });
     }
-    if held.status != DeliveryStatus::InFlight {
+    if status != DeliveryStatus::InFlight {
         return Err(StoreError::NotInFlight {
             id: id.clone(),
-            status: held.status,
+            status,
         });
     }
     Ok(())
@@ -527,57 +530,99 @@ fn finished(ctx: &WriteCtx, held: &Held, now: Timestamp) -> Result<(), StoreErro
     Ok(())
 }
 
+/// An acknowledged delivery as the writer leaves it: the caller describes it after the commit
+/// (`read::acked_changes`), off the writer, which reads no more of a delivery than the ack needs.
+pub struct AckedRow {
+    pub rowid: i64,
+    pub attempt: u32,
+    pub latency_ms: u64,
+}
+
+/// An ack item that passed its checks, with what its change needs.
+struct Acking {
+    row: AckedRow,
+    order_key: Option<String>,
+    data: Option<String>,
+}
+
 /// Runs without a savepoint (`Undo::Group`): it checks every item before its first change.
 pub fn ack(
     ctx: &mut WriteCtx,
     app: AppId,
     acks: Vec<AckItem>,
     now: Timestamp,
-) -> Result<Vec<DeliveryChange>, StoreError> {
+) -> Result<Vec<AckedRow>, StoreError> {
     // Every item is checked before the first change: the job runs without a savepoint (see
-    // `Undo::Group`), and one bad item fails the whole request.
-    let mut seen = BTreeSet::new();
-    let mut checked = Vec::with_capacity(acks.len());
-    let mut lookup = HeldLookup::new(ctx)?;
+    // `Undo::Group`), and one bad item fails the whole request. Counting as it checks is
+    // safe: a failed job's counters are never written.
+    let mut seen = HashSet::with_capacity(acks.len());
+    let mut checked: Vec<Acking> = Vec::with_capacity(acks.len());
+    let mut counters = Counters::default();
+    let mut lookup = ctx.conn.prepare_cached(
+        "SELECT target, status, attempts, failed_attempts, created_at, order_key, tenant, source \
+         FROM deliveries WHERE id = ?1",
+    )?;
     for item in acks {
-        if !seen.insert(item.id.clone()) {
+        let rowid = delivery_rowid(&item.id)?;
+        if !seen.insert(rowid) {
             continue;
         }
-        let held = lookup.of(Some(&app), &item.id)?;
-        let repeated = held.status == DeliveryStatus::Acknowledged
-            && item.attempt.is_none_or(|a| a == held.attempts);
+        let mut found = lookup.query([rowid])?;
+        // Another app's delivery is reported exactly like a missing one.
+        let r = match found.next()? {
+            Some(r) if rows::text(r, 0)? == app.as_str() => r,
+            _ => return Err(StoreError::UnknownDelivery(item.id)),
+        };
+        let (status, attempts) = (rows::status(r.get(1)?)?, r.get(2)?);
+        let repeated =
+            status == DeliveryStatus::Acknowledged && item.attempt.is_none_or(|a| a == attempts);
         if repeated {
             // A repeated ack of the attempt that was acknowledged: nothing to do.
             continue;
         }
-        check_lease(&item.id, item.attempt, &held)?;
+        check_lease(&item.id, item.attempt, status, attempts)?;
         debug_assert_eq!(
-            next_status(held.status, Transition::Ack),
+            next_status(status, Transition::Ack),
             Some(DeliveryStatus::Acknowledged)
         );
-        checked.push((held, item));
+        let latency_ms = now.since(Timestamp(r.get(4)?));
+        let c = counters.of(rows::text(r, 6)?, rows::text(r, 7)?, app.as_str());
+        c.in_flight -= 1;
+        c.acknowledged += 1;
+        c.failing -= (r.get::<_, u32>(3)? > 0) as i64;
+        c.latencies.push(latency_ms);
+        let row = AckedRow {
+            rowid,
+            attempt: attempts,
+            latency_ms,
+        };
+        checked.push(Acking {
+            row,
+            order_key: r.get(5)?,
+            data: item.data,
+        });
     }
     drop(lookup);
-    let mut changed = Vec::with_capacity(checked.len());
-    let mut counters = Counters::default();
     let mut set_acked = ctx.conn.prepare_cached(
         "UPDATE deliveries SET status = 2, ack_data = ?2, acked_at = ?3, updated_at = ?3, \
          finished_at = ?3, lease_expires_at = NULL WHERE id = ?1",
     )?;
-    for (held, item) in checked {
-        set_acked.execute(params![held.rowid, item.data, now.millis()])?;
-        finished(ctx, &held, now)?;
-        let c = counters.of(&held.tenant, &held.source, &held.target);
-        c.in_flight -= 1;
-        c.acknowledged += 1;
-        c.failing -= (held.failed_attempts > 0) as i64;
-        let latency = now.since(held.created_at);
-        c.latencies.push(latency);
-        changed.push(held.change(DeliveryStatus::Acknowledged, Some(latency), None)?);
+    let mut acked = Vec::with_capacity(checked.len());
+    for Acking {
+        row,
+        order_key,
+        data,
+    } in checked
+    {
+        set_acked.execute(params![row.rowid, data, now.millis()])?;
+        if let Some(key) = order_key {
+            release_next(ctx, app.as_str(), &key, now)?;
+        }
+        acked.push(row);
     }
     drop(set_acked);
     ctx.counted(counters, now);
-    Ok(changed)
+    Ok(acked)
 }
 
 pub fn extend_lease(
@@ -587,7 +632,7 @@ pub fn extend_lease(
     now: Timestamp,
 ) -> Result<Timestamp, StoreError> {
     let held = held(ctx, Some(&app), &item.id)?;
-    check_lease(&item.id, item.attempt, &held)?;
+    check_lease(&item.id, item.attempt, held.status, held.attempts)?;
     let until = now.plus_ms(item.lease_ms);
     ctx.conn
         .prepare_cached(
@@ -691,7 +736,7 @@ pub fn nack(
     now: Timestamp,
 ) -> Result<NackResult, StoreError> {
     let held = held(ctx, Some(&app), &nack.id)?;
-    check_lease(&nack.id, nack.attempt, &held)?;
+    check_lease(&nack.id, nack.attempt, held.status, held.attempts)?;
     let settings = settings_of(ctx, &held.target)?;
     let failure = Failure::Nack {
         retry_in_ms: nack.retry_in_ms,
