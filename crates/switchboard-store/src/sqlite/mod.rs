@@ -217,13 +217,17 @@ impl Store for SqliteStore {
         events: Vec<NewEvent>,
         now: Timestamp,
     ) -> BoxFuture<'_, Result<Vec<Published>>> {
-        // Fails only before writing (see write::publish): no savepoint of its own.
-        Box::pin(
-            self.writer
+        // Fails only before writing (see write::publish): no savepoint of its own. Its
+        // results are built here, off the writer.
+        Box::pin(async move {
+            let stored = self
+                .writer
                 .write_as(Answer::AfterFsync, Undo::Group, move |ctx| {
                     write::publish(ctx, events, now)
-                }),
-        )
+                })
+                .await?;
+            Ok(stored.into_published())
+        })
     }
 
     fn lease(&self, req: LeaseRequest) -> BoxFuture<'_, Result<Leased>> {

@@ -110,12 +110,52 @@ fn release_next(
     Ok(released > 0)
 }
 
+/// What a publish stored, with its events given back: the caller describes it after the
+/// commit, off the writer ([`PublishedRows::into_published`]).
+pub struct PublishedRows {
+    events: Vec<NewEvent>,
+    outcomes: Vec<Outcome>,
+}
+
+/// What became of one published event.
+enum Outcome {
+    /// Stored; its deliveries' ids follow this one in the order of its targets.
+    Stored { first_delivery: i64 },
+    /// It repeats an idempotency key: the first publish's result.
+    Repeat(Published),
+}
+
+impl PublishedRows {
+    pub fn into_published(self) -> Vec<Published> {
+        let results = self.events.into_iter().zip(self.outcomes);
+        results
+            .map(|(new, outcome)| match outcome {
+                Outcome::Repeat(first) => first,
+                Outcome::Stored { first_delivery } => Published {
+                    id: new.event.id,
+                    duplicate: false,
+                    deliveries: new
+                        .targets
+                        .into_iter()
+                        .zip(first_delivery..)
+                        .map(|(route, id)| DeliveryState {
+                            id: delivery_id(id),
+                            target: route.app,
+                            status: DeliveryStatus::Pending,
+                        })
+                        .collect(),
+                },
+            })
+            .collect()
+    }
+}
+
 /// Runs without a savepoint (`Undo::Group`): it returns an error only for a database error.
 pub fn publish(
     ctx: &mut WriteCtx,
     events: Vec<NewEvent>,
     now: Timestamp,
-) -> Result<Vec<Published>, StoreError> {
+) -> Result<PublishedRows, StoreError> {
     let mut counters = Counters::default();
     // Looked up once for the whole batch, not once per row.
     let mut insert_event = ctx.conn.prepare_cached(
@@ -134,10 +174,8 @@ pub fn publish(
         .conn
         .prepare_cached("SELECT coalesce(max(id), 0) + 1 FROM deliveries")?
         .query_row([], |r| r.get(0))?;
-    // Per event: the first result of its idempotency key when it repeats one, else None.
-    let mut repeats: Vec<Option<Published>> = Vec::with_capacity(events.len());
+    let mut outcomes: Vec<Outcome> = Vec::with_capacity(events.len());
     let mut unordered: Vec<NewDelivery<'_>> = Vec::new();
-    let mut deliveries_of: Vec<Vec<DeliveryState>> = Vec::with_capacity(events.len());
     let mut keys_here: HashSet<(&str, &str)> = HashSet::new();
     for NewEvent { event, targets } in &events {
         if let Some(key) = &event.idempotency_key {
@@ -146,8 +184,7 @@ pub fn publish(
                 insert_deliveries(&ctx.conn, &mut unordered, now)?;
             }
             if let Some(first) = published_before(ctx, &event.source, key)? {
-                repeats.push(Some(first));
-                deliveries_of.push(Vec::new());
+                outcomes.push(Outcome::Repeat(first));
                 continue;
             }
         }
@@ -166,7 +203,9 @@ pub fn publish(
             event.data,
         ])?;
         let seq = ctx.conn.last_insert_rowid();
-        let mut deliveries = Vec::with_capacity(targets.len());
+        outcomes.push(Outcome::Stored {
+            first_delivery: next_id,
+        });
         for route in targets {
             let id = next_id;
             next_id += 1;
@@ -201,33 +240,13 @@ pub fn publish(
             );
             c.published += 1;
             c.pending += 1;
-            deliveries.push(DeliveryState {
-                id: delivery_id(id),
-                target: route.app.clone(),
-                status: DeliveryStatus::Pending,
-            });
         }
-        repeats.push(None);
-        deliveries_of.push(deliveries);
     }
     drop((insert_event, insert_ordered));
     insert_deliveries(&ctx.conn, &mut unordered, now)?;
     drop(unordered);
-    let out = events
-        .into_iter()
-        .zip(repeats)
-        .zip(deliveries_of)
-        .map(|((new, repeat), deliveries)| match repeat {
-            Some(first) => first,
-            None => Published {
-                id: new.event.id,
-                duplicate: false,
-                deliveries,
-            },
-        })
-        .collect();
     ctx.counted(counters, now);
-    Ok(out)
+    Ok(PublishedRows { events, outcomes })
 }
 
 /// An unordered delivery a publish inserts, with its id.
@@ -943,6 +962,6 @@ pub fn record_alert(
                 a.rule
             ])?,
     };
-    let mut published = publish(ctx, vec![event], now)?;
+    let mut published = publish(ctx, vec![event], now)?.into_published();
     Ok(published.remove(0))
 }
