@@ -43,6 +43,7 @@ macro_rules! conformance_tests {
             lease_hands_out_oldest_first_without_duplicates,
             lease_is_per_target_app,
             ack_records_data_and_latency,
+            many_leased_and_acked_at_once_are_each_described,
             repeated_ack_changes_nothing,
             ack_batch_is_all_or_nothing,
             another_apps_delivery_looks_unknown,
@@ -650,6 +651,45 @@ pub async fn ack_records_data_and_latency(store: &dyn Store) {
     assert_eq!(d.history[0].outcome, Some(AttemptOutcome::Acknowledged));
     assert_eq!(d.history[0].ended_at, Some(T0.plus_ms(7)));
     assert!(lease(store, "hr", 1, T0.plus_ms(100_000)).await.is_empty());
+}
+
+/// A lease and an ack of many deliveries describe each one as its own (the embedded store
+/// reads such descriptions on the calling thread up to 16 rows, on its blocking pool beyond).
+pub async fn many_leased_and_acked_at_once_are_each_described(store: &dyn Store) {
+    let events: Vec<NewEvent> = (0..40)
+        .map(|i| {
+            let tenant = ["acme", "globex"][i % 2];
+            NewEvent {
+                event: event("crm", tenant, "user.created", T0.plus_ms(i as u64)),
+                targets: vec![route("hr")],
+            }
+        })
+        .collect();
+    let published: Vec<(EventId, TenantId)> = events
+        .iter()
+        .map(|e| (e.event.id.clone(), e.event.tenant.clone()))
+        .collect();
+    store.publish(events, T0).await.unwrap();
+    let leased = lease(store, "hr", 100, T0.plus_ms(50)).await;
+    let leased_events: Vec<(EventId, TenantId)> = leased
+        .iter()
+        .map(|d| (d.event.id.clone(), d.event.tenant.clone()))
+        .collect();
+    assert_eq!(
+        leased_events, published,
+        "oldest first, each with its event"
+    );
+    let acks = leased.iter().map(|d| ack_item(&d.id, 1, None)).collect();
+    let changes = store.ack(app("hr"), acks, T0.plus_ms(60)).await.unwrap();
+    let described: Vec<(DeliveryId, EventId, TenantId, Option<u64>)> = changes
+        .into_iter()
+        .map(|c| (c.id, c.event_id, c.tenant, c.latency_ms))
+        .collect();
+    let expected: Vec<(DeliveryId, EventId, TenantId, Option<u64>)> = leased
+        .into_iter()
+        .map(|d| (d.id, d.event.id, d.event.tenant, Some(60)))
+        .collect();
+    assert_eq!(described, expected);
 }
 
 pub async fn repeated_ack_changes_nothing(store: &dyn Store) {

@@ -36,6 +36,10 @@ pub const DB_FILE: &str = "switchboard.db";
 
 const READERS: usize = 4;
 
+/// The most rows a lease's or an ack's describing read may touch and still run on the calling
+/// thread (see `read_inline`): a few page-cache hits, microseconds.
+const INLINE_READ_ROWS: usize = 16;
+
 pub struct SqliteStore {
     writer: Writer,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
@@ -123,6 +127,16 @@ impl SqliteStore {
                 idle: Mutex::new(Vec::new()),
             }),
         })
+    }
+
+    /// A read of at most [`INLINE_READ_ROWS`] rows on the calling thread: handing it to the
+    /// blocking pool and back costs more than it does (two thread wake-ups; at 1,000 events/s
+    /// they made a lease and an ack each ~0.1 ms slower end to end).
+    fn read_inline<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = self.readers.take()?;
+        let result = f(&conn);
+        self.readers.put(conn);
+        result
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T>
@@ -248,6 +262,9 @@ impl Store for SqliteStore {
                     next_ready_at: leased.next_ready_at,
                 });
             }
+            if leased.rows.len() <= INLINE_READ_ROWS {
+                return self.read_inline(|conn| read::leased_events(conn, leased));
+            }
             self.read(move |conn| read::leased_events(conn, leased))
                 .await
         })
@@ -272,6 +289,9 @@ impl Store for SqliteStore {
                 .await?;
             if acked.is_empty() {
                 return Ok(Vec::new());
+            }
+            if acked.len() <= INLINE_READ_ROWS {
+                return self.read_inline(|conn| read::acked_changes(conn, &app, acked));
             }
             self.read(move |conn| read::acked_changes(conn, &app, acked))
                 .await
