@@ -214,6 +214,7 @@ pub fn event(conn: &Connection, id: &EventId) -> Result<Option<EventRecord>, Sto
 /// The events of a lease's deliveries (`write::lease` took the rows), read after its commit.
 /// Events never change once stored, so any snapshot taken after the lease has them.
 pub fn leased_events(conn: &Connection, leased: LeasedRows) -> Result<Leased, StoreError> {
+    let _snapshot = one_read(conn)?;
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {EVENT_COLS} FROM events e WHERE e.seq = ?1"
     ))?;
@@ -233,6 +234,12 @@ pub fn leased_events(conn: &Connection, leased: LeasedRows) -> Result<Leased, St
     })
 }
 
+/// One read transaction for a loop of single-row queries: outside one, every query takes and
+/// releases the WAL read lock (a fifth of a lease's describing read).
+fn one_read(conn: &Connection) -> Result<rusqlite::Transaction<'_>, StoreError> {
+    Ok(conn.unchecked_transaction()?)
+}
+
 /// What `app`'s acks changed (see `write::ack`), described after their commit: a delivery's
 /// event, tenant and source never change once published.
 pub fn acked_changes(
@@ -240,6 +247,7 @@ pub fn acked_changes(
     app: &AppId,
     acked: Vec<AckedRow>,
 ) -> Result<Vec<DeliveryChange>, StoreError> {
+    let _snapshot = one_read(conn)?;
     let mut stmt = conn.prepare_cached(
         "SELECT e.id, d.tenant, e.type, d.source FROM deliveries d \
          JOIN events e ON e.seq = d.event_seq WHERE d.id = ?1",
