@@ -107,15 +107,15 @@ impl TenantId {
                 s.len()
             )));
         }
-        if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if has_space_or_control(s) {
             return Err(invalid("must not contain whitespace or control characters"));
         }
         Ok(TenantId(s.to_owned()))
     }
 }
 
-fn is_segment_char(c: char) -> bool {
-    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-'
+fn is_segment_byte(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
 }
 
 impl EventType {
@@ -127,21 +127,29 @@ impl EventType {
                 s.len()
             )));
         }
-        let segments: Vec<&str> = s.split('.').collect();
-        if segments.len() < 2 {
+        if !s.contains('.') {
             return Err(invalid(format!("`{s}` has no `.`: {FIX}")));
         }
-        for segment in &segments {
+        for segment in s.split('.') {
             if segment.is_empty() {
                 return Err(invalid(format!("`{s}` has an empty segment: {FIX}")));
             }
-            if !segment.chars().all(is_segment_char) {
+            if !segment.bytes().all(is_segment_byte) {
                 return Err(invalid(format!(
                     "`{s}` may only contain a-z, 0-9, `_` and `-` between dots: {FIX}"
                 )));
             }
         }
         Ok(EventType(s.to_owned()))
+    }
+}
+
+/// Whether `s` holds whitespace or a control character; ASCII text (every id switchboard makes)
+/// is checked byte by byte.
+fn has_space_or_control(s: &str) -> bool {
+    match s.is_ascii() {
+        true => s.bytes().any(|b| b <= b' ' || b == 0x7f),
+        false => s.chars().any(|c| c.is_whitespace() || c.is_control()),
     }
 }
 
@@ -155,7 +163,7 @@ fn parse_opaque_id(s: &str) -> Result<String, InvalidValue> {
             s.len()
         )));
     }
-    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if has_space_or_control(s) {
         return Err(invalid("must not contain whitespace or control characters"));
     }
     Ok(s.to_owned())
@@ -241,6 +249,7 @@ mod tests {
             ".user",
             "user.",
             "user created.x",
+            "usér.created",
             "",
         ] {
             let err = EventType::parse(bad).unwrap_err();
@@ -254,6 +263,20 @@ mod tests {
         assert!(TenantId::parse("b0a6e370-c1e5-43d1-94e0-55ed792274c4").is_ok());
         assert!(TenantId::parse("").is_err());
         assert!(TenantId::parse("a b").is_err());
+    }
+
+    #[test]
+    fn ids_refuse_whitespace_and_control_characters_ascii_or_not() {
+        for bad in [
+            "a b", "a\tb", "a\nb", "a\x1fb", "a\x7fb", "a\u{a0}b", "a\u{85}b", "\u{3000}",
+        ] {
+            assert!(TenantId::parse(bad).is_err(), "{bad:?}");
+            assert!(EventId::parse(bad).is_err(), "{bad:?}");
+        }
+        for good in ["acme", "été-2026", "a~b!c", "東京"] {
+            assert!(TenantId::parse(good).is_ok(), "{good:?}");
+            assert!(EventId::parse(good).is_ok(), "{good:?}");
+        }
     }
 
     #[test]
