@@ -38,26 +38,58 @@ impl Timestamp {
     }
 }
 
+/// A timestamp's calendar parts in UTC: year, month, day, hour, minute, second, millisecond.
+fn parts(t: Timestamp) -> (i64, u32, u32, i64, i64, i64, i64) {
+    let ms = t.0.rem_euclid(1000);
+    let secs = t.0.div_euclid(1000);
+    let sod = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    (y, m, d, sod / 3600, (sod / 60) % 60, sod % 60, ms)
+}
+
+impl Timestamp {
+    /// The RFC 3339 form written into `buf` without the formatting machinery (responses
+    /// carry several timestamps per delivery); `None` for a year outside 0–9999, which
+    /// `Display` writes the slow way.
+    fn rfc3339(self, buf: &mut [u8; 24]) -> Option<&str> {
+        let (y, m, d, h, mi, s, ms) = parts(self);
+        if !(0..=9999).contains(&y) {
+            return None;
+        }
+        let digits = |buf: &mut [u8; 24], at: usize, width: usize, mut v: i64| {
+            for slot in buf[at..at + width].iter_mut().rev() {
+                *slot = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        *buf = *b"0000-00-00T00:00:00.000Z";
+        digits(buf, 0, 4, y);
+        digits(buf, 5, 2, i64::from(m));
+        digits(buf, 8, 2, i64::from(d));
+        digits(buf, 11, 2, h);
+        digits(buf, 14, 2, mi);
+        digits(buf, 17, 2, s);
+        digits(buf, 20, 3, ms);
+        std::str::from_utf8(buf).ok()
+    }
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = self.0.rem_euclid(1000);
-        let secs = self.0.div_euclid(1000);
-        let days = secs.div_euclid(86_400);
-        let sod = secs.rem_euclid(86_400);
-        let (y, m, d) = civil_from_days(days);
-        write!(
-            f,
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-            sod / 3600,
-            (sod / 60) % 60,
-            sod % 60
-        )
+        if let Some(text) = self.rfc3339(&mut [0; 24]) {
+            return f.write_str(text);
+        }
+        let (y, m, d, h, mi, s, ms) = parts(*self);
+        write!(f, "{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
     }
 }
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        match self.rfc3339(&mut [0; 24]) {
+            Some(text) => serializer.serialize_str(text),
+            None => serializer.collect_str(self),
+        }
     }
 }
 
@@ -214,7 +246,35 @@ mod tests {
         assert_eq!(format_duration_ms(1500), "1500ms");
     }
 
+    /// The formatting machinery's form, which the fast path must equal.
+    fn slow(t: Timestamp) -> String {
+        let (y, m, d, h, mi, s, ms) = parts(t);
+        format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
+    }
+
+    #[test]
+    fn years_outside_four_digits_are_written_in_full() {
+        for ms in [-62_198_755_200_000, -1, 253_402_300_800_000] {
+            assert_eq!(Timestamp(ms).to_string(), slow(Timestamp(ms)));
+        }
+        assert_eq!(Timestamp(-1).to_string(), "1969-12-31T23:59:59.999Z");
+        assert!(
+            Timestamp(253_402_300_800_000)
+                .to_string()
+                .starts_with("10000-01-01T")
+        );
+    }
+
     proptest! {
+        #[test]
+        fn the_fast_form_equals_the_formatted_one(ms in prop_oneof![
+            -62_167_219_200_000i64..253_402_300_800_000,
+            any::<i64>().prop_map(|v| v / 1000),
+        ]) {
+            let t = Timestamp(ms);
+            prop_assert_eq!(t.to_string(), slow(t));
+        }
+
         #[test]
         fn rfc3339_round_trips(ms in -62_000_000_000_000i64..253_000_000_000_000i64) {
             let t = Timestamp(ms);
