@@ -118,7 +118,7 @@ pub fn json_depth(json: &str) -> usize {
 }
 
 /// Refuses `data` nested deeper than the `max_data_depth` limit.
-pub fn check_depth(p: &mut Problems, field: &str, json: &str, max: usize) {
+pub fn check_depth(p: &mut Problems, field: impl Into<String>, json: &str, max: usize) {
     let depth = json_depth(json);
     if depth > max {
         p.add(
