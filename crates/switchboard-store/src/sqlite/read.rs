@@ -240,21 +240,19 @@ fn one_read(conn: &Connection) -> Result<rusqlite::Transaction<'_>, StoreError> 
     Ok(conn.unchecked_transaction()?)
 }
 
-/// What `app`'s acks changed (see `write::ack`), described after their commit: a delivery's
-/// event, tenant and source never change once published.
+/// What `app`'s acks changed (see `write::ack`), described after their commit from their
+/// events (a delivery's tenant and source are its event's), which never change once stored.
 pub fn acked_changes(
     conn: &Connection,
     app: &AppId,
     acked: Vec<AckedRow>,
 ) -> Result<Vec<DeliveryChange>, StoreError> {
     let _snapshot = one_read(conn)?;
-    let mut stmt = conn.prepare_cached(
-        "SELECT e.id, d.tenant, e.type, d.source FROM deliveries d \
-         JOIN events e ON e.seq = d.event_seq WHERE d.id = ?1",
-    )?;
+    let mut stmt = conn
+        .prepare_cached("SELECT e.id, e.tenant, e.type, e.source FROM events e WHERE e.seq = ?1")?;
     let mut changes = Vec::with_capacity(acked.len());
     for row in acked {
-        let change = stmt.query_row([row.rowid], |r| {
+        let change = stmt.query_row([row.event_seq], |r| {
             Ok(DeliveryChange {
                 id: delivery_id(row.rowid),
                 event_id: rows::event_id(rows::text(r, 0)?)?,

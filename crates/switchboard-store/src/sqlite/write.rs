@@ -553,6 +553,7 @@ fn finished(ctx: &WriteCtx, held: &Held, now: Timestamp) -> Result<(), StoreErro
 /// (`read::acked_changes`), off the writer, which reads no more of a delivery than the ack needs.
 pub struct AckedRow {
     pub rowid: i64,
+    pub event_seq: i64,
     pub attempt: u32,
     pub latency_ms: u64,
 }
@@ -578,8 +579,8 @@ pub fn ack(
     let mut checked: Vec<Acking> = Vec::with_capacity(acks.len());
     let mut counters = Counters::default();
     let mut lookup = ctx.conn.prepare_cached(
-        "SELECT target, status, attempts, failed_attempts, created_at, order_key, tenant, source \
-         FROM deliveries WHERE id = ?1",
+        "SELECT target, status, attempts, failed_attempts, created_at, order_key, tenant, source, \
+         event_seq FROM deliveries WHERE id = ?1",
     )?;
     for item in acks {
         let rowid = delivery_rowid(&item.id)?;
@@ -612,6 +613,7 @@ pub fn ack(
         c.latencies.push(latency_ms);
         let row = AckedRow {
             rowid,
+            event_seq: r.get(8)?,
             attempt: attempts,
             latency_ms,
         };
