@@ -39,8 +39,35 @@ pub struct Client {
     /// `base_url` parsed once, so a request does not parse its whole URL again (host
     /// included); `None` when it does not parse, and then each request fails as reqwest says.
     base: Option<reqwest::Url>,
+    /// The hot paths' URLs under `base`, parsed once: publish, consume, ack and nack.
+    hot: Vec<(&'static str, reqwest::Url)>,
     api_key: String,
+    /// `Bearer {api_key}`, built once; `None` when the key cannot be a header value, and then
+    /// each request fails as reqwest says.
+    auth: Option<reqwest::header::HeaderValue>,
     http: reqwest::Client,
+}
+
+/// The paths most requests go to, whose URLs a client keeps.
+const HOT_PATHS: [&str; 4] = ["/v1/events", "/v1/consume", "/v1/ack", "/v1/nack"];
+
+/// `path` (with an optional query string) under `base`.
+fn url_under(base: &reqwest::Url, path: &str) -> reqwest::Url {
+    let (path, query) = match path.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path, None),
+    };
+    let mut url = base.clone();
+    url.set_path(&format!("{}{path}", base.path().trim_end_matches('/')));
+    url.set_query(query);
+    url
+}
+
+/// The `Authorization` header of `api_key`, marked sensitive.
+fn bearer(api_key: &str) -> Option<reqwest::header::HeaderValue> {
+    let mut value = reqwest::header::HeaderValue::try_from(format!("Bearer {api_key}")).ok()?;
+    value.set_sensitive(true);
+    Some(value)
 }
 
 impl fmt::Debug for Client {
@@ -79,20 +106,31 @@ impl Client {
         while base_url.ends_with('/') {
             base_url.pop();
         }
+        let base = reqwest::Url::parse(&base_url).ok();
+        let hot = match &base {
+            Some(base) => HOT_PATHS.map(|p| (p, url_under(base, p))).to_vec(),
+            None => Vec::new(),
+        };
+        let api_key = api_key.into();
         Client {
-            base: reqwest::Url::parse(&base_url).ok(),
+            base,
+            hot,
             base_url,
-            api_key: api_key.into(),
+            auth: bearer(&api_key),
+            api_key,
             http,
         }
     }
 
     /// The same server (and connection pool) with another API key.
     pub fn with_key(&self, api_key: impl Into<String>) -> Client {
+        let api_key = api_key.into();
         Client {
             base_url: self.base_url.clone(),
             base: self.base.clone(),
-            api_key: api_key.into(),
+            hot: self.hot.clone(),
+            auth: bearer(&api_key),
+            api_key,
             http: self.http.clone(),
         }
     }
@@ -412,22 +450,18 @@ impl Client {
 
     /// A request to `path` (which may carry a query string) under the base URL.
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        let request = match &self.base {
-            Some(base) => {
-                let (path, query) = match path.split_once('?') {
-                    Some((path, query)) => (path, Some(query)),
-                    None => (path, None),
-                };
-                let mut url = base.clone();
-                url.set_path(&format!("{}{path}", base.path().trim_end_matches('/')));
-                url.set_query(query);
-                self.http.request(method, url)
-            }
-            None => self
+        let hot = self.hot.iter().find(|(p, _)| *p == path);
+        let request = match (hot, &self.base) {
+            (Some((_, url)), _) => self.http.request(method, url.clone()),
+            (None, Some(base)) => self.http.request(method, url_under(base, path)),
+            (None, None) => self
                 .http
                 .request(method, format!("{}{}", self.base_url, path)),
         };
-        request.bearer_auth(&self.api_key)
+        match &self.auth {
+            Some(auth) => request.header(reqwest::header::AUTHORIZATION, auth.clone()),
+            None => request.bearer_auth(&self.api_key),
+        }
     }
 
     async fn send_json<B, T>(&self, method: Method, path: &str, body: &B) -> Result<T, Error>
@@ -482,5 +516,36 @@ mod tests {
     #[test]
     fn a_base_url_that_does_not_parse_fails_each_request() {
         assert!(url_of("not a url", "/v1/events").is_err());
+    }
+
+    #[test]
+    fn hot_paths_keep_the_base_urls_prefix() {
+        for path in HOT_PATHS {
+            assert_eq!(
+                url_of("http://hub.local/switchboard/", path).expect("a valid URL"),
+                format!("http://hub.local/switchboard{path}")
+            );
+        }
+    }
+
+    fn authorization_of(client: &Client) -> Result<reqwest::header::HeaderValue, reqwest::Error> {
+        let request = client.request(Method::POST, "/v1/ack").build()?;
+        Ok(request.headers()[reqwest::header::AUTHORIZATION].clone())
+    }
+
+    #[test]
+    fn requests_carry_the_clients_key_as_a_sensitive_bearer() {
+        let client = Client::new("http://127.0.0.1:7800", "sb_one");
+        let auth = authorization_of(&client).expect("a request");
+        assert_eq!(auth, "Bearer sb_one");
+        assert!(auth.is_sensitive());
+        let other = authorization_of(&client.with_key("sb_two")).expect("a request");
+        assert_eq!(other, "Bearer sb_two");
+    }
+
+    #[test]
+    fn a_key_that_cannot_be_a_header_fails_each_request() {
+        let client = Client::new("http://127.0.0.1:7800", "sb_bad\nkey");
+        assert!(authorization_of(&client).is_err());
     }
 }
