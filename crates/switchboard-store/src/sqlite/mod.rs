@@ -410,7 +410,7 @@ mod tests {
 
     use super::*;
 
-    /// The ack path's lookup: a delivery joined to its event, keyed by a bound id.
+    /// A nack's lookup: a delivery joined to its event, keyed by a bound id.
     const HELD_LOOKUP: &str = "SELECT d.id, e.type FROM deliveries d \
         JOIN events e ON e.seq = d.event_seq WHERE d.id = ?1";
 

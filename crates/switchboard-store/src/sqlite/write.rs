@@ -492,27 +492,15 @@ impl Held {
 
 /// Loads a delivery of `app`; another app's delivery is reported exactly like a missing one.
 fn held(ctx: &WriteCtx, app: Option<&AppId>, id: &DeliveryId) -> Result<Held, StoreError> {
-    HeldLookup::new(ctx)?.of(app, id)
-}
-
-/// [`held`] for many deliveries: the statement is looked up once, not once per delivery.
-struct HeldLookup<'c>(rusqlite::CachedStatement<'c>);
-
-impl<'c> HeldLookup<'c> {
-    fn new(ctx: &'c WriteCtx) -> Result<Self, StoreError> {
-        let stmt = ctx
-            .conn
-            .prepare_cached(&format!("SELECT {HELD_COLS} WHERE d.id = ?1"))?;
-        Ok(HeldLookup(stmt))
-    }
-
-    fn of(&mut self, app: Option<&AppId>, id: &DeliveryId) -> Result<Held, StoreError> {
-        let rowid = delivery_rowid(id)?;
-        let row = self.0.query_row([rowid], held_from_row).optional()?;
-        match row {
-            Some(h) if app.is_none_or(|a| a.as_str() == h.target) => Ok(h),
-            _ => Err(StoreError::UnknownDelivery(id.clone())),
-        }
+    let rowid = delivery_rowid(id)?;
+    let row = ctx
+        .conn
+        .prepare_cached(&format!("SELECT {HELD_COLS} WHERE d.id = ?1"))?
+        .query_row([rowid], held_from_row)
+        .optional()?;
+    match row {
+        Some(h) if app.is_none_or(|a| a.as_str() == h.target) => Ok(h),
+        _ => Err(StoreError::UnknownDelivery(id.clone())),
     }
 }
 
