@@ -43,6 +43,27 @@ async fn data_survives_reopening() {
 }
 
 #[tokio::test]
+async fn delivery_ids_continue_after_reopening() {
+    // The writer keeps the next delivery id in memory once read: a reopened store must read
+    // it again, not start over.
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let event = |n: u64| conformance::event("crm", "acme", "user.created", T0.plus_ms(n));
+    let targets = ["hr", "billing"];
+    let first = conformance::publish_to(&store, event(0), &targets).await;
+    let second = conformance::publish_to(&store, event(1), &targets).await;
+    store.close().await;
+    let reopened = SqliteStore::open(dir.path()).unwrap();
+    let third = conformance::publish_to(&reopened, event(2), &targets).await;
+    let ids: Vec<String> = [first, second, third]
+        .iter()
+        .flat_map(|p| p.deliveries.iter().map(|d| d.id.to_string()))
+        .collect();
+    assert_eq!(ids, ["dlv_1", "dlv_2", "dlv_3", "dlv_4", "dlv_5", "dlv_6"]);
+    reopened.close().await;
+}
+
+#[tokio::test]
 async fn concurrent_writers_are_grouped_and_all_durable() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(dir.path()).unwrap());

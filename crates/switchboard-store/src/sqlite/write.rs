@@ -163,17 +163,17 @@ pub fn publish(
          correlation_id, causation_id, historical, data) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?;
-    let mut insert_ordered = ctx.conn.prepare_cached(
-        "INSERT INTO deliveries (id, event_seq, target, tenant, source, status, available_at, \
-         created_at, updated_at, order_key, blocked) \
-         VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?6, ?6, ?7, ?8)",
-    )?;
+    // Prepared at the first ordered delivery: most publishes have none.
+    let mut insert_ordered: Option<rusqlite::CachedStatement<'_>> = None;
     // Delivery ids are given here, in publish order, so the unordered ones can be inserted
     // together at the end (see `insert_deliveries`); only this thread writes.
-    let mut next_id: i64 = ctx
-        .conn
-        .prepare_cached("SELECT coalesce(max(id), 0) + 1 FROM deliveries")?
-        .query_row([], |r| r.get(0))?;
+    let mut next_id: i64 = match ctx.next_delivery_id {
+        Some(id) => id,
+        None => ctx
+            .conn
+            .prepare_cached("SELECT coalesce(max(id), 0) + 1 FROM deliveries")?
+            .query_row([], |r| r.get(0))?,
+    };
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(events.len());
     let mut unordered: Vec<NewDelivery<'_>> = Vec::new();
     let mut keys_here: HashSet<(&str, &str)> = HashSet::new();
@@ -214,7 +214,15 @@ pub fn publish(
                 // before it: inserted at once.
                 Some(key) => {
                     let blocked = has_open(ctx, route.app.as_str(), &key, -1)?;
-                    insert_ordered.execute(params![
+                    let insert = match &mut insert_ordered {
+                        Some(stmt) => stmt,
+                        None => insert_ordered.insert(ctx.conn.prepare_cached(
+                            "INSERT INTO deliveries (id, event_seq, target, tenant, source, \
+                             status, available_at, created_at, updated_at, order_key, blocked) \
+                             VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?6, ?6, ?7, ?8)",
+                        )?),
+                    };
+                    insert.execute(params![
                         id,
                         seq,
                         route.app.as_str(),
@@ -245,6 +253,7 @@ pub fn publish(
     drop((insert_event, insert_ordered));
     insert_deliveries(&ctx.conn, &mut unordered, now)?;
     drop(unordered);
+    ctx.next_delivery_id = Some(next_id);
     ctx.counted(counters, now);
     Ok(PublishedRows { events, outcomes })
 }

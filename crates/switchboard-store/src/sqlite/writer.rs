@@ -62,6 +62,10 @@ pub struct WriteCtx {
     /// Set when a job without a savepoint failed after changing rows: the open group must
     /// be rolled back as a whole.
     poisoned: bool,
+    /// The id the next published delivery gets, once read: only a publish inserts
+    /// deliveries, so `max(id) + 1` is read once and then kept here. A group rolled back
+    /// after a publish leaves it ahead of the table: ids then skip numbers, never repeat.
+    pub next_delivery_id: Option<i64>,
 }
 
 impl WriteCtx {
@@ -157,6 +161,7 @@ impl Writer {
             durable_seq,
             poisoned: false,
             wal: own_wal,
+            next_delivery_id: None,
         };
         let handle = std::thread::Builder::new()
             .name("switchboard-writer".into())
