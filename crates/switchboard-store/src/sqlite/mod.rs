@@ -37,7 +37,9 @@ pub const DB_FILE: &str = "switchboard.db";
 const READERS: usize = 4;
 
 /// The most rows a lease's or an ack's describing read may touch and still run on the calling
-/// thread (see `read_inline`): a few page-cache hits, microseconds.
+/// thread (see `read_inline`): page-cache hits, microseconds for the usual small events; for
+/// large ones no more than serializing the same events into the reply, which that thread does
+/// next anyway.
 const INLINE_READ_ROWS: usize = 16;
 
 pub struct SqliteStore {
