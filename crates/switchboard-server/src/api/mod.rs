@@ -119,6 +119,12 @@ pub fn json_depth(json: &str) -> usize {
 
 /// Refuses `data` nested deeper than the `max_data_depth` limit.
 pub fn check_depth(p: &mut Problems, field: impl Into<String>, json: &str, max: usize) {
+    // Each level opens a bracket: text with no more brackets than the limit (the usual
+    // event) cannot nest deeper, so only counting them is needed, not the scan.
+    let brackets = json.bytes().filter(|b| matches!(b, b'{' | b'[')).count();
+    if brackets <= max {
+        return;
+    }
     let depth = json_depth(json);
     if depth > max {
         p.add(
@@ -313,4 +319,29 @@ async fn metrics(
         crate::observe::prometheus().render(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn depth_problems(json: &str, max: usize) -> Vec<String> {
+        let mut p = Problems::default();
+        check_depth(&mut p, "data", json, max);
+        p.0.into_iter().map(|e| e.message).collect()
+    }
+
+    #[test]
+    fn data_is_refused_only_when_it_nests_past_the_limit() {
+        assert!(depth_problems(r#"{"a":{"b":{}}}"#, 3).is_empty());
+        let too_deep = depth_problems(r#"{"a":{"b":{"c":[]}}}"#, 3);
+        assert_eq!(too_deep.len(), 1);
+        assert!(
+            too_deep[0].starts_with("nests 4 levels deep"),
+            "{too_deep:?}"
+        );
+        // Brackets inside strings count for nothing, however many.
+        let shallow = format!(r#"{{"a":"{}"}}"#, "[{".repeat(50));
+        assert!(depth_problems(&shallow, 3).is_empty());
+    }
 }
