@@ -37,7 +37,7 @@ pub const DB_FILE: &str = "switchboard.db";
 const READERS: usize = 4;
 
 /// The most rows a lease's or an ack's describing read may touch and still run on the calling
-/// thread (see `read_inline`): page-cache hits, microseconds for the usual small events; for
+/// thread (see `describe`): page-cache hits, microseconds for the usual small events; for
 /// large ones no more than serializing the same events into the reply, which that thread does
 /// next anyway.
 const INLINE_READ_ROWS: usize = 16;
@@ -131,14 +131,19 @@ impl SqliteStore {
         })
     }
 
-    /// A read of at most [`INLINE_READ_ROWS`] rows on the calling thread: handing it to the
-    /// blocking pool and back costs more than it does (two thread wake-ups; at 1,000 events/s
-    /// they made a lease and an ack each ~0.1 ms slower end to end).
-    fn read_inline<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let conn = self.readers.take()?;
-        let result = f(&conn);
-        self.readers.put(conn);
-        result
+    /// A read describing what a write handed back, `rows` rows of it: on the calling thread
+    /// up to [`INLINE_READ_ROWS`] (handing it to the blocking pool and back costs more than it
+    /// does: two thread wake-ups; at 1,000 events/s they made a lease and an ack each ~0.1 ms
+    /// slower end to end), on the blocking pool beyond.
+    async fn describe<T, F>(&self, rows: usize, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        match rows <= INLINE_READ_ROWS {
+            true => self.readers.with(f),
+            false => self.read(f).await,
+        }
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T>
@@ -147,18 +152,21 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
         let pool = self.readers.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = pool.take()?;
-            let result = f(&conn);
-            pool.put(conn);
-            result
-        })
-        .await
-        .map_err(|e| StoreError::Internal(format!("read task failed: {e}")))?
+        tokio::task::spawn_blocking(move || pool.with(f))
+            .await
+            .map_err(|e| StoreError::Internal(format!("read task failed: {e}")))?
     }
 }
 
 impl ReadPool {
+    /// Runs `f` on a pooled connection, on the calling thread.
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = self.take()?;
+        let result = f(&conn);
+        self.put(conn);
+        result
+    }
+
     fn take(&self) -> Result<Connection> {
         if let Some(conn) = self.idle.lock().expect("pool lock").pop() {
             return Ok(conn);
@@ -264,11 +272,10 @@ impl Store for SqliteStore {
                     next_ready_at: leased.next_ready_at,
                 });
             }
-            if leased.rows.len() <= INLINE_READ_ROWS {
-                return self.read_inline(|conn| read::leased_events(conn, leased));
-            }
-            self.read(move |conn| read::leased_events(conn, leased))
-                .await
+            self.describe(leased.rows.len(), move |conn| {
+                read::leased_events(conn, leased)
+            })
+            .await
         })
     }
 
@@ -292,11 +299,10 @@ impl Store for SqliteStore {
             if acked.is_empty() {
                 return Ok(Vec::new());
             }
-            if acked.len() <= INLINE_READ_ROWS {
-                return self.read_inline(|conn| read::acked_changes(conn, &app, acked));
-            }
-            self.read(move |conn| read::acked_changes(conn, &app, acked))
-                .await
+            self.describe(acked.len(), move |conn| {
+                read::acked_changes(conn, &app, acked)
+            })
+            .await
         })
     }
 
