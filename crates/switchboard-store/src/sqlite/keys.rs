@@ -3,7 +3,7 @@
 //! `app_id` '' and its `tenant` set; an app's key has `tenant` NULL.
 
 use rusqlite::{Connection, OptionalExtension, params};
-use switchboard_core::{TenantId, Timestamp};
+use switchboard_core::Timestamp;
 
 use super::rows::{self, load_app};
 use super::writer::WriteCtx;
@@ -34,10 +34,7 @@ pub fn resolve(conn: &Connection, hash: KeyHash) -> Result<Option<KeyGrant>, Sto
         return Ok(None);
     };
     let owner = match tenant {
-        Some(t) => KeyOwner::TenantReader(
-            TenantId::parse(&t)
-                .map_err(|_| StoreError::Internal("stored tenant is invalid".into()))?,
-        ),
+        Some(t) => KeyOwner::TenantReader(rows::tenant(&t)?),
         None => KeyOwner::App(rows::app_id(&app)?),
     };
     Ok(Some(KeyGrant { key_id, owner }))

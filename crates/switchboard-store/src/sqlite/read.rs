@@ -454,9 +454,7 @@ type ChannelKey = (String, String, String);
 
 fn channel_stats_new(key: &ChannelKey) -> rusqlite::Result<ChannelStats> {
     Ok(ChannelStats {
-        tenant: TenantId::parse(&key.0).map_err(|_| {
-            rusqlite::Error::InvalidColumnType(0, "tenant".into(), rusqlite::types::Type::Text)
-        })?,
+        tenant: rows::tenant(&key.0)?,
         source: rows::app_id(&key.1)?,
         target: rows::app_id(&key.2)?,
         published: 0,
@@ -683,13 +681,7 @@ pub fn alerts(conn: &Connection) -> Result<Vec<AlertState>, StoreError> {
         .query_map([], |r| {
             let tenant: String = r.get(0)?;
             Ok(AlertState {
-                tenant: TenantId::parse(&tenant).map_err(|_| {
-                    rusqlite::Error::InvalidColumnType(
-                        0,
-                        "tenant".into(),
-                        rusqlite::types::Type::Text,
-                    )
-                })?,
+                tenant: rows::tenant(&tenant)?,
                 source: rows::app_id(&r.get::<_, String>(1)?)?,
                 target: rows::app_id(&r.get::<_, String>(2)?)?,
                 rule: r.get(3)?,

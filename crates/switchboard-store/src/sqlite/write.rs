@@ -7,8 +7,7 @@ use rusqlite::{OptionalExtension, params};
 use switchboard_core::delivery::{Failure, Transition, after_failure, next_status};
 use switchboard_core::event::App;
 use switchboard_core::{
-    AfterFailure, AppId, AppSettings, AttemptOutcome, DeliveryId, DeliveryStatus, EventId,
-    EventType, Route, TenantId, Timestamp,
+    AfterFailure, AppId, AppSettings, AttemptOutcome, DeliveryId, DeliveryStatus, Route, Timestamp,
 };
 
 use super::counters::{Counters, HOUR, MINUTE};
@@ -357,7 +356,7 @@ fn published_before(
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(Some(Published {
-        id: EventId::parse(&id).map_err(|e| StoreError::Internal(e.0))?,
+        id: rows::event_id(&id)?,
         duplicate: true,
         deliveries,
     }))
@@ -483,12 +482,11 @@ impl Held {
         latency_ms: Option<u64>,
         error: Option<&str>,
     ) -> Result<DeliveryChange, StoreError> {
-        let bad = |what: &str| StoreError::Internal(format!("stored {what} is invalid"));
         Ok(DeliveryChange {
             id: delivery_id(self.rowid),
-            event_id: EventId::parse(&self.event_id).map_err(|_| bad("event id"))?,
-            tenant: TenantId::parse(&self.tenant).map_err(|_| bad("tenant"))?,
-            event_type: EventType::parse(&self.event_type).map_err(|_| bad("type"))?,
+            event_id: rows::event_id(&self.event_id)?,
+            tenant: rows::tenant(&self.tenant)?,
+            event_type: rows::event_type(&self.event_type)?,
             source: rows::app_id(&self.source)?,
             target: rows::app_id(&self.target)?,
             status,
@@ -539,9 +537,14 @@ fn check_lease(
 }
 
 /// After an ordered delivery finished, lets the next of its entity go.
-fn finished(ctx: &WriteCtx, held: &Held, now: Timestamp) -> Result<(), StoreError> {
-    if let Some(key) = &held.order_key {
-        release_next(ctx, &held.target, key, now)?;
+fn finished(
+    ctx: &WriteCtx,
+    target: &str,
+    order_key: Option<&str>,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    if let Some(key) = order_key {
+        release_next(ctx, target, key, now)?;
     }
     Ok(())
 }
@@ -633,9 +636,7 @@ pub fn ack(
     } in checked
     {
         set_acked.execute(params![row.rowid, data, now.millis()])?;
-        if let Some(key) = order_key {
-            release_next(ctx, app.as_str(), &key, now)?;
-        }
+        finished(ctx, app.as_str(), order_key.as_deref(), now)?;
         acked.push(row);
     }
     drop(set_acked);
@@ -733,7 +734,7 @@ fn fail(
             c.dead += 1;
             c.died += 1;
             c.failing -= was_failing;
-            finished(ctx, held, now)?;
+            finished(ctx, &held.target, held.order_key.as_deref(), now)?;
         }
         _ => {
             c.pending += 1;
