@@ -2,17 +2,23 @@
 //! It must not retry, sleep or log; retry policy belongs to callers such as the consumer.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::{Method, RequestBuilder};
+use bytes::Bytes;
+use hyper::header::HeaderValue;
+use hyper::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::ClientConfig;
 
-use crate::error::{Error, api_error, transport};
+use crate::error::{Error, api_error};
 use crate::query::{encode, events_query_string, query_string};
 use crate::stream::ChangeStream;
 use crate::transparency::{Matrix, Stats, TenantHealth};
+use crate::transport::{Outgoing, Tls, Transport};
 use crate::types::{
     Ack, AckRequest, AckResponse, AppInfo, AppList, AppUpdate, ConsumeRequest, ConsumeResponse,
     CreatedApp, CreatedKey, DeadFilter, DeadLettersPage, Delivery, EventBatch, EventView,
@@ -20,11 +26,6 @@ use crate::types::{
     PublishedEvent, UnacknowledgedPage,
 };
 
-/// How long establishing a connection may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long an idle pooled connection is kept: under the server's default 30 s idle cut-off,
-/// so the client never reuses a connection the server is closing.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Extra time a consume request gets beyond its long-poll `wait_ms`.
 const CONSUME_GRACE: Duration = Duration::from_secs(10);
 
@@ -36,38 +37,19 @@ const CONSUME_GRACE: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct Client {
     base_url: String,
-    /// `base_url` parsed once, so a request does not parse its whole URL again (host
-    /// included); `None` when it does not parse, and then each request fails as reqwest says.
-    base: Option<reqwest::Url>,
-    /// The hot paths' URLs under `base`, parsed once: publish, consume, ack and nack.
-    hot: Vec<(&'static str, reqwest::Url)>,
-    api_key: String,
-    /// `Bearer {api_key}`, built once; `None` when the key cannot be a header value, and then
-    /// each request fails as reqwest says.
-    auth: Option<reqwest::header::HeaderValue>,
-    http: reqwest::Client,
-}
-
-/// The paths most requests go to, whose URLs a client keeps.
-const HOT_PATHS: [&str; 4] = ["/v1/events", "/v1/consume", "/v1/ack", "/v1/nack"];
-
-/// `path` (with an optional query string) under `base`.
-fn url_under(base: &reqwest::Url, path: &str) -> reqwest::Url {
-    let (path, query) = match path.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (path, None),
-    };
-    let mut url = base.clone();
-    url.set_path(&format!("{}{path}", base.path().trim_end_matches('/')));
-    url.set_query(query);
-    url
+    /// `Bearer {api_key}`, built once; `Err` (why) when the key cannot be a header value, and
+    /// then each request fails with it.
+    auth: Result<HeaderValue, String>,
+    http: Arc<Transport>,
 }
 
 /// The `Authorization` header of `api_key`, marked sensitive.
-fn bearer(api_key: &str) -> Option<reqwest::header::HeaderValue> {
-    let mut value = reqwest::header::HeaderValue::try_from(format!("Bearer {api_key}")).ok()?;
+fn bearer(api_key: &str) -> Result<HeaderValue, String> {
+    let mut value = HeaderValue::try_from(format!("Bearer {api_key}")).map_err(|_| {
+        "the API key cannot be sent: it must be visible ASCII characters only".to_owned()
+    })?;
     value.set_sensitive(true);
-    Some(value)
+    Ok(value)
 }
 
 impl fmt::Debug for Client {
@@ -81,56 +63,39 @@ impl fmt::Debug for Client {
 
 impl Client {
     /// A client for the server at `base_url` (e.g. `http://localhost:8080`) using `api_key`.
-    ///
-    /// # Panics
-    ///
-    /// When the underlying HTTP client cannot be initialised (as `reqwest::Client::new` does);
-    /// use [`Client::with_http`] to supply one yourself.
+    /// An `https://` server's certificate is checked against the system's trust roots; use
+    /// [`Client::with_tls`] for others. A base URL that cannot be used makes each request fail
+    /// with an [`Error::Transport`] that says why.
     pub fn new(base_url: impl Into<String>, api_key: impl Into<String>) -> Client {
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build()
-            .expect("cannot initialise the HTTP client");
-        Client::with_http(base_url, api_key, http)
+        Client::build(base_url.into(), api_key.into(), Tls::System)
     }
 
-    /// A client using a preconfigured `reqwest::Client`. It should have no overall timeout
-    /// shorter than a consume long-poll.
-    pub fn with_http(
+    /// A client whose `https://` connections use `config` (its trust roots, say a private CA).
+    pub fn with_tls(
         base_url: impl Into<String>,
         api_key: impl Into<String>,
-        http: reqwest::Client,
+        config: Arc<ClientConfig>,
     ) -> Client {
-        let mut base_url = base_url.into();
+        let tls = Tls::Custom(TlsConnector::from(config));
+        Client::build(base_url.into(), api_key.into(), tls)
+    }
+
+    fn build(mut base_url: String, api_key: String, tls: Tls) -> Client {
         while base_url.ends_with('/') {
             base_url.pop();
         }
-        let base = reqwest::Url::parse(&base_url).ok();
-        let hot = match &base {
-            Some(base) => HOT_PATHS.map(|p| (p, url_under(base, p))).to_vec(),
-            None => Vec::new(),
-        };
-        let api_key = api_key.into();
         Client {
-            base,
-            hot,
+            http: Arc::new(Transport::new(&base_url, tls)),
             base_url,
             auth: bearer(&api_key),
-            api_key,
-            http,
         }
     }
 
     /// The same server (and connection pool) with another API key.
     pub fn with_key(&self, api_key: impl Into<String>) -> Client {
-        let api_key = api_key.into();
         Client {
             base_url: self.base_url.clone(),
-            base: self.base.clone(),
-            hot: self.hot.clone(),
-            auth: bearer(&api_key),
-            api_key,
+            auth: bearer(&api_key.into()),
             http: self.http.clone(),
         }
     }
@@ -142,7 +107,7 @@ impl Client {
 
     /// `GET /healthz`: `Ok` when the server answers `{"status":"ok"}`.
     pub async fn health(&self) -> Result<(), Error> {
-        let health: Health = self.send(self.request(Method::GET, "/healthz")).await?;
+        let health: Health = self.send(Method::GET, "/healthz", None).await?;
         if health.status == "ok" {
             Ok(())
         } else {
@@ -160,7 +125,7 @@ impl Client {
 
     /// `GET /v1/apps` (admin key): every registered app.
     pub async fn list_apps(&self) -> Result<Vec<AppInfo>, Error> {
-        let list: AppList = self.send(self.request(Method::GET, "/v1/apps")).await?;
+        let list: AppList = self.send(Method::GET, "/v1/apps", None).await?;
         Ok(list.apps)
     }
 
@@ -174,7 +139,7 @@ impl Client {
     /// (rotation: hand out the new key, then revoke the old one).
     pub async fn add_app_key(&self, app: &str) -> Result<CreatedKey, Error> {
         let path = format!("/v1/apps/{}/keys", encode(app));
-        self.send(self.request(Method::POST, &path)).await
+        self.send(Method::POST, &path, None).await
     }
 
     /// `GET /v1/apps/{id}/keys` (admin key): the app's live keys, ids and times only.
@@ -184,14 +149,14 @@ impl Client {
             keys: Vec<KeyInfo>,
         }
         let path = format!("/v1/apps/{}/keys", encode(app));
-        let reply: Reply = self.send(self.request(Method::GET, &path)).await?;
+        let reply: Reply = self.send(Method::GET, &path, None).await?;
         Ok(reply.keys)
     }
 
     /// `DELETE /v1/apps/{id}/keys/{key_id}` (admin key): revokes one key of the app at once.
     pub async fn revoke_app_key(&self, app: &str, key_id: &str) -> Result<(), Error> {
         let path = format!("/v1/apps/{}/keys/{}", encode(app), encode(key_id));
-        let _: Value = self.send(self.request(Method::DELETE, &path)).await?;
+        let _: Value = self.send(Method::DELETE, &path, None).await?;
         Ok(())
     }
 
@@ -199,7 +164,7 @@ impl Client {
     /// events, deliveries, matrix, health and stats, shown this once.
     pub async fn add_tenant_reader(&self, tenant: &str) -> Result<CreatedKey, Error> {
         let path = format!("/v1/tenants/{}/readers", encode(tenant));
-        self.send(self.request(Method::POST, &path)).await
+        self.send(Method::POST, &path, None).await
     }
 
     /// `GET /v1/tenants/{tenant}/readers` (admin key): the tenant's live reader keys.
@@ -209,14 +174,14 @@ impl Client {
             readers: Vec<KeyInfo>,
         }
         let path = format!("/v1/tenants/{}/readers", encode(tenant));
-        let reply: Reply = self.send(self.request(Method::GET, &path)).await?;
+        let reply: Reply = self.send(Method::GET, &path, None).await?;
         Ok(reply.readers)
     }
 
     /// `DELETE /v1/tenants/{tenant}/readers/{key_id}` (admin key): revokes a reader key.
     pub async fn revoke_tenant_reader(&self, tenant: &str, key_id: &str) -> Result<(), Error> {
         let path = format!("/v1/tenants/{}/readers/{}", encode(tenant), encode(key_id));
-        let _: Value = self.send(self.request(Method::DELETE, &path)).await?;
+        let _: Value = self.send(Method::DELETE, &path, None).await?;
         Ok(())
     }
 
@@ -241,11 +206,14 @@ impl Client {
     /// `req.wait_ms` for some to become available. An empty result means none came.
     pub async fn consume(&self, req: &ConsumeRequest) -> Result<Vec<Delivery>, Error> {
         let timeout = Duration::from_millis(req.wait_ms).saturating_add(CONSUME_GRACE);
-        let request = self
-            .request(Method::POST, "/v1/consume")
-            .json(req)
-            .timeout(timeout);
-        let response: ConsumeResponse = self.send(request).await?;
+        let body = encode_json(req)?;
+        let (status, bytes) = tokio::time::timeout(
+            timeout,
+            self.exchange(Method::POST, "/v1/consume", Some(body)),
+        )
+        .await
+        .map_err(|_| Error::Transport(format!("no answer within {} ms", timeout.as_millis())))??;
+        let response: ConsumeResponse = decode(status, &bytes)?;
         Ok(response.deliveries)
     }
 
@@ -301,7 +269,7 @@ impl Client {
             ("cursor", cursor),
         ]);
         let path = format!("/v1/dead-letters{query}");
-        self.send(self.request(Method::GET, &path)).await
+        self.send(Method::GET, &path, None).await
     }
 
     /// `POST /v1/dead-letters/requeue` with ids: all must be dead, or nothing moves.
@@ -345,7 +313,7 @@ impl Client {
             ("cursor", cursor),
         ]);
         let path = format!("/v1/tenants/{}/unacknowledged{query}", encode(tenant));
-        self.send(self.request(Method::GET, &path)).await
+        self.send(Method::GET, &path, None).await
     }
 
     /// `GET /v1/tenants/{tenant}/matrix?window=`: one row per channel (window `1h`, `24h`,
@@ -353,13 +321,13 @@ impl Client {
     pub async fn matrix(&self, tenant: &str, window: Option<&str>) -> Result<Matrix, Error> {
         let query = query_string(&[("window", window)]);
         let path = format!("/v1/tenants/{}/matrix{query}", encode(tenant));
-        self.send(self.request(Method::GET, &path)).await
+        self.send(Method::GET, &path, None).await
     }
 
     /// `GET /v1/matrix?window=` (admin): one row per channel, summed over tenants.
     pub async fn suite_matrix(&self, window: Option<&str>) -> Result<Matrix, Error> {
         let query = query_string(&[("window", window)]);
-        self.send(self.request(Method::GET, &format!("/v1/matrix{query}")))
+        self.send(Method::GET, &format!("/v1/matrix{query}"), None)
             .await
     }
 
@@ -371,7 +339,7 @@ impl Client {
     ) -> Result<TenantHealth, Error> {
         let query = query_string(&[("window", window)]);
         let path = format!("/v1/tenants/{}/health{query}", encode(tenant));
-        self.send(self.request(Method::GET, &path)).await
+        self.send(Method::GET, &path, None).await
     }
 
     /// `GET /v1/stats`: counts grouped by `type`, `source`, `target` or `hour`.
@@ -388,7 +356,7 @@ impl Client {
             ("since", since),
             ("until", until),
         ]);
-        self.send(self.request(Method::GET, &format!("/v1/stats{query}")))
+        self.send(Method::GET, &format!("/v1/stats{query}"), None)
             .await
     }
 
@@ -400,30 +368,39 @@ impl Client {
         event_type: Option<&str>,
     ) -> Result<ChangeStream, Error> {
         let query = query_string(&[("tenant", tenant), ("type", event_type)]);
-        let response = self
-            .request(Method::GET, &format!("/v1/stream{query}"))
-            .header(reqwest::header::ACCEPT, "text/event-stream")
-            .send()
-            .await
-            .map_err(|e| transport(&e))?;
-        if !response.status().is_success() {
-            let status = response.status().as_u16();
-            let bytes = response.bytes().await.map_err(|e| transport(&e))?;
-            return Err(api_error(status, &bytes));
+        let path = format!("/v1/stream{query}");
+        let auth = self
+            .auth
+            .as_ref()
+            .map_err(|e| Error::Transport(e.clone()))?;
+        let outgoing = Outgoing {
+            method: Method::GET,
+            path: &path,
+            auth,
+            body: None,
+            accept: Some("text/event-stream"),
+        };
+        let (status, mut body) = self.http.open(outgoing).await?;
+        if !status.is_success() {
+            let mut bytes = Vec::new();
+            while let Some(chunk) = body.chunk().await {
+                bytes.extend_from_slice(&chunk?);
+            }
+            return Err(api_error(status.as_u16(), &bytes));
         }
-        Ok(ChangeStream::new(response))
+        Ok(ChangeStream::new(body))
     }
 
     /// `GET /v1/events/{id}`: an event with its deliveries and their history.
     pub async fn event(&self, id: &str) -> Result<EventView, Error> {
         let path = format!("/v1/events/{}", encode(id));
-        self.send(self.request(Method::GET, &path)).await
+        self.send(Method::GET, &path, None).await
     }
 
     /// `GET /v1/events`: one page of events matching `query`.
     pub async fn events(&self, query: &EventsQuery) -> Result<EventsPage, Error> {
         let path = format!("/v1/events{}", events_query_string(query));
-        self.send(self.request(Method::GET, &path)).await
+        self.send(Method::GET, &path, None).await
     }
 
     /// Raw escape hatch for tests and malformed input: sends `body` as-is with content type
@@ -435,33 +412,31 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(u16, Value), Error> {
-        let mut request = self.request(method, path);
-        if let Some(body) = body {
-            request = request
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body);
-        }
-        let response = request.send().await.map_err(|e| transport(&e))?;
-        let status = response.status().as_u16();
-        let bytes = response.bytes().await.map_err(|e| transport(&e))?;
+        let (status, bytes) = self.exchange(method, path, body).await?;
         let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Ok((status, value))
+        Ok((status.as_u16(), value))
     }
 
-    /// A request to `path` (which may carry a query string) under the base URL.
-    fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        let hot = self.hot.iter().find(|(p, _)| *p == path);
-        let request = match (hot, &self.base) {
-            (Some((_, url)), _) => self.http.request(method, url.clone()),
-            (None, Some(base)) => self.http.request(method, url_under(base, path)),
-            (None, None) => self
-                .http
-                .request(method, format!("{}{}", self.base_url, path)),
+    /// One request to `path` (which may carry a query string) under the base URL, with this
+    /// client's key and an optional JSON body; the whole response.
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes), Error> {
+        let auth = self
+            .auth
+            .as_ref()
+            .map_err(|e| Error::Transport(e.clone()))?;
+        let outgoing = Outgoing {
+            method,
+            path,
+            auth,
+            body,
+            accept: None,
         };
-        match &self.auth {
-            Some(auth) => request.header(reqwest::header::AUTHORIZATION, auth.clone()),
-            None => request.bearer_auth(&self.api_key),
-        }
+        self.http.exchange(outgoing).await
     }
 
     async fn send_json<B, T>(&self, method: Method, path: &str, body: &B) -> Result<T, Error>
@@ -469,83 +444,67 @@ impl Client {
         B: Serialize + ?Sized,
         T: DeserializeOwned,
     {
-        self.send(self.request(method, path).json(body)).await
+        self.send(method, path, Some(encode_json(body)?)).await
     }
 
-    async fn send<T: DeserializeOwned>(&self, request: RequestBuilder) -> Result<T, Error> {
-        let response = request.send().await.map_err(|e| transport(&e))?;
-        let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| transport(&e))?;
-        if !status.is_success() {
-            return Err(api_error(status.as_u16(), &bytes));
-        }
-        serde_json::from_slice(&bytes).map_err(|e| Error::Decode(e.to_string()))
+    async fn send<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, Error> {
+        let (status, bytes) = self.exchange(method, path, body).await?;
+        decode(status, &bytes)
     }
+}
+
+fn encode_json<B: Serialize + ?Sized>(body: &B) -> Result<Vec<u8>, Error> {
+    serde_json::to_vec(body)
+        .map_err(|e| Error::Transport(format!("cannot encode the request body: {e}")))
+}
+
+/// A 2xx response's body as `T`; any other status as the server's error.
+fn decode<T: DeserializeOwned>(status: StatusCode, bytes: &[u8]) -> Result<T, Error> {
+    if !status.is_success() {
+        return Err(api_error(status.as_u16(), bytes));
+    }
+    serde_json::from_slice(bytes).map_err(|e| Error::Decode(e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn url_of(base: &str, path: &str) -> Result<String, reqwest::Error> {
-        let client = Client::new(base, "key");
-        let request = client.request(Method::GET, path).build()?;
-        Ok(request.url().to_string())
-    }
-
-    #[test]
-    fn requests_go_to_the_path_under_the_base_url() {
-        let url = |base, path| url_of(base, path).expect("a valid URL");
-        assert_eq!(
-            url("http://127.0.0.1:7800", "/v1/events"),
-            "http://127.0.0.1:7800/v1/events"
-        );
-        assert_eq!(
-            url(
-                "http://hub.local/switchboard/",
-                "/v1/events?tenant=acme&limit=5"
-            ),
-            "http://hub.local/switchboard/v1/events?tenant=acme&limit=5"
-        );
-        assert_eq!(
-            url("http://hub.local", "/v1/tenants/a b/matrix"),
-            "http://hub.local/v1/tenants/a%20b/matrix"
-        );
-    }
-
-    #[test]
-    fn a_base_url_that_does_not_parse_fails_each_request() {
-        assert!(url_of("not a url", "/v1/events").is_err());
-    }
-
-    #[test]
-    fn hot_paths_keep_the_base_urls_prefix() {
-        for path in HOT_PATHS {
-            assert_eq!(
-                url_of("http://hub.local/switchboard/", path).expect("a valid URL"),
-                format!("http://hub.local/switchboard{path}")
-            );
-        }
-    }
-
-    fn authorization_of(client: &Client) -> Result<reqwest::header::HeaderValue, reqwest::Error> {
-        let request = client.request(Method::POST, "/v1/ack").build()?;
-        Ok(request.headers()[reqwest::header::AUTHORIZATION].clone())
-    }
-
     #[test]
     fn requests_carry_the_clients_key_as_a_sensitive_bearer() {
         let client = Client::new("http://127.0.0.1:7800", "sb_one");
-        let auth = authorization_of(&client).expect("a request");
+        let auth = client.auth.clone().expect("a header value");
         assert_eq!(auth, "Bearer sb_one");
         assert!(auth.is_sensitive());
-        let other = authorization_of(&client.with_key("sb_two")).expect("a request");
+        let other = client.with_key("sb_two").auth.expect("a header value");
         assert_eq!(other, "Bearer sb_two");
     }
 
-    #[test]
-    fn a_key_that_cannot_be_a_header_fails_each_request() {
-        let client = Client::new("http://127.0.0.1:7800", "sb_bad\nkey");
-        assert!(authorization_of(&client).is_err());
+    #[tokio::test]
+    async fn a_key_that_cannot_be_a_header_fails_each_request_saying_so() {
+        // Nothing listens on port 1: the key is refused before any connection is tried.
+        let client = Client::new("http://127.0.0.1:1", "sb_bad\nkey");
+        let err = client.health().await.expect_err("a bad key");
+        assert!(
+            matches!(&err, Error::Transport(m) if m.contains("API key")),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_base_url_that_cannot_be_used_fails_each_request_saying_so() {
+        let err = Client::new("hub.local:7800", "sb_key")
+            .health()
+            .await
+            .expect_err("no scheme");
+        assert!(
+            matches!(&err, Error::Transport(m) if m.contains("http://")),
+            "{err}"
+        );
     }
 }

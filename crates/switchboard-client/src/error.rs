@@ -87,7 +87,7 @@ pub(crate) fn api_error(status: u16, body: &[u8]) -> Error {
     let text = String::from_utf8_lossy(body);
     let text = text.trim();
     let message = if text.is_empty() {
-        reqwest::StatusCode::from_u16(status)
+        hyper::StatusCode::from_u16(status)
             .ok()
             .and_then(|s| s.canonical_reason())
             .unwrap_or("unexpected status")
@@ -101,21 +101,6 @@ pub(crate) fn api_error(status: u16, body: &[u8]) -> Error {
         message,
         details: Vec::new(),
     }
-}
-
-/// Renders a transport error with its chain of causes, which reqwest's own `Display` omits.
-pub(crate) fn transport(err: &reqwest::Error) -> Error {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    Error::Transport(text)
 }
 
 fn truncate(text: &str, max: usize) -> String {

@@ -40,6 +40,7 @@ mod handler;
 mod query;
 mod stream;
 mod transparency;
+mod transport;
 mod types;
 
 pub use client::Client;
@@ -59,6 +60,8 @@ pub use types::{
 };
 
 /// The HTTP method type taken by [`Client::raw`].
-pub use reqwest::Method;
+pub use hyper::Method;
+/// The TLS library whose `ClientConfig` [`Client::with_tls`] takes.
+pub use tokio_rustls::rustls;
 /// The shutdown signal taken by [`Consumer::run`].
 pub use tokio_util::sync::CancellationToken;

@@ -1,19 +1,20 @@
 //! A reader of the server-sent events of `GET /v1/stream`. Parses `event:` and `data:` lines
 //! into [`StreamChange`]s; it must not reconnect or filter (the caller decides).
 
-use crate::error::{Error, transport};
+use crate::error::Error;
 use crate::transparency::StreamChange;
+use crate::transport::Streaming;
 
 /// An open live stream; call [`ChangeStream::next`] until it returns `None` (server closed).
 pub struct ChangeStream {
-    response: reqwest::Response,
+    body: Streaming,
     buffer: Vec<u8>,
 }
 
 impl ChangeStream {
-    pub(crate) fn new(response: reqwest::Response) -> ChangeStream {
+    pub(crate) fn new(body: Streaming) -> ChangeStream {
         ChangeStream {
-            response,
+            body,
             buffer: Vec::new(),
         }
     }
@@ -30,10 +31,9 @@ impl ChangeStream {
                 }
                 continue;
             }
-            match self.response.chunk().await {
-                Ok(Some(bytes)) => self.buffer.extend_from_slice(&bytes),
-                Ok(None) => return None,
-                Err(e) => return Some(Err(transport(&e))),
+            match self.body.chunk().await? {
+                Ok(bytes) => self.buffer.extend_from_slice(&bytes),
+                Err(e) => return Some(Err(e)),
             }
         }
     }

@@ -200,7 +200,9 @@ async fn slow_and_oversized_requests_are_cut_off_and_long_polls_are_not() {
     );
     let reply = exchange(&hub, big.as_bytes()).await;
     assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
-    // A body that never arrives in full: 408 naming the limit.
+    // A body that never arrives in full: 408 naming the limit. (The admin client's pooled
+    // connection has been idle past the header timeout by now, so the server has closed it:
+    // the SDK must send this request again on a new connection.)
     let key = hub.admin.add_app_key("hr").await.unwrap().api_key;
     let slow_body = format!(
         "POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\

@@ -1,15 +1,13 @@
 //! HTTPS: `switchboard serve --tls-cert --tls-key` (the real binary) with a certificate
-//! made for the test, talked to by a rustls client that trusts only that certificate.
+//! made for the test, talked to by the SDK with a TLS configuration that trusts only it.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_rustls::TlsConnector;
-use tokio_rustls::rustls::crypto::ring;
-use tokio_rustls::rustls::pki_types::ServerName;
-use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use switchboard_client::rustls::crypto::ring;
+use switchboard_client::rustls::{ClientConfig, RootCertStore};
+use switchboard_client::{Client, Error, NewApp};
 
 use crate::harness::ADMIN_KEY;
 
@@ -54,19 +52,8 @@ fn serve_tls(dir: &std::path::Path, cert: &std::path::Path, key: &std::path::Pat
     Serve { child, addr }
 }
 
-/// Sends one raw HTTP/1.1 request over TLS and returns the whole response.
-async fn https(connector: &TlsConnector, addr: &str, request: &str) -> String {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = ServerName::try_from("localhost").unwrap();
-    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
-    tls.write_all(request.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    tls.read_to_end(&mut out).await.unwrap();
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_speaks_https_with_the_given_certificate() {
+async fn serve_speaks_https_with_the_given_certificate_to_the_sdk() {
     let dir = tempfile::tempdir().unwrap();
     let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let cert_path = dir.path().join("cert.pem");
@@ -74,6 +61,7 @@ async fn serve_speaks_https_with_the_given_certificate() {
     std::fs::write(&cert_path, made.cert.pem()).unwrap();
     std::fs::write(&key_path, made.signing_key.serialize_pem()).unwrap();
     let server = serve_tls(&dir.path().join("data"), &cert_path, &key_path);
+    let port = server.addr.rsplit(':').next().unwrap();
 
     let mut roots = RootCertStore::empty();
     roots.add(made.cert.der().clone()).unwrap();
@@ -82,33 +70,31 @@ async fn serve_speaks_https_with_the_given_certificate() {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let connector = TlsConnector::from(Arc::new(config));
+    let admin = Client::with_tls(
+        format!("https://localhost:{port}"),
+        ADMIN_KEY,
+        Arc::new(config),
+    );
+    admin.health().await.expect("health over https");
+    let created = admin
+        .create_app(&NewApp::new("crm", ["user.*"]))
+        .await
+        .expect("an app registered over https");
+    assert!(created.api_key.starts_with("sb_"), "{}", created.api_key);
+    // The same connection serves the next request.
+    assert_eq!(admin.list_apps().await.unwrap().len(), 1);
 
-    let health = https(
-        &connector,
-        &server.addr,
-        "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
-    assert!(health.contains(r#"{"status":"ok"}"#), "{health}");
-    let body = r#"{"id":"crm"}"#;
-    let created = https(
-        &connector,
-        &server.addr,
-        &format!(
-            "POST /v1/apps HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {ADMIN_KEY}\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        ),
-    )
-    .await;
-    assert!(created.starts_with("HTTP/1.1 201"), "{created}");
-    assert!(created.contains("\"api_key\":\"sb_"), "{created}");
+    // A client that does not trust the certificate is refused at the handshake.
+    let untrusting = Client::new(format!("https://localhost:{port}"), ADMIN_KEY);
+    let err = untrusting.health().await.expect_err("an unknown issuer");
+    assert!(
+        matches!(&err, Error::Transport(m) if m.contains("TLS")),
+        "{err}"
+    );
 
     // Plain HTTP on the TLS port gets no answer.
-    let reply = reqwest::get(format!("http://{}/healthz", server.addr)).await;
-    assert!(reply.is_err() || !reply.unwrap().status().is_success());
+    let plain = Client::new(format!("http://{}", server.addr), ADMIN_KEY);
+    assert!(plain.health().await.is_err());
 }
 
 #[test]
