@@ -87,10 +87,10 @@ pub async fn run(
     workers.spawn(watch::run(state.clone()));
     workers.spawn(flush_key_uses(state.clone()));
 
-    let router = api::router(state.clone());
+    let app = api::app(state.clone());
     let served = listen::serve(
         listener,
-        router,
+        app,
         state.config.tls.clone(),
         &state.config.limits,
         shutdown.clone(),

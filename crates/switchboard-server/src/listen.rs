@@ -6,19 +6,19 @@
 
 use std::time::Duration;
 
-use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::App;
 use crate::config::Limits;
 use crate::tls::Tls;
 
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    app: App,
     tls: Option<Tls>,
     limits: &Limits,
     shutdown: CancellationToken,
@@ -42,7 +42,7 @@ pub async fn serve(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        let service = TowerToHyperService::new(app.clone());
         let http = http.clone();
         let watcher = graceful.watcher();
         match &tls {

@@ -1,5 +1,5 @@
 //! Every route of the API and who may call it: the one table both the router
-//! (`api::router`) and the authorization matrix test read, so a route cannot exist without a
+//! (`api::app`) and the authorization matrix test read, so a route cannot exist without a
 //! scope, nor without a row in that test.
 
 /// Who may call a route. Which data a caller then sees is narrowed by the handler (an app

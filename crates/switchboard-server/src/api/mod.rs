@@ -15,12 +15,17 @@ mod views;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use std::any::Any;
+
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, Query, Request};
+use axum::extract::{FromRequest, Query, Request};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, patch, post};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
+use tower_http::catch_panic::{CatchPanic, ResponseForPanic};
 
 use crate::State;
 use crate::error::{ApiError, FieldError};
@@ -60,9 +65,14 @@ fn handler(route: &Route) -> MethodRouter<Arc<State>> {
     }
 }
 
-/// Every route of [`ROUTES`] with its handler behind the `authorize` layer of its scope.
-pub fn router(state: Arc<State>) -> Router {
-    let limit = state.config.limits.max_body_bytes;
+/// What serves every connection: the routes, and one panic guard around all of them (a
+/// layer on the router would wrap each route on its own, and cost every request a boxed
+/// clone and a boxed future per level).
+pub type App = CatchPanic<Router, Panicked>;
+
+/// Every route of [`ROUTES`] with its handler behind the `authorize` layer of its scope; a
+/// handler that panics answers 500 and the server goes on.
+pub fn app(state: Arc<State>) -> App {
     let mut router = Router::new();
     for route in ROUTES {
         let mut endpoint = handler(route);
@@ -74,21 +84,27 @@ pub fn router(state: Arc<State>) -> Router {
         }
         router = router.route(route.path, endpoint);
     }
-    router
+    let router = router
         .fallback(|| async {
             ApiError::not_found(
                 "not_found",
                 "no such endpoint: see the API reference in the README",
             )
         })
-        .layer(DefaultBodyLimit::max(limit))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            |_: Box<dyn std::any::Any + Send>| {
-                use axum::response::IntoResponse;
-                ApiError::internal(&"a handler panicked").into_response()
-            },
-        ))
-        .with_state(state)
+        .with_state(state);
+    CatchPanic::custom(router, Panicked)
+}
+
+/// The answer to a request whose handler panicked: a 500 that says no more.
+#[derive(Clone, Copy)]
+pub struct Panicked;
+
+impl ResponseForPanic for Panicked {
+    type ResponseBody = axum::body::Body;
+
+    fn response_for_panic(&mut self, _: Box<dyn Any + Send>) -> Response {
+        ApiError::internal(&"a handler panicked").into_response()
+    }
 }
 
 /// How deeply `json` (valid JSON text) nests objects and arrays.
@@ -160,10 +176,13 @@ impl FromRequest<Arc<State>> for Body {
     async fn from_request(req: Request, state: &Arc<State>) -> Result<Body, ApiError> {
         let limits = &state.config.limits;
         let limit = limits.max_body_bytes;
-        let read = tokio::time::timeout(limits.body_timeout, Bytes::from_request(req, state));
+        let read = tokio::time::timeout(
+            limits.body_timeout,
+            Limited::new(req.into_body(), limit).collect(),
+        );
         match read.await {
-            Ok(Ok(bytes)) => Ok(Body(bytes)),
-            Ok(Err(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
+            Ok(Ok(collected)) => Ok(Body(collected.to_bytes())),
+            Ok(Err(e)) if e.is::<LengthLimitError>() => Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 format!(
