@@ -181,7 +181,10 @@ impl EventId {
         for (i, b) in entropy.iter().enumerate() {
             value |= (*b as u128) << (8 * (9 - i));
         }
-        EventId(format!("evt_{}", base32_128(value)))
+        let mut id = String::with_capacity(4 + 26);
+        id.push_str("evt_");
+        push_base32_128(&mut id, value);
+        EventId(id)
     }
 }
 
@@ -210,13 +213,14 @@ pub fn parse_opaque(s: &str) -> Result<String, InvalidValue> {
 
 const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
-fn base32_128(mut value: u128) -> String {
-    let mut out = [0u8; 26];
-    for slot in out.iter_mut().rev() {
+/// Appends `value` as 26 Crockford base32 characters, most significant first.
+fn push_base32_128(out: &mut String, mut value: u128) {
+    let mut digits = [0u8; 26];
+    for slot in digits.iter_mut().rev() {
         *slot = CROCKFORD[(value & 31) as usize];
         value >>= 5;
     }
-    String::from_utf8(out.to_vec()).expect("ascii")
+    out.extend(digits.iter().map(|&b| char::from(b)));
 }
 
 #[cfg(test)]

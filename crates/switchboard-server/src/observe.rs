@@ -2,9 +2,11 @@
 //! Prometheus counters. Handlers and workers call it after the store has committed a change;
 //! it never touches the store.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Arc, OnceLock, RwLock};
 
-use metrics::{counter, histogram};
+use metrics::{Counter, Histogram, counter, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::Serialize;
 use switchboard_core::{AppId, DeliveryStatus, EventType, TenantId, Timestamp};
@@ -45,12 +47,54 @@ pub struct Change {
 
 pub struct Observer {
     feed: broadcast::Sender<Arc<Change>>,
+    /// Counter handles by name, app and type, and the latency histogram's by app.
+    counters: Handles<&'static str, Handles<AppId, Handles<EventType, Counter>>>,
+    latency: Handles<AppId, Histogram>,
 }
 
 impl Default for Observer {
     fn default() -> Self {
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
-        Observer { feed }
+        Observer {
+            feed,
+            counters: Handles::default(),
+            latency: Handles::default(),
+        }
+    }
+}
+
+/// Metric handles kept once registered. Naming a labelled metric builds its key (owned label
+/// strings) and looks it up in the recorder: seven allocations per publish, against three
+/// hash lookups under read locks here. The registry keeps every label set anyway, so this holds
+/// nothing it would not.
+struct Handles<K, V>(RwLock<HashMap<K, V>>);
+
+impl<K, V> Default for Handles<K, V> {
+    fn default() -> Self {
+        Handles(RwLock::new(HashMap::new()))
+    }
+}
+
+impl<K: Hash + Eq + Clone, V> Handles<K, V> {
+    /// `f` of the handle under `key`, made by `make` the first time.
+    fn with<R>(&self, key: &K, make: impl FnOnce() -> V, f: impl FnOnce(&V) -> R) -> R {
+        if let Some(v) = self.0.read().expect("handles lock").get(key) {
+            return f(v);
+        }
+        let mut all = self.0.write().expect("handles lock");
+        f(all.entry(key.clone()).or_insert_with(make))
+    }
+}
+
+impl Observer {
+    /// Adds `n` to the counter `name` of `app` and `ty`.
+    fn count(&self, name: &'static str, app: &AppId, ty: &EventType, n: u64) {
+        self.counters.with(&name, Handles::default, |by_app| {
+            by_app.with(app, Handles::default, |by_type| {
+                let make = || counter!(name, "app" => app.to_string(), "type" => ty.to_string());
+                by_type.with(ty, make, |c| c.increment(n));
+            });
+        });
     }
 }
 
@@ -112,8 +156,7 @@ impl Observer {
             .filter(|(_, p)| !p.duplicate)
             .map(|((_, ty), _)| ty);
         for (ty, n) in count_each(fresh) {
-            counter!("switchboard_events_published_total", "app" => source.to_string(), "type" => ty.to_string())
-                .increment(n);
+            self.count("switchboard_events_published_total", source, ty, n);
         }
         if self.feed.receiver_count() == 0 {
             return;
@@ -142,8 +185,7 @@ impl Observer {
 
     pub fn leased(&self, app: &AppId, leased: &[LeasedDelivery], at: Timestamp) {
         for (ty, n) in count_each(leased.iter().map(|d| &d.event.event_type)) {
-            counter!("switchboard_deliveries_leased_total", "app" => app.to_string(), "type" => ty.to_string())
-                .increment(n);
+            self.count("switchboard_deliveries_leased_total", app, ty, n);
         }
         if self.feed.receiver_count() == 0 {
             return;
@@ -198,23 +240,17 @@ impl Observer {
             }
         }
         for ((name, app, ty), n) in count_each(&counted) {
-            counter!(*name, "app" => app.to_string(), "type" => ty.to_string()).increment(n);
+            self.count(name, app, ty, n);
         }
         let acked = changes
             .iter()
             .filter(|c| c.status == DeliveryStatus::Acknowledged);
-        let mut latency: Vec<(&AppId, metrics::Histogram)> = Vec::new();
         for c in acked {
             let Some(ms) = c.latency_ms else { continue };
-            let at = match latency.iter().position(|(app, _)| *app == &c.target) {
-                Some(at) => at,
-                None => {
-                    let h = histogram!("switchboard_publish_to_ack_seconds", "app" => c.target.to_string());
-                    latency.push((&c.target, h));
-                    latency.len() - 1
-                }
-            };
-            latency[at].1.record(ms as f64 / 1000.0);
+            let make =
+                || histogram!("switchboard_publish_to_ack_seconds", "app" => c.target.to_string());
+            self.latency
+                .with(&c.target, make, |h| h.record(ms as f64 / 1000.0));
         }
         if self.feed.receiver_count() == 0 {
             return;
@@ -255,4 +291,28 @@ fn count_each<'a, T: PartialEq + 'a>(items: impl IntoIterator<Item = &'a T>) -> 
         }
     }
     counts
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    #[test]
+    fn a_handle_is_made_once_per_key_and_then_reused() {
+        let handles: Handles<&str, Cell<u32>> = Handles::default();
+        let made = Cell::new(0);
+        let make = || {
+            made.set(made.get() + 1);
+            Cell::new(0)
+        };
+        for key in ["crm", "hr", "crm", "crm"] {
+            handles.with(&key, make, |n| n.set(n.get() + 1));
+        }
+        assert_eq!(made.get(), 2);
+        assert_eq!(handles.with(&"crm", make, Cell::get), 3);
+        assert_eq!(handles.with(&"hr", make, Cell::get), 1);
+        assert_eq!(made.get(), 2);
+    }
 }

@@ -38,30 +38,26 @@ pub type Channel = (String, String, String);
 
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// Each channel once: a job touches one or a few, so they are found by a linear search,
+    /// the last one first (most calls in a row are for the same channel), and a key is
+    /// allocated only for a channel not seen before.
     channels: Vec<(Channel, Delta)>,
-    /// Where each channel is in `channels`.
-    index: HashMap<Channel, usize>,
-    /// The channel of the last call: most calls in a row are for the same channel (a batch
-    /// of one tenant to one target), found again without allocating its key.
     last: usize,
 }
 
 impl Counters {
     pub fn of(&mut self, tenant: &str, source: &str, target: &str) -> &mut Delta {
-        let same = |c: &Channel| c.0 == tenant && c.1 == source && c.2 == target;
+        let same = |(c, _): &(Channel, Delta)| c.0 == tenant && c.1 == source && c.2 == target;
         let at = match self.channels.get(self.last) {
-            Some((channel, _)) if same(channel) => self.last,
-            _ => {
-                let key = (tenant.to_owned(), source.to_owned(), target.to_owned());
-                match self.index.get(&key) {
-                    Some(&at) => at,
-                    None => {
-                        self.channels.push((key.clone(), Delta::default()));
-                        self.index.insert(key, self.channels.len() - 1);
-                        self.channels.len() - 1
-                    }
+            Some(last) if same(last) => self.last,
+            _ => match self.channels.iter().position(same) {
+                Some(at) => at,
+                None => {
+                    let key = (tenant.to_owned(), source.to_owned(), target.to_owned());
+                    self.channels.push((key, Delta::default()));
+                    self.channels.len() - 1
                 }
-            }
+            },
         };
         self.last = at;
         &mut self.channels[at].1
