@@ -29,8 +29,11 @@ use crate::error::Error;
 /// How long establishing a connection (TLS included) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an idle connection is kept: under the server's default 30 s idle cut-off, so the
-/// client seldom reuses a connection the server is closing.
+/// client seldom reuses a connection the server is closing. Idle connections are not watched:
+/// older ones are closed by the next request.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// At most this many idle connections are kept; more are closed when their request ends.
+const POOL_MAX_IDLE: usize = 64;
 
 /// Where requests go: the base URL taken apart once.
 #[derive(Debug)]
@@ -127,9 +130,10 @@ impl Transport {
             .await
             .map_err(|e| transport(&e))?
             .to_bytes();
-        if conn.driver.is_some() {
+        let mut idle = self.idle.lock().expect("pool lock");
+        if conn.driver.is_some() && idle.len() < POOL_MAX_IDLE {
             conn.idle_since = Instant::now();
-            self.idle.lock().expect("pool lock").push(conn);
+            idle.push(conn);
         }
         Ok((status, body))
     }
