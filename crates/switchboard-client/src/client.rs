@@ -369,10 +369,7 @@ impl Client {
     ) -> Result<ChangeStream, Error> {
         let query = query_string(&[("tenant", tenant), ("type", event_type)]);
         let path = format!("/v1/stream{query}");
-        let auth = self
-            .auth
-            .as_ref()
-            .map_err(|e| Error::Transport(e.clone()))?;
+        let auth = self.auth()?;
         let outgoing = Outgoing {
             method: Method::GET,
             path: &path,
@@ -425,10 +422,7 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes), Error> {
-        let auth = self
-            .auth
-            .as_ref()
-            .map_err(|e| Error::Transport(e.clone()))?;
+        let auth = self.auth()?;
         let outgoing = Outgoing {
             method,
             path,
@@ -437,6 +431,11 @@ impl Client {
             accept: None,
         };
         self.http.exchange(outgoing).await
+    }
+
+    /// The `Authorization` header, or why the key cannot be sent.
+    fn auth(&self) -> Result<&HeaderValue, Error> {
+        self.auth.as_ref().map_err(|e| Error::Transport(e.clone()))
     }
 
     async fn send_json<B, T>(&self, method: Method, path: &str, body: &B) -> Result<T, Error>

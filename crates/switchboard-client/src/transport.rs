@@ -179,10 +179,13 @@ impl Transport {
         }
     }
 
-    /// The most recently used idle connection still young enough to reuse.
+    /// The most recently used idle connection, once those idle too long are closed.
     fn take(&self) -> Option<Conn> {
+        let now = Instant::now();
         let mut idle = self.idle.lock().expect("pool lock");
-        idle.retain(|conn| conn.idle_since.elapsed() < POOL_IDLE_TIMEOUT);
+        // Pushed in the order they went idle (under this lock): the stale ones lead.
+        let stale = idle.partition_point(|c| now.duration_since(c.idle_since) >= POOL_IDLE_TIMEOUT);
+        idle.drain(..stale);
         idle.pop()
     }
 
