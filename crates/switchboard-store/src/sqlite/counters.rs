@@ -36,12 +36,17 @@ pub struct Delta {
 /// (tenant, source, target)
 pub type Channel = (String, String, String);
 
+/// Past this many channels a job's channels are also indexed by a hash map.
+const SEARCHED: usize = 8;
+
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Each channel once: a job touches one or a few, so they are found by a linear search,
-    /// the last one first (most calls in a row are for the same channel), and a key is
-    /// allocated only for a channel not seen before.
+    /// Each channel once. A job usually touches one or a few: they are found by a linear
+    /// search, the last one first (most calls in a row are for the same channel), and a key
+    /// is allocated only for a channel not seen before. A job of many channels (a batch
+    /// across many tenants) indexes them, so it never searches thousands.
     channels: Vec<(Channel, Delta)>,
+    index: HashMap<Channel, usize>,
     last: usize,
 }
 
@@ -49,18 +54,31 @@ impl Counters {
     pub fn of(&mut self, tenant: &str, source: &str, target: &str) -> &mut Delta {
         let same = |(c, _): &(Channel, Delta)| c.0 == tenant && c.1 == source && c.2 == target;
         let at = match self.channels.get(self.last) {
-            Some(last) if same(last) => self.last,
-            _ => match self.channels.iter().position(same) {
-                Some(at) => at,
-                None => {
-                    let key = (tenant.to_owned(), source.to_owned(), target.to_owned());
-                    self.channels.push((key, Delta::default()));
-                    self.channels.len() - 1
-                }
-            },
+            Some(last) if same(last) => Some(self.last),
+            _ if self.channels.len() <= SEARCHED => self.channels.iter().position(same),
+            _ => {
+                let key = (tenant.to_owned(), source.to_owned(), target.to_owned());
+                self.index.get(&key).copied()
+            }
         };
+        let at = at
+            .unwrap_or_else(|| self.add((tenant.to_owned(), source.to_owned(), target.to_owned())));
         self.last = at;
         &mut self.channels[at].1
+    }
+
+    /// Adds a channel not seen before; returns where it is.
+    fn add(&mut self, channel: Channel) -> usize {
+        self.channels.push((channel, Delta::default()));
+        let len = self.channels.len();
+        if len == SEARCHED + 1 {
+            for (at, (c, _)) in self.channels.iter().enumerate() {
+                self.index.insert(c.clone(), at);
+            }
+        } else if len > SEARCHED + 1 {
+            self.index.insert(self.channels[len - 1].0.clone(), len - 1);
+        }
+        len - 1
     }
 }
 
@@ -180,5 +198,35 @@ impl Pending {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts `rounds` touches of each of `n` channels, interleaved, and checks each channel
+    /// has one entry holding all of its touches.
+    fn check_counters_find_channels_again(n: usize, rounds: i64) {
+        let mut counters = Counters::default();
+        for _ in 0..rounds {
+            for i in 0..n {
+                counters.of(&format!("t{i}"), "crm", "hr").published += 1;
+                counters.of(&format!("t{i}"), "crm", "hr").pending += 1;
+            }
+        }
+        assert_eq!(counters.channels.len(), n);
+        for (i, ((tenant, _, _), d)) in counters.channels.iter().enumerate() {
+            assert_eq!(tenant, &format!("t{i}"));
+            assert_eq!((d.published, d.pending), (rounds, rounds), "{tenant}");
+        }
+    }
+
+    #[test]
+    fn a_channel_is_counted_in_one_place_however_many_a_job_touches() {
+        check_counters_find_channels_again(1, 3);
+        check_counters_find_channels_again(SEARCHED, 3);
+        check_counters_find_channels_again(SEARCHED + 1, 3);
+        check_counters_find_channels_again(100, 3);
     }
 }
