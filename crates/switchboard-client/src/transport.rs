@@ -4,8 +4,8 @@
 //! Built on hyper's connection API rather than a general-purpose client: a request here is a
 //! method, a path under the base URL and a body, so it needs no URL parsing, proxy lookup,
 //! redirect policy or per-host pool map (a reqwest client spent about twice the CPU per
-//! request on those; DEVELOPERS.md). No task is spawned: a connection is driven by the
-//! request that uses it, and an idle one is not polled at all.
+//! request on those; BENCHMARKS.md, session 6). No task is spawned: a connection is driven
+//! by the request that uses it, and an idle one is not polled at all.
 
 use std::future::Future;
 use std::pin::{Pin, pin};
