@@ -81,7 +81,7 @@ async fn serve_speaks_https_with_the_given_certificate_to_the_sdk() {
         .await
         .expect("an app registered over https");
     assert!(created.api_key.starts_with("sb_"), "{}", created.api_key);
-    // The same connection serves the next request.
+    // A second request, on the pooled connection.
     assert_eq!(admin.list_apps().await.unwrap().len(), 1);
 
     // A client that does not trust the certificate is refused at the handshake.
