@@ -9,15 +9,22 @@ use crate::types::EventsQuery;
 /// RFC 3986 unreserved characters (`A-Z a-z 0-9 - . _ ~`) becomes `%XX` of its UTF-8 bytes.
 pub(crate) fn encode(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+    let unreserved = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+    push_encoded(&mut out, value, unreserved);
+    out
+}
+
+/// Appends `text` to `out`, every byte that `keep` (true only for ASCII bytes) refuses as
+/// `%XX`.
+pub(crate) fn push_encoded(out: &mut String, text: &str, keep: impl Fn(u8) -> bool) {
+    for byte in text.bytes() {
+        if keep(byte) {
             out.push(char::from(byte));
         } else {
             // Writing to a String cannot fail.
             let _ = write!(out, "%{byte:02X}");
         }
     }
-    out
 }
 
 /// `?name=value&...` for the pairs that have a value, or empty when none has.

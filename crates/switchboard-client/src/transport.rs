@@ -25,6 +25,7 @@ use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::rustls::pki_types::ServerName;
 
 use crate::error::Error;
+use crate::query::push_encoded;
 
 /// How long establishing a connection (TLS included) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -49,7 +50,6 @@ struct Origin {
 }
 
 /// How `https` connections are made.
-#[derive(Clone)]
 pub(crate) enum Tls {
     /// With the system's trust roots, loaded on the first `https` connection.
     System,
@@ -344,19 +344,15 @@ fn build(origin: &Origin, out: Outgoing<'_>) -> Result<Request<Full<Bytes>>, Err
 /// `prefix` + `path`, with every byte a request target may not hold percent-encoded.
 fn request_target(prefix: &str, path: &str) -> String {
     let mut target = String::with_capacity(prefix.len() + path.len());
-    for &b in prefix.as_bytes().iter().chain(path.as_bytes()) {
-        match b {
-            b'!'..=b'~'
-                if !matches!(
-                    b,
-                    b'"' | b'<' | b'>' | b'\\' | b'^' | b'`' | b'{' | b'|' | b'}'
-                ) =>
-            {
-                target.push(char::from(b))
-            }
-            _ => target.push_str(&format!("%{b:02X}")),
-        }
-    }
+    let allowed = |b: u8| {
+        matches!(b, b'!'..=b'~')
+            && !matches!(
+                b,
+                b'"' | b'<' | b'>' | b'\\' | b'^' | b'`' | b'{' | b'|' | b'}'
+            )
+    };
+    push_encoded(&mut target, prefix, allowed);
+    push_encoded(&mut target, path, allowed);
     target
 }
 
