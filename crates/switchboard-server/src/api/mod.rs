@@ -12,10 +12,9 @@ mod tenants;
 mod transparency;
 mod views;
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
-
-use std::any::Any;
 
 use axum::Router;
 use axum::body::Bytes;

@@ -53,32 +53,36 @@ pub struct Counters {
 impl Counters {
     pub fn of(&mut self, tenant: &str, source: &str, target: &str) -> &mut Delta {
         let same = |(c, _): &(Channel, Delta)| c.0 == tenant && c.1 == source && c.2 == target;
+        let key = || (tenant.to_owned(), source.to_owned(), target.to_owned());
         let at = match self.channels.get(self.last) {
-            Some(last) if same(last) => Some(self.last),
-            _ if self.channels.len() <= SEARCHED => self.channels.iter().position(same),
+            Some(last) if same(last) => self.last,
+            _ if self.channels.len() <= SEARCHED => match self.channels.iter().position(same) {
+                Some(at) => at,
+                None => self.add(key()),
+            },
             _ => {
-                let key = (tenant.to_owned(), source.to_owned(), target.to_owned());
-                self.index.get(&key).copied()
+                let key = key();
+                match self.index.get(&key) {
+                    Some(&at) => at,
+                    None => self.add(key),
+                }
             }
         };
-        let at = at
-            .unwrap_or_else(|| self.add((tenant.to_owned(), source.to_owned(), target.to_owned())));
         self.last = at;
         &mut self.channels[at].1
     }
 
-    /// Adds a channel not seen before; returns where it is.
+    /// Adds a channel not seen before; returns where it is. Past [`SEARCHED`] channels the
+    /// index catches up with every channel it does not hold yet.
     fn add(&mut self, channel: Channel) -> usize {
         self.channels.push((channel, Delta::default()));
-        let len = self.channels.len();
-        if len == SEARCHED + 1 {
-            for (at, (c, _)) in self.channels.iter().enumerate() {
+        if self.channels.len() > SEARCHED {
+            let indexed = self.index.len();
+            for (at, (c, _)) in self.channels.iter().enumerate().skip(indexed) {
                 self.index.insert(c.clone(), at);
             }
-        } else if len > SEARCHED + 1 {
-            self.index.insert(self.channels[len - 1].0.clone(), len - 1);
         }
-        len - 1
+        self.channels.len() - 1
     }
 }
 
