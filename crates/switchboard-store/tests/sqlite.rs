@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
+use switchboard_core::Timestamp;
 use switchboard_store::conformance::{self, Fixture, T0};
 use switchboard_store::sqlite::SqliteStore;
-use switchboard_store::{EventQuery, Store};
+use switchboard_store::{AckItem, EventQuery, ExtendItem, Store};
 
 async fn sqlite_fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
@@ -64,6 +65,61 @@ async fn delivery_ids_continue_after_reopening() {
 }
 
 #[tokio::test]
+async fn leases_expire_on_their_deadlines_after_reopening() {
+    // Lease deadlines are kept in the writer's memory: a reopened store loads them again.
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    conformance::register(&store, "hr", &["*"], 8).await;
+    for n in 0..3 {
+        let ev = conformance::event("crm", "acme", "user.created", T0.plus_ms(n));
+        conformance::publish_to(&store, ev, &["hr"]).await;
+    }
+    let leased = conformance::lease(&store, "hr", 3, T0.plus_ms(2)).await;
+    let deadline = leased[0].lease_expires_at;
+    let extended = store
+        .extend_lease(
+            conformance::app("hr"),
+            ExtendItem {
+                id: leased[1].id.clone(),
+                attempt: Some(1),
+                lease_ms: 120_000,
+            },
+            T0,
+        )
+        .await
+        .unwrap();
+    let acked = vec![AckItem {
+        id: leased[2].id.clone(),
+        attempt: Some(1),
+        data: None,
+    }];
+    store.ack(conformance::app("hr"), acked, T0).await.unwrap();
+    store.close().await;
+
+    let reopened = SqliteStore::open(dir.path()).unwrap();
+    let early = reopened
+        .expire_leases(Timestamp(deadline.millis() - 1), 100)
+        .await
+        .unwrap();
+    assert_eq!((early.count, early.next_deadline), (0, Some(deadline)));
+    let due = reopened.expire_leases(deadline, 100).await.unwrap();
+    assert_eq!(due.changes.len(), 1);
+    assert_eq!(
+        due.changes[0].id, leased[0].id,
+        "the lease that was not extended"
+    );
+    assert_eq!(due.next_deadline, Some(extended));
+    let last = reopened.expire_leases(extended, 100).await.unwrap();
+    assert_eq!(last.changes.len(), 1);
+    assert_eq!(
+        last.changes[0].id, leased[1].id,
+        "the extended lease, at its new deadline"
+    );
+    assert_eq!(last.next_deadline, None, "the acked one never expires");
+    reopened.close().await;
+}
+
+#[tokio::test]
 async fn concurrent_writers_are_grouped_and_all_durable() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
@@ -97,7 +153,8 @@ mod counters {
     use switchboard_store::conformance::{self, T0, app};
     use switchboard_store::sqlite::SqliteStore;
     use switchboard_store::{
-        AckItem, ChannelQuery, DeadFilter, NackItem, RequeueRequest, RequeueSelector, Store,
+        AckItem, ChannelQuery, DeadFilter, ExtendItem, NackItem, RequeueRequest, RequeueSelector,
+        Store,
     };
 
     const APPS: [&str; 3] = ["hr", "billing", "audit"];
@@ -122,10 +179,16 @@ mod counters {
             n: usize,
             permanent: bool,
         },
+        Extend {
+            app: usize,
+            lease_ms: u64,
+        },
         Advance {
             ms: u64,
         },
         Requeue,
+        /// Close the store and open it again on the same files.
+        Reopen,
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -136,17 +199,29 @@ mod counters {
             2 => (0usize..3, 1usize..3).prop_map(|(app, n)| Op::Ack { app, n }),
             2 => (0usize..3, 1usize..3, any::<bool>())
                 .prop_map(|(app, n, permanent)| Op::Nack { app, n, permanent }),
+            1 => (0usize..3, prop_oneof![Just(50u64), Just(60_000)])
+                .prop_map(|(app, lease_ms)| Op::Extend { app, lease_ms }),
             1 => (1u64..200).prop_map(|ms| Op::Advance { ms }),
             1 => Just(Op::Requeue),
+            1 => Just(Op::Reopen),
         ]
     }
 
     /// (pending, in_flight, failing, dead, published, acknowledged, failed_attempts, latencies)
     type Figures = [u64; 8];
 
-    async fn run(ops: Vec<Op>) -> (BTreeMap<String, Figures>, BTreeMap<String, Figures>) {
+    /// What a run ends with: the counters, a recount of the rows, and how many deliveries
+    /// were in flight against how many leases expire once every deadline has passed.
+    struct Ending {
+        counted: BTreeMap<String, Figures>,
+        recounted: BTreeMap<String, Figures>,
+        in_flight: u64,
+        expired_at_last: usize,
+    }
+
+    async fn run(ops: Vec<Op>) -> Ending {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path()).unwrap();
+        let mut store = SqliteStore::open(dir.path()).unwrap();
         for a in APPS {
             conformance::register(&store, a, &["*"], 3).await;
         }
@@ -214,6 +289,21 @@ mod counters {
                         let _ = store.nack(app(APPS[a]), nack, now).await;
                     }
                 }
+                Op::Extend { app: a, lease_ms } => {
+                    if let Some((id, attempt)) = held[a].first().cloned() {
+                        let item = ExtendItem {
+                            id,
+                            attempt: Some(attempt),
+                            lease_ms,
+                        };
+                        // Refused if the lease expired meanwhile: fine here.
+                        let _ = store.extend_lease(app(APPS[a]), item, now).await;
+                    }
+                }
+                Op::Reopen => {
+                    store.close().await;
+                    store = SqliteStore::open(dir.path()).unwrap();
+                }
                 Op::Advance { ms } => {
                     now = now.plus_ms(ms);
                     store.expire_leases(now, 1000).await.unwrap();
@@ -258,8 +348,21 @@ mod counters {
                 (key, figures)
             })
             .collect();
+        let recounted = recount(dir.path());
+        let in_flight = counted.values().map(|f| f[1]).sum();
+        // Every lease ends: each delivery in flight comes back once its deadline passed.
+        let expired_at_last = store
+            .expire_leases(now.plus_ms(86_400_000), 100_000)
+            .await
+            .unwrap()
+            .count;
         store.close().await;
-        (counted, recount(dir.path()))
+        Ending {
+            counted,
+            recounted,
+            in_flight,
+            expired_at_last,
+        }
     }
 
     /// The same figures, counted from the deliveries and attempts themselves.
@@ -298,8 +401,9 @@ mod counters {
         #[test]
         fn counters_match_a_recount(ops in prop::collection::vec(op(), 1..60)) {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            let (counted, recounted) = runtime.block_on(run(ops));
-            prop_assert_eq!(counted, recounted);
+            let ending = runtime.block_on(run(ops));
+            prop_assert_eq!(ending.counted, ending.recounted);
+            prop_assert_eq!(ending.expired_at_last as u64, ending.in_flight);
         }
     }
 }

@@ -5,6 +5,7 @@
 
 mod checkpoint;
 mod counters;
+mod deadlines;
 mod keys;
 mod read;
 mod rows;
@@ -112,8 +113,10 @@ impl SqliteStore {
             .map_err(|e| {
                 StoreError::Unavailable(format!("cannot open the WAL file: {}", e.kind()))
             })?;
+        let deadlines = deadlines::Deadlines::load(&conn)?;
         let (writer, handle) = Writer::spawn(
             conn,
+            deadlines,
             u64::from_le_bytes(seed),
             wal,
             wal_progress,

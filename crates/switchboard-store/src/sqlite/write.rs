@@ -404,6 +404,7 @@ pub fn lease(ctx: &mut WriteCtx, req: LeaseRequest) -> Result<LeasedRows, StoreE
     drop(picked);
     for &(rowid, attempt, _) in &rows {
         set_leased.execute(params![rowid, attempt, expires.millis(), now])?;
+        ctx.deadline_changes.set(expires, rowid);
     }
     // When an app last consumed matters to the second, not the millisecond: write it at most
     // once a second, so empty long-polls stay read-only transactions (no fsync).
@@ -449,14 +450,16 @@ struct Held {
     failed_attempts: u32,
     /// When the current (or last) attempt started.
     leased_at: Option<Timestamp>,
+    /// When the current lease ends, while in flight.
+    lease_expires_at: Option<Timestamp>,
     status: DeliveryStatus,
     order_key: Option<String>,
 }
 
 /// The columns [`held_from_row`] reads.
 const HELD_COLS: &str = "d.id, d.tenant, d.source, d.target, d.status, d.attempts, \
-     d.budget_base, d.failed_attempts, d.order_key, e.id, e.type, d.leased_at \
-     FROM deliveries d JOIN events e ON e.seq = d.event_seq";
+     d.budget_base, d.failed_attempts, d.order_key, e.id, e.type, d.leased_at, \
+     d.lease_expires_at FROM deliveries d JOIN events e ON e.seq = d.event_seq";
 
 fn held_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Held> {
     Ok(Held {
@@ -472,6 +475,7 @@ fn held_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Held> {
         event_id: r.get(9)?,
         event_type: r.get(10)?,
         leased_at: r.get::<_, Option<i64>>(11)?.map(Timestamp),
+        lease_expires_at: r.get::<_, Option<i64>>(12)?.map(Timestamp),
     })
 }
 
@@ -562,6 +566,7 @@ pub struct AckedRow {
 struct Acking {
     row: AckedRow,
     order_key: Option<String>,
+    lease_expires_at: Option<Timestamp>,
     data: Option<String>,
 }
 
@@ -580,7 +585,7 @@ pub fn ack(
     let mut counters = Counters::default();
     let mut lookup = ctx.conn.prepare_cached(
         "SELECT target, status, attempts, failed_attempts, created_at, order_key, tenant, source, \
-         event_seq FROM deliveries WHERE id = ?1",
+         event_seq, lease_expires_at FROM deliveries WHERE id = ?1",
     )?;
     for item in acks {
         let rowid = delivery_rowid(&item.id)?;
@@ -620,6 +625,7 @@ pub fn ack(
         checked.push(Acking {
             row,
             order_key: r.get(5)?,
+            lease_expires_at: r.get::<_, Option<i64>>(9)?.map(Timestamp),
             data: item.data,
         });
     }
@@ -632,10 +638,14 @@ pub fn ack(
     for Acking {
         row,
         order_key,
+        lease_expires_at,
         data,
     } in checked
     {
         set_acked.execute(params![row.rowid, data, now.millis()])?;
+        if let Some(deadline) = lease_expires_at {
+            ctx.deadline_changes.clear(deadline, row.rowid);
+        }
         finished(ctx, app.as_str(), order_key.as_deref(), now)?;
         acked.push(row);
     }
@@ -658,6 +668,10 @@ pub fn extend_lease(
             "UPDATE deliveries SET lease_expires_at = ?2, updated_at = ?3 WHERE id = ?1",
         )?
         .execute(params![held.rowid, until.millis(), now.millis()])?;
+    if let Some(deadline) = held.lease_expires_at {
+        ctx.deadline_changes.clear(deadline, held.rowid);
+    }
+    ctx.deadline_changes.set(until, held.rowid);
     Ok(until)
 }
 
@@ -725,6 +739,9 @@ fn fail(
             (status == DeliveryStatus::Dead).then_some(now.millis()),
         ])?;
     record_failed_attempt(ctx, held, now, failure.outcome(), error)?;
+    if let Some(deadline) = held.lease_expires_at {
+        ctx.deadline_changes.clear(deadline, held.rowid);
+    }
     let was_failing = (held.failed_attempts > 0) as i64;
     let c = counters.of(&held.tenant, &held.source, &held.target);
     c.in_flight -= 1;
@@ -780,14 +797,29 @@ pub fn expire_leases(
     now: Timestamp,
     limit: usize,
 ) -> Result<Expired, StoreError> {
-    let expired = ctx
+    // The due deadlines, earliest first (see deadlines.rs): each is checked against its row,
+    // and one that is stale (the row no longer in flight until then) is only dropped.
+    let mut expired = Vec::new();
+    let mut walked = 0;
+    let mut load = ctx
         .conn
-        .prepare_cached(&format!(
-            "SELECT {HELD_COLS} \
-             WHERE d.status = 1 AND d.lease_expires_at <= ?1 ORDER BY d.lease_expires_at LIMIT ?2"
-        ))?
-        .query_map(params![now.millis(), limit as i64], held_from_row)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .prepare_cached(&format!("SELECT {HELD_COLS} WHERE d.id = ?1"))?;
+    for (deadline, rowid) in ctx.deadlines.due(now) {
+        if expired.len() == limit {
+            break;
+        }
+        walked += 1;
+        match load.query_row([rowid], held_from_row).optional()? {
+            Some(held)
+                if held.status == DeliveryStatus::InFlight
+                    && held.lease_expires_at == Some(deadline) =>
+            {
+                expired.push(held)
+            }
+            _ => ctx.deadline_changes.clear(deadline, rowid),
+        }
+    }
+    drop(load);
     let mut settings: HashMap<String, AppSettings> = HashMap::new();
     let mut apps = BTreeSet::new();
     let count = expired.len();
@@ -813,11 +845,8 @@ pub fn expire_leases(
         apps.insert(rows::app_id(&held.target)?);
     }
     ctx.counted(counters, now);
-    let next_deadline = ctx
-        .conn
-        .prepare_cached("SELECT min(lease_expires_at) FROM deliveries WHERE status = 1")?
-        .query_row([], |r| r.get::<_, Option<i64>>(0))?
-        .map(Timestamp);
+    // Every entry walked is cleared by this job: the next deadline is the one after them.
+    let next_deadline = ctx.deadlines.earliest_after(walked);
     Ok(Expired {
         count,
         apps: apps.into_iter().collect(),

@@ -28,6 +28,7 @@ use switchboard_core::Timestamp;
 
 use super::checkpoint::{self, WalProgress};
 use super::counters::{Counters, Pending};
+use super::deadlines::{Changes, Deadlines};
 use crate::StoreError;
 
 /// At most this many jobs share one transaction.
@@ -49,6 +50,12 @@ pub struct WriteCtx {
     job_counters: Pending,
     /// Counter changes of the group's successful jobs, written just before its commit.
     group_counters: Pending,
+    /// The committed leases' deadlines.
+    pub deadlines: Deadlines,
+    /// Deadline changes of the running job; kept only if the job succeeds.
+    pub deadline_changes: Changes,
+    /// Deadline changes of the group's successful jobs, applied once it commits.
+    group_deadline_changes: Changes,
     /// When each app's last consume was written, to write it at most once a second.
     pub consumed_written: HashMap<String, i64>,
     /// The checkpointer's view of the WAL, to restart it when due.
@@ -79,11 +86,19 @@ impl WriteCtx {
         self.job_counters.absorb(counters, now);
     }
 
-    /// Ends a job's counter changes: kept for the group's commit if it succeeded, else dropped.
+    /// Ends a job's counter and deadline changes: kept for the group's commit if it
+    /// succeeded, else dropped.
     fn end_job(&mut self, succeeded: bool) {
         match succeeded {
-            true => self.group_counters.merge(&mut self.job_counters),
-            false => self.job_counters.clear(),
+            true => {
+                self.group_counters.merge(&mut self.job_counters);
+                self.group_deadline_changes
+                    .merge(&mut self.deadline_changes);
+            }
+            false => {
+                self.job_counters.clear();
+                self.deadline_changes.discard();
+            }
         }
     }
 }
@@ -130,10 +145,11 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// `wal` is the database's WAL file, which the syncer fsyncs; `max_group_age` is
-    /// [`MAX_GROUP_AGE`] but in tests.
+    /// `wal` is the database's WAL file, which the syncer fsyncs; `deadlines` those of the
+    /// leases in the database; `max_group_age` is [`MAX_GROUP_AGE`] but in tests.
     pub fn spawn(
         conn: Connection,
+        deadlines: Deadlines,
         seed: u64,
         wal: File,
         wal_progress: Arc<WalProgress>,
@@ -156,6 +172,9 @@ impl Writer {
             rng: SplitMix64(seed),
             job_counters: Pending::default(),
             group_counters: Pending::default(),
+            deadlines,
+            deadline_changes: Changes::default(),
+            group_deadline_changes: Changes::default(),
             consumed_written: HashMap::new(),
             wal_progress,
             durable_seq,
@@ -446,6 +465,7 @@ fn roll_back_group(ctx: &mut WriteCtx, group: Group) {
         tracing::error!(error = %e, "rolling back the group failed");
     }
     ctx.group_counters.clear();
+    ctx.group_deadline_changes.discard();
     for complete in group.after_fsync.into_iter().chain(group.at_commit) {
         complete(false);
     }
@@ -482,6 +502,10 @@ fn commit_group(
             false
         }
     };
+    match committed {
+        true => ctx.deadlines.apply(&mut ctx.group_deadline_changes),
+        false => ctx.group_deadline_changes.discard(),
+    }
     metrics::histogram!("switchboard_store_commit_seconds").record(started.elapsed().as_secs_f64());
     metrics::histogram!("switchboard_store_transaction_seconds")
         .record(began.elapsed().as_secs_f64());
@@ -566,7 +590,15 @@ mod tests {
             .truncate(false)
             .open(dir.join("w.db-wal"))
             .expect("wal");
-        Writer::spawn(conn, 1, wal, Arc::default(), std::time::Duration::ZERO).expect("spawn")
+        Writer::spawn(
+            conn,
+            Deadlines::default(),
+            1,
+            wal,
+            Arc::default(),
+            std::time::Duration::ZERO,
+        )
+        .expect("spawn")
     }
 
     fn insert(ctx: &mut WriteCtx, x: i64) -> Result<(), StoreError> {

@@ -1,0 +1,155 @@
+//! When each in-flight delivery's lease ends, kept in the writer's memory instead of an index
+//! (schema migration 7): every lease and every ack had to change that index, a B-tree insert or
+//! delete and one more WAL page in the commit of each, per delivery.
+//!
+//! What holds: every in-flight delivery has an entry at its current deadline. An entry may be
+//! stale (its lease was extended, or acked by a group that the entry outlived): expiry checks
+//! each due entry against its row before acting on it, and drops the stale ones. So the set
+//! changes only as the table does: a job records its changes ([`Changes`]), kept if the job
+//! succeeds, applied in order once its group commits, and dropped with a rolled-back job or
+//! group. Loaded from the table on open. Must not read or write the database otherwise.
+
+use std::collections::BTreeSet;
+
+use rusqlite::Connection;
+use switchboard_core::Timestamp;
+
+/// A lease deadline (ms) and the delivery's row id.
+type Entry = (i64, i64);
+
+/// The deadlines of the committed leases, earliest first.
+#[derive(Debug, Default)]
+pub struct Deadlines {
+    entries: BTreeSet<Entry>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    Set(Entry),
+    Clear(Entry),
+}
+
+/// Changes of a job or a group, in the order they were made, not yet applied.
+#[derive(Debug, Default)]
+pub struct Changes {
+    changes: Vec<Change>,
+}
+
+impl Changes {
+    /// The delivery `rowid` is leased until `deadline`.
+    pub fn set(&mut self, deadline: Timestamp, rowid: i64) {
+        self.changes.push(Change::Set((deadline.millis(), rowid)));
+    }
+
+    /// The lease of `rowid` that ran until `deadline` ended (acked, failed, expired, moved).
+    pub fn clear(&mut self, deadline: Timestamp, rowid: i64) {
+        self.changes.push(Change::Clear((deadline.millis(), rowid)));
+    }
+
+    /// Appends `later` (and empties it).
+    pub fn merge(&mut self, later: &mut Changes) {
+        self.changes.append(&mut later.changes);
+    }
+
+    pub fn discard(&mut self) {
+        self.changes.clear();
+    }
+}
+
+impl Deadlines {
+    /// The deadlines of every delivery in flight in the database. Reads the open deliveries
+    /// through their index, not the whole table.
+    pub fn load(conn: &Connection) -> rusqlite::Result<Deadlines> {
+        let mut stmt = conn.prepare(
+            "SELECT lease_expires_at, id FROM deliveries INDEXED BY deliveries_channel_open \
+             WHERE finished_at IS NULL AND status = 1 AND lease_expires_at IS NOT NULL",
+        )?;
+        let entries = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<BTreeSet<Entry>>>()?;
+        Ok(Deadlines { entries })
+    }
+
+    /// Applies a committed group's changes, in order, and empties them.
+    pub fn apply(&mut self, changes: &mut Changes) {
+        for change in changes.changes.drain(..) {
+            match change {
+                Change::Set(entry) => self.entries.insert(entry),
+                Change::Clear(entry) => self.entries.remove(&entry),
+            };
+        }
+    }
+
+    /// The entries due at `now`, earliest first, as (deadline, row id).
+    pub fn due(&self, now: Timestamp) -> impl Iterator<Item = (Timestamp, i64)> + '_ {
+        self.entries
+            .range(..=(now.millis(), i64::MAX))
+            .map(|&(deadline, rowid)| (Timestamp(deadline), rowid))
+    }
+
+    /// The earliest deadline after the first `skip` entries.
+    pub fn earliest_after(&self, skip: usize) -> Option<Timestamp> {
+        self.entries.iter().nth(skip).map(|&(d, _)| Timestamp(d))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn due_at(deadlines: &Deadlines, now: i64) -> Vec<(i64, i64)> {
+        deadlines
+            .due(Timestamp(now))
+            .map(|(d, rowid)| (d.millis(), rowid))
+            .collect()
+    }
+
+    #[test]
+    fn changes_apply_in_the_order_they_were_made() {
+        let mut deadlines = Deadlines::default();
+        let mut job = Changes::default();
+        // Leased, extended to the same deadline (cleared and set again), then leased again
+        // after it was acked: the last change of each entry decides.
+        job.set(Timestamp(100), 1);
+        job.clear(Timestamp(100), 1);
+        job.set(Timestamp(100), 1);
+        job.set(Timestamp(50), 2);
+        job.clear(Timestamp(50), 2);
+        let mut group = Changes::default();
+        group.merge(&mut job);
+        assert!(job.changes.is_empty(), "merging empties the job's changes");
+        deadlines.apply(&mut group);
+        assert_eq!(due_at(&deadlines, 1_000), vec![(100, 1)]);
+        assert!(
+            group.changes.is_empty(),
+            "applying empties the group's changes"
+        );
+    }
+
+    #[test]
+    fn due_entries_come_earliest_first_up_to_now() {
+        let mut deadlines = Deadlines::default();
+        let mut changes = Changes::default();
+        for (deadline, rowid) in [(300, 1), (100, 2), (200, 3), (200, 4)] {
+            changes.set(Timestamp(deadline), rowid);
+        }
+        deadlines.apply(&mut changes);
+        assert_eq!(due_at(&deadlines, 200), vec![(100, 2), (200, 3), (200, 4)]);
+        assert_eq!(due_at(&deadlines, 99), vec![]);
+        assert_eq!(deadlines.earliest_after(0), Some(Timestamp(100)));
+        assert_eq!(deadlines.earliest_after(3), Some(Timestamp(300)));
+        assert_eq!(deadlines.earliest_after(4), None);
+    }
+
+    #[test]
+    fn discarded_changes_leave_the_deadlines_as_they_were() {
+        let mut deadlines = Deadlines::default();
+        let mut changes = Changes::default();
+        changes.set(Timestamp(10), 1);
+        deadlines.apply(&mut changes);
+        changes.clear(Timestamp(10), 1);
+        changes.discard();
+        deadlines.apply(&mut changes);
+        assert_eq!(due_at(&deadlines, 10), vec![(10, 1)]);
+    }
+}
