@@ -108,8 +108,8 @@ mod tests {
     fn changes_apply_in_the_order_they_were_made() {
         let mut deadlines = Deadlines::default();
         let mut job = Changes::default();
-        // Leased, extended to the same deadline (cleared and set again), then leased again
-        // after it was acked: the last change of each entry decides.
+        // Row 1 leased, then extended to the same deadline (cleared and set again): due.
+        // Row 2 leased, then acked: gone. The last change of each entry decides.
         job.set(Timestamp(100), 1);
         job.clear(Timestamp(100), 1);
         job.set(Timestamp(100), 1);
