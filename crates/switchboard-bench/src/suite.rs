@@ -24,7 +24,7 @@ use crate::target::Target;
 use crate::workloads::{EVENT_DATA_BYTES, RunOutcome, Settings, Workload};
 
 /// The rates of the latency workload, events per second.
-pub const LATENCY_RATES: [u32; 2] = [1_000, 10_000];
+pub const LATENCY_RATES: [u32; 3] = [100, 1_000, 10_000];
 
 /// Which targets to run and where the peers are.
 #[derive(Debug, clap::Args)]
@@ -35,7 +35,7 @@ pub struct PeerArgs {
     #[arg(long, value_name = "NAMES", value_delimiter = ',')]
     pub only: Vec<String>,
     /// Only these workloads, comma-separated: publish-1, publish-10, publish-100, cycle-1,
-    /// cycle-3, latency-1000, latency-10000 [default: all].
+    /// cycle-3, latency-100, latency-1000, latency-10000 [default: all].
     #[arg(long, value_name = "NAMES", value_delimiter = ',')]
     pub workloads: Vec<String>,
     /// The RabbitMQ broker (not started by the benchmark).
@@ -467,9 +467,10 @@ mod tests {
     #[test]
     fn every_workload_has_key_figures() {
         let list = workloads(&Settings::new(true));
-        assert_eq!(list.len(), 7);
+        assert_eq!(list.len(), 8);
         let keys = key_figures(&list);
         assert!(keys.iter().any(|k| k.workload.contains("10000 events/s")));
+        assert!(keys.iter().any(|k| k.workload.contains("at 100 events/s")));
         assert!(
             keys.iter()
                 .any(|k| k.figure == "RSS growth per 1M stored events")

@@ -74,6 +74,22 @@ pub trait Store: Send + Sync + 'static {
     /// Leases up to `max` ready deliveries of `app`, oldest first.
     fn lease(&self, req: LeaseRequest) -> BoxFuture<'_, Result<Leased>>;
 
+    /// Like [`lease`](Store::lease), but when nothing is ready it may wait, up to `wait` or
+    /// until `woken` completes, for deliveries a publish hands over directly (stored in
+    /// flight, answered once the publish is durable). A backend that cannot returns at once,
+    /// like `lease`, and the caller waits for `woken` itself. The lease itself is never cut
+    /// short: only the wait after it is (dropping a lease in progress would lose what it
+    /// took until its lease expires).
+    fn lease_waiting<'a>(
+        &'a self,
+        req: LeaseRequest,
+        wait: std::time::Duration,
+        woken: Pin<&'a mut (dyn Future<Output = ()> + Send + 'a)>,
+    ) -> BoxFuture<'a, Result<Leased>> {
+        let _ = (wait, woken);
+        self.lease(req)
+    }
+
     /// Acknowledges deliveries held by `app`, all or nothing; returns those that changed
     /// (a repeated ack of the same attempt changes nothing and is not an error).
     fn ack(

@@ -3,10 +3,12 @@
 
 use std::sync::Arc;
 
-use switchboard_core::Timestamp;
+use std::time::Duration;
+
+use switchboard_core::{DeliveryStatus, Timestamp};
 use switchboard_store::conformance::{self, Fixture, T0};
 use switchboard_store::sqlite::SqliteStore;
-use switchboard_store::{AckItem, EventQuery, ExtendItem, Store};
+use switchboard_store::{AckItem, ChannelQuery, EventQuery, ExtendItem, LeaseRequest, Store};
 
 async fn sqlite_fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
@@ -117,6 +119,126 @@ async fn leases_expire_on_their_deadlines_after_reopening() {
     );
     assert_eq!(last.next_deadline, None, "the acked one never expires");
     reopened.close().await;
+}
+
+/// Polls `f` once: enough for a store call to queue its job with the writer.
+async fn poll_once<F: std::future::Future + Unpin>(f: &mut F) {
+    std::future::poll_fn(|cx| {
+        let _ = std::pin::Pin::new(&mut *f).poll(cx);
+        std::task::Poll::Ready(())
+    })
+    .await
+}
+
+fn lease_request(max: u32, now: Timestamp) -> LeaseRequest {
+    LeaseRequest {
+        app: conformance::app("hr"),
+        max,
+        lease_ms: 30_000,
+        now,
+    }
+}
+
+#[tokio::test]
+async fn a_waiting_consumer_is_handed_the_next_publish() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    conformance::register(&store, "hr", &["*"], 8).await;
+    let never = std::pin::pin!(std::future::pending());
+    let mut waiting = store.lease_waiting(lease_request(10, T0), Duration::from_secs(10), never);
+    // Its lease finds nothing and waits before the publish runs (the writer keeps order).
+    poll_once(&mut waiting).await;
+    let published_at = T0.plus_ms(500);
+    let ev = conformance::event("crm", "acme", "user.created", published_at);
+    let p = conformance::publish_to(&store, ev, &["hr"]).await;
+
+    assert_eq!(
+        p.deliveries[0].status,
+        DeliveryStatus::InFlight,
+        "the publish says where its delivery went"
+    );
+    let handed = waiting.await.unwrap();
+    assert_eq!(handed.deliveries.len(), 1);
+    let d = &handed.deliveries[0];
+    assert_eq!((&d.id, d.attempt), (&p.deliveries[0].id, 1));
+    assert_eq!(d.event.id, p.id);
+    assert_eq!(
+        d.lease_expires_at,
+        published_at.plus_ms(30_000),
+        "leased by the publish itself"
+    );
+    let record = store.event(p.id.clone()).await.unwrap().unwrap();
+    assert_eq!(record.deliveries[0].status, DeliveryStatus::InFlight);
+    let channels = store
+        .channels(ChannelQuery {
+            tenant: None,
+            since: Timestamp(0),
+            now: published_at,
+        })
+        .await
+        .unwrap();
+    let c = &channels[0];
+    assert_eq!((c.published, c.pending, c.in_flight), (1, 0, 1));
+    let ack = AckItem {
+        id: d.id.clone(),
+        attempt: Some(1),
+        data: None,
+    };
+    store
+        .ack(conformance::app("hr"), vec![ack], published_at.plus_ms(1))
+        .await
+        .unwrap();
+    let expired = store
+        .expire_leases(published_at.plus_ms(60_000), 100)
+        .await
+        .unwrap();
+    assert_eq!(expired.count, 0, "an acked hand-off never expires");
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_consumer_that_stopped_waiting_is_handed_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    conformance::register(&store, "hr", &["*"], 8).await;
+    let gave_up = store
+        .lease_waiting(
+            lease_request(10, T0),
+            Duration::from_millis(1),
+            std::pin::pin!(std::future::pending()),
+        )
+        .await
+        .unwrap();
+    assert!(gave_up.deliveries.is_empty());
+    let ev = conformance::event("crm", "acme", "user.created", T0.plus_ms(5));
+    let p = conformance::publish_to(&store, ev, &["hr"]).await;
+    let record = store.event(p.id).await.unwrap().unwrap();
+    assert_eq!(record.deliveries[0].status, DeliveryStatus::Pending);
+    let leased = store
+        .lease(lease_request(10, T0.plus_ms(10)))
+        .await
+        .unwrap();
+    assert_eq!(leased.deliveries.len(), 1);
+    assert_eq!(leased.deliveries[0].lease_expires_at, T0.plus_ms(30_010));
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_wake_up_ends_the_wait_and_nothing_is_handed_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    conformance::register(&store, "hr", &["*"], 8).await;
+    let woken = std::pin::pin!(std::future::ready(()));
+    let left = store
+        .lease_waiting(lease_request(10, T0), Duration::from_secs(3600), woken)
+        .await
+        .unwrap();
+    assert!(left.deliveries.is_empty());
+    let ev = conformance::event("crm", "acme", "user.created", T0.plus_ms(5));
+    let p = conformance::publish_to(&store, ev, &["hr"]).await;
+    let record = store.event(p.id).await.unwrap().unwrap();
+    assert_eq!(record.deliveries[0].status, DeliveryStatus::Pending);
+    store.close().await;
 }
 
 #[tokio::test]

@@ -79,18 +79,30 @@ pub async fn consume(
         tokio::pin!(notified);
         notified.as_mut().enable();
         let now = clock::now();
-        let leased = state
-            .store
-            .lease(LeaseRequest {
-                app: app.clone(),
-                max: max as u32,
-                lease_ms,
-                now,
-            })
-            .await?;
+        // A store that can hands this consumer a publish's deliveries while it waits; the
+        // wake-up (or shutdown) ends that wait, for what becomes ready otherwise (a retry, an
+        // expired lease, a requeue). The lease itself always runs to its end.
+        let request = LeaseRequest {
+            app: app.clone(),
+            max: max as u32,
+            lease_ms,
+            now,
+        };
+        let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let leased = {
+            let woken = async {
+                tokio::select! {
+                    _ = notified.as_mut() => {}
+                    _ = state.shutdown.cancelled() => {}
+                }
+            };
+            tokio::pin!(woken);
+            state.store.lease_waiting(request, wait, woken).await?
+        };
         if !leased.deliveries.is_empty() {
             state.sweeper.lease_deadline(now.plus_ms(lease_ms));
-            state.observe.leased(&app, &leased.deliveries, now);
+            // When they were handed over, which for a hand-off is after `now`.
+            state.observe.leased(&app, &leased.deliveries, clock::now());
             break leased.deliveries;
         }
         let until = match leased.next_ready_at {

@@ -6,6 +6,7 @@
 mod checkpoint;
 mod counters;
 mod deadlines;
+mod handoff;
 mod keys;
 mod read;
 mod rows;
@@ -13,7 +14,9 @@ mod schema;
 mod write;
 mod writer;
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -79,6 +82,36 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 impl SqliteStore {
+    /// A lease; with `park`, one that finds nothing leaves its consumer waiting in the writer
+    /// for a publish to hand it deliveries (handoff.rs).
+    ///
+    /// A lease a crash undoes leaves the delivery pending: handed out again, nothing lost.
+    /// The writer changes the rows; the events are read after its commit, off the writer.
+    /// Should that read fail, the caller gets the error and the deliveries stay leased until
+    /// their lease expires: handed out again then, like any lost answer.
+    async fn lease_or_park(
+        &self,
+        req: LeaseRequest,
+        park: Option<handoff::Parked>,
+    ) -> Result<Leased> {
+        let leased = self
+            .writer
+            .write_as(Answer::AtCommit, Undo::Group, move |ctx| {
+                write::lease(ctx, req, park)
+            })
+            .await?;
+        if leased.rows.is_empty() {
+            return Ok(Leased {
+                deliveries: Vec::new(),
+                next_ready_at: leased.next_ready_at,
+            });
+        }
+        self.describe(leased.rows.len(), move |conn| {
+            read::leased_events(conn, leased)
+        })
+        .await
+    }
+
     /// Opens (or creates) the store in `dir`, running any pending migrations.
     pub fn open(dir: &Path) -> Result<SqliteStore> {
         std::fs::create_dir_all(dir).map_err(|e| {
@@ -258,27 +291,50 @@ impl Store for SqliteStore {
     }
 
     fn lease(&self, req: LeaseRequest) -> BoxFuture<'_, Result<Leased>> {
-        // A lease a crash undoes leaves the delivery pending: handed out again, nothing lost.
-        // The writer changes the rows; the events are read after its commit, off the writer.
-        // Should that read fail, the caller gets the error and the deliveries stay leased
-        // until their lease expires: handed out again then, like any lost answer.
+        Box::pin(self.lease_or_park(req, None))
+    }
+
+    fn lease_waiting<'a>(
+        &'a self,
+        req: LeaseRequest,
+        wait: std::time::Duration,
+        woken: Pin<&'a mut (dyn Future<Output = ()> + Send + 'a)>,
+    ) -> BoxFuture<'a, Result<Leased>> {
         Box::pin(async move {
-            let leased = self
-                .writer
-                .write_as(Answer::AtCommit, Undo::Group, move |ctx| {
-                    write::lease(ctx, req)
-                })
-                .await?;
-            if leased.rows.is_empty() {
-                return Ok(Leased {
-                    deliveries: Vec::new(),
-                    next_ready_at: leased.next_ready_at,
-                });
+            if wait.is_zero() {
+                return self.lease_or_park(req, None).await;
             }
-            self.describe(leased.rows.len(), move |conn| {
-                read::leased_events(conn, leased)
-            })
-            .await
+            let now = req.now;
+            let (reply, handed) = tokio::sync::oneshot::channel();
+            let consumer = handoff::Parked {
+                max: req.max,
+                lease_ms: req.lease_ms,
+                reply,
+            };
+            let leased = self.lease_or_park(req, Some(consumer)).await?;
+            if !leased.deliveries.is_empty() {
+                return Ok(leased);
+            }
+            // Parked: wait for a publish to hand deliveries over, but no longer than until a
+            // retry becomes ready (the caller leases again then). Giving up drops `handed`: a
+            // publish that took this consumer meanwhile releases what it handed.
+            let wait = match leased.next_ready_at {
+                Some(ready) => wait.min(std::time::Duration::from_millis(ready.since(now))),
+                None => wait,
+            };
+            tokio::select! {
+                biased;
+                got = handed => match got {
+                    Ok(deliveries) => Ok(Leased {
+                        deliveries,
+                        next_ready_at: None,
+                    }),
+                    // The publish that took this consumer failed: nothing was stored.
+                    Err(_) => Ok(leased),
+                },
+                _ = woken => Ok(leased),
+                _ = tokio::time::sleep(wait) => Ok(leased),
+            }
         })
     }
 
@@ -417,6 +473,7 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    use futures_util::FutureExt;
     use rusqlite::{OptionalExtension, StatementStatus};
 
     use super::*;
@@ -431,6 +488,72 @@ mod tests {
             stmt.query_row([id], |_| Ok(())).optional().expect("query");
         }
         stmt.get_status(StatementStatus::RePrepare)
+    }
+
+    /// Polls `f` once: enough for a store call to queue its job with the writer.
+    async fn poll_once<F: std::future::Future + Unpin>(f: &mut F) {
+        std::future::poll_fn(|cx| {
+            let _ = std::pin::Pin::new(&mut *f).poll(cx);
+            std::task::Poll::Ready(())
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn deliveries_handed_to_a_consumer_that_left_go_back_to_pending() {
+        use crate::conformance::{self, T0};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(dir.path()).expect("open");
+        conformance::register(&store, "hr", &["*"], 8).await;
+        let request = |now| LeaseRequest {
+            app: conformance::app("hr"),
+            max: 10,
+            lease_ms: 30_000,
+            now,
+        };
+        let never = std::pin::pin!(std::future::pending());
+        let mut waiting =
+            store.lease_waiting(request(T0), std::time::Duration::from_secs(10), never);
+        poll_once(&mut waiting).await;
+        let ev = conformance::event("crm", "acme", "user.created", T0.plus_ms(1));
+        let mut publish = conformance::publish_to(&store, ev, &["hr"]).boxed();
+        poll_once(&mut publish).await;
+        // Hold the writer after the publish took the consumer, before its group commits.
+        let (running_tx, running) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel::<()>();
+        let mut hold = store
+            .writer
+            .write(move |_| {
+                running_tx.send(()).expect("running");
+                go_rx.recv().expect("go");
+                Ok(())
+            })
+            .boxed();
+        poll_once(&mut hold).await;
+        running.recv().expect("the hold runs");
+        // The consumer leaves with the deliveries already on their way to it.
+        drop(waiting);
+        go.send(()).expect("go");
+        let published = publish.await;
+        hold.await.expect("hold");
+        // The release was queued before the publisher was answered: a lease finds it again.
+        let leased = store.lease(request(T0.plus_ms(2))).await.expect("lease");
+        assert_eq!(leased.deliveries.len(), 1);
+        let d = &leased.deliveries[0];
+        assert_eq!(d.id, published.deliveries[0].id);
+        assert_eq!(d.attempt, 1, "the handed attempt was given back");
+        assert_eq!(d.lease_expires_at, T0.plus_ms(30_002));
+        let record = store
+            .event(published.id)
+            .await
+            .expect("event")
+            .expect("stored");
+        assert_eq!(
+            record.deliveries[0].history.len(),
+            1,
+            "no attempt left behind"
+        );
+        store.close().await;
     }
 
     #[test]

@@ -11,6 +11,7 @@ use switchboard_core::{
 };
 
 use super::counters::{Counters, HOUR, MINUTE};
+use super::handoff::{self, Handoffs, Parked};
 use super::rows::{self, delivery_id, delivery_rowid, join_targets, load_app, subscriptions_json};
 use super::writer::WriteCtx;
 use crate::{
@@ -114,6 +115,8 @@ fn release_next(
 pub struct PublishedRows {
     events: Vec<NewEvent>,
     outcomes: Vec<Outcome>,
+    /// The deliveries handed to a waiting consumer: in flight from their insert.
+    handed: HashSet<i64>,
 }
 
 /// What became of one published event.
@@ -140,7 +143,10 @@ impl PublishedRows {
                         .map(|(route, id)| DeliveryState {
                             id: delivery_id(id),
                             target: route.app,
-                            status: DeliveryStatus::Pending,
+                            status: match self.handed.contains(&id) {
+                                true => DeliveryStatus::InFlight,
+                                false => DeliveryStatus::Pending,
+                            },
                         })
                         .collect(),
                 },
@@ -175,6 +181,9 @@ pub fn publish(
     };
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(events.len());
     let mut unordered: Vec<NewDelivery<'_>> = Vec::new();
+    // Fresh unordered deliveries for a consumer that is long-polling go to it in flight.
+    let mut handoffs = Handoffs::default();
+    let mut insert_handed: Option<rusqlite::CachedStatement<'_>> = None;
     let mut keys_here: HashSet<(&str, &str)> = HashSet::new();
     for NewEvent { event, targets } in &events {
         if let Some(key) = &event.idempotency_key {
@@ -232,13 +241,45 @@ pub fn publish(
                         blocked
                     ])?;
                 }
-                None => unordered.push(NewDelivery {
-                    id,
-                    seq,
-                    target: route.app.as_str(),
-                    tenant: event.tenant.as_str(),
-                    source: event.source.as_str(),
-                }),
+                None => match handoffs.consumer_for(&mut ctx.parked, route.app.as_str(), now) {
+                    Some(hand) => {
+                        let insert = match &mut insert_handed {
+                            Some(stmt) => stmt,
+                            None => insert_handed.insert(ctx.conn.prepare_cached(
+                                "INSERT INTO deliveries (id, event_seq, target, tenant, source, \
+                                 status, attempts, available_at, lease_expires_at, leased_at, \
+                                 created_at, updated_at) \
+                                 VALUES (?1, ?2, ?3, ?4, ?5, 1, 1, ?6, ?7, ?6, ?6, ?6)",
+                            )?),
+                        };
+                        insert.execute(params![
+                            id,
+                            seq,
+                            route.app.as_str(),
+                            event.tenant.as_str(),
+                            event.source.as_str(),
+                            now.millis(),
+                            hand.1.millis()
+                        ])?;
+                        ctx.deadline_changes.set(hand.1, id);
+                        handoffs.add(hand, id, event);
+                        let c = counters.of(
+                            event.tenant.as_str(),
+                            event.source.as_str(),
+                            route.app.as_str(),
+                        );
+                        c.published += 1;
+                        c.in_flight += 1;
+                        continue;
+                    }
+                    None => unordered.push(NewDelivery {
+                        id,
+                        seq,
+                        target: route.app.as_str(),
+                        tenant: event.tenant.as_str(),
+                        source: event.source.as_str(),
+                    }),
+                },
             }
             let c = counters.of(
                 event.tenant.as_str(),
@@ -249,12 +290,18 @@ pub fn publish(
             c.pending += 1;
         }
     }
-    drop((insert_event, insert_ordered));
+    drop((insert_event, insert_ordered, insert_handed));
     insert_deliveries(&ctx.conn, &mut unordered, now)?;
     drop(unordered);
     ctx.next_delivery_id = Some(next_id);
     ctx.counted(counters, now);
-    Ok(PublishedRows { events, outcomes })
+    let handed: HashSet<i64> = handoffs.rowids().collect();
+    handoffs.answer_when_durable(ctx, now);
+    Ok(PublishedRows {
+        events,
+        outcomes,
+        handed,
+    })
 }
 
 /// An unordered delivery a publish inserts, with its id.
@@ -373,7 +420,13 @@ pub struct LeasedRows {
 }
 
 /// Runs without a savepoint (`Undo::Group`): it returns an error only for a database error.
-pub fn lease(ctx: &mut WriteCtx, req: LeaseRequest) -> Result<LeasedRows, StoreError> {
+/// With `park`, a lease that finds nothing leaves its consumer waiting for a publish to hand
+/// it deliveries (see handoff.rs).
+pub fn lease(
+    ctx: &mut WriteCtx,
+    req: LeaseRequest,
+    park: Option<Parked>,
+) -> Result<LeasedRows, StoreError> {
     let conn = &ctx.conn;
     let now = req.now.millis();
     let expires = req.now.plus_ms(req.lease_ms);
@@ -428,6 +481,11 @@ pub fn lease(ctx: &mut WriteCtx, req: LeaseRequest) -> Result<LeasedRows, StoreE
     drop((ready, set_leased));
     if written.is_none_or(|at| now - at >= 1000) {
         ctx.consumed_written.insert(req.app.to_string(), now);
+    }
+    if let Some(consumer) = park
+        && rows.is_empty()
+    {
+        handoff::park(ctx, req.app.as_str(), consumer);
     }
     ctx.counted(counters, req.now);
     Ok(LeasedRows {

@@ -11,8 +11,10 @@
 //! write of a lightly loaded server (p99 at 1,000 events/s −35%, single publishes +10–30%).
 //! The one exception, [`Answer::AtCommit`] (leases), is answered at its commit. A job that
 //! fails rolls back its savepoint alone, or, for a job that promises to fail only before its
-//! first change ([`Undo::Group`]), there is nothing to roll back. Nothing here knows what the
-//! jobs do.
+//! first change ([`Undo::Group`]), there is nothing to roll back. A job may also ask for
+//! something to run once its group is durable, before the group's answers
+//! ([`WriteCtx::when_durable`]), and such code may queue a follow-up write nobody waits for
+//! ([`FollowUp`]). Nothing here knows what the jobs do.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -29,6 +31,7 @@ use switchboard_core::Timestamp;
 use super::checkpoint::{self, WalProgress};
 use super::counters::{Counters, Pending};
 use super::deadlines::{Changes, Deadlines};
+use super::handoff;
 use crate::StoreError;
 
 /// At most this many jobs share one transaction.
@@ -56,6 +59,15 @@ pub struct WriteCtx {
     pub deadline_changes: Changes,
     /// Deadline changes of the group's successful jobs, applied once it commits.
     group_deadline_changes: Changes,
+    /// What the running job asked to run once its group is durable; kept only if it succeeds.
+    job_when_durable: Vec<Completion>,
+    /// The same for the group's successful jobs: run before the jobs' own answers.
+    group_when_durable: Vec<Completion>,
+    /// Consumers long-polling in the writer, by target app, for a publish to hand
+    /// deliveries to (see `write::publish`). Not part of any transaction.
+    pub parked: HashMap<String, Vec<handoff::Parked>>,
+    /// The writer's own queue, for follow-up writes nobody waits for.
+    follow_up: mpsc::WeakUnboundedSender<Msg>,
     /// When each app's last consume was written, to write it at most once a second.
     pub consumed_written: HashMap<String, i64>,
     /// The checkpointer's view of the WAL, to restart it when due.
@@ -86,18 +98,31 @@ impl WriteCtx {
         self.job_counters.absorb(counters, now);
     }
 
-    /// Ends a job's counter and deadline changes: kept for the group's commit if it
-    /// succeeded, else dropped.
+    /// Runs `f` once the running job's group is durable (`true`), or could not be made so
+    /// (`false`), before the group's jobs are answered; dropped if the job fails.
+    pub fn when_durable(&mut self, f: impl FnOnce(bool) + Send + 'static) {
+        self.job_when_durable.push(Box::new(f));
+    }
+
+    /// A handle that queues follow-up writes from outside the writer (a completion).
+    pub fn follow_up(&self) -> FollowUp {
+        FollowUp(self.follow_up.clone())
+    }
+
+    /// Ends a job's counter and deadline changes and what it asked to run once durable:
+    /// kept for the group's commit if it succeeded, else dropped.
     fn end_job(&mut self, succeeded: bool) {
         match succeeded {
             true => {
                 self.group_counters.merge(&mut self.job_counters);
                 self.group_deadline_changes
                     .merge(&mut self.deadline_changes);
+                self.group_when_durable.append(&mut self.job_when_durable);
             }
             false => {
                 self.job_counters.clear();
                 self.deadline_changes.discard();
+                self.job_when_durable.clear();
             }
         }
     }
@@ -105,6 +130,27 @@ impl WriteCtx {
 
 type Completion = Box<dyn FnOnce(bool) + Send>;
 type Job = Box<dyn FnOnce(&mut WriteCtx) -> Completion + Send>;
+
+/// Queues writes that nobody waits for, from outside the writer thread; does nothing once
+/// the writer is gone.
+#[derive(Clone)]
+pub struct FollowUp(mpsc::WeakUnboundedSender<Msg>);
+
+impl FollowUp {
+    /// Runs `f` in its own savepoint of a coming group; a failure is logged.
+    pub fn write(&self, f: impl FnOnce(&mut WriteCtx) -> Result<(), StoreError> + Send + 'static) {
+        let Some(tx) = self.0.upgrade() else {
+            return;
+        };
+        let job: Job = Box::new(move |ctx| {
+            if let Err(e) = in_savepoint(ctx, f) {
+                tracing::warn!(error = %e, "a follow-up write failed");
+            }
+            Box::new(|_| {})
+        });
+        let _ = tx.send(Msg::Job(Answer::AtCommit, job));
+    }
+}
 
 /// When a job's caller is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,6 +221,10 @@ impl Writer {
             deadlines,
             deadline_changes: Changes::default(),
             group_deadline_changes: Changes::default(),
+            job_when_durable: Vec::new(),
+            group_when_durable: Vec::new(),
+            parked: HashMap::new(),
+            follow_up: tx.downgrade(),
             consumed_written: HashMap::new(),
             wal_progress,
             durable_seq,
@@ -466,7 +516,12 @@ fn roll_back_group(ctx: &mut WriteCtx, group: Group) {
     }
     ctx.group_counters.clear();
     ctx.group_deadline_changes.discard();
-    for complete in group.after_fsync.into_iter().chain(group.at_commit) {
+    let extra = std::mem::take(&mut ctx.group_when_durable);
+    for complete in extra
+        .into_iter()
+        .chain(group.after_fsync)
+        .chain(group.at_commit)
+    {
         complete(false);
     }
 }
@@ -480,10 +535,14 @@ fn commit_group(
 ) -> bool {
     let size = group.len();
     let Group {
-        after_fsync,
+        after_fsync: answers,
         at_commit,
         began,
     } = group;
+    // What jobs asked to run once durable goes first: a consumer handed deliveries by a
+    // publish has them before that publish's caller is answered (and wakes consumers).
+    let mut after_fsync = std::mem::take(&mut ctx.group_when_durable);
+    after_fsync.extend(answers);
     let started = std::time::Instant::now();
     let flushed = ctx.group_counters.flush(&ctx.conn);
     ctx.group_counters.clear();
