@@ -169,6 +169,16 @@ pub fn route(target: &str) -> Route {
 }
 
 /// Publishes one event to `targets` (`!hr` for an ordered route) at `time`.
+/// Polls `f` once: enough for a store call to queue its work (with SQLite, its job with the
+/// writer, which runs jobs in the order they came), without waiting for it.
+pub async fn poll_once<F: std::future::Future + Unpin>(f: &mut F) {
+    std::future::poll_fn(|cx| {
+        let _ = std::pin::Pin::new(&mut *f).poll(cx);
+        std::task::Poll::Ready(())
+    })
+    .await
+}
+
 pub async fn publish_to(store: &dyn Store, ev: Event, targets: &[&str]) -> Published {
     let time = ev.time;
     let targets = targets.iter().map(|t| route(t)).collect();

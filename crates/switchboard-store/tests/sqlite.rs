@@ -121,15 +121,6 @@ async fn leases_expire_on_their_deadlines_after_reopening() {
     reopened.close().await;
 }
 
-/// Polls `f` once: enough for a store call to queue its job with the writer.
-async fn poll_once<F: std::future::Future + Unpin>(f: &mut F) {
-    std::future::poll_fn(|cx| {
-        let _ = std::pin::Pin::new(&mut *f).poll(cx);
-        std::task::Poll::Ready(())
-    })
-    .await
-}
-
 fn lease_request(max: u32, now: Timestamp) -> LeaseRequest {
     LeaseRequest {
         app: conformance::app("hr"),
@@ -147,7 +138,7 @@ async fn a_waiting_consumer_is_handed_the_next_publish() {
     let never = std::pin::pin!(std::future::pending());
     let mut waiting = store.lease_waiting(lease_request(10, T0), Duration::from_secs(10), never);
     // Its lease finds nothing and waits before the publish runs (the writer keeps order).
-    poll_once(&mut waiting).await;
+    conformance::poll_once(&mut waiting).await;
     let published_at = T0.plus_ms(500);
     let ev = conformance::event("crm", "acme", "user.created", published_at);
     let p = conformance::publish_to(&store, ev, &["hr"]).await;

@@ -490,15 +490,6 @@ mod tests {
         stmt.get_status(StatementStatus::RePrepare)
     }
 
-    /// Polls `f` once: enough for a store call to queue its job with the writer.
-    async fn poll_once<F: std::future::Future + Unpin>(f: &mut F) {
-        std::future::poll_fn(|cx| {
-            let _ = std::pin::Pin::new(&mut *f).poll(cx);
-            std::task::Poll::Ready(())
-        })
-        .await
-    }
-
     #[tokio::test]
     async fn deliveries_handed_to_a_consumer_that_left_go_back_to_pending() {
         use crate::conformance::{self, T0};
@@ -514,10 +505,10 @@ mod tests {
         let never = std::pin::pin!(std::future::pending());
         let mut waiting =
             store.lease_waiting(request(T0), std::time::Duration::from_secs(10), never);
-        poll_once(&mut waiting).await;
+        conformance::poll_once(&mut waiting).await;
         let ev = conformance::event("crm", "acme", "user.created", T0.plus_ms(1));
         let mut publish = conformance::publish_to(&store, ev, &["hr"]).boxed();
-        poll_once(&mut publish).await;
+        conformance::poll_once(&mut publish).await;
         // Hold the writer after the publish took the consumer, before its group commits.
         let (running_tx, running) = std::sync::mpsc::channel();
         let (go, go_rx) = std::sync::mpsc::channel::<()>();
@@ -529,7 +520,7 @@ mod tests {
                 Ok(())
             })
             .boxed();
-        poll_once(&mut hold).await;
+        conformance::poll_once(&mut hold).await;
         running.recv().expect("the hold runs");
         // The consumer leaves with the deliveries already on their way to it.
         drop(waiting);

@@ -217,7 +217,8 @@ pub fn publish(
         for route in targets {
             let id = next_id;
             next_id += 1;
-            match order_key(route, event) {
+            // Whether it goes straight to a waiting consumer, in flight.
+            let handed = match order_key(route, event) {
                 // Whether it waits for an earlier one of its entity depends on the rows
                 // before it: inserted at once.
                 Some(key) => {
@@ -240,6 +241,7 @@ pub fn publish(
                         key,
                         blocked
                     ])?;
+                    false
                 }
                 None => match handoffs.consumer_for(&mut ctx.parked, route.app.as_str(), now) {
                     Some(hand) => {
@@ -263,31 +265,30 @@ pub fn publish(
                         ])?;
                         ctx.deadline_changes.set(hand.1, id);
                         handoffs.add(hand, id, event);
-                        let c = counters.of(
-                            event.tenant.as_str(),
-                            event.source.as_str(),
-                            route.app.as_str(),
-                        );
-                        c.published += 1;
-                        c.in_flight += 1;
-                        continue;
+                        true
                     }
-                    None => unordered.push(NewDelivery {
-                        id,
-                        seq,
-                        target: route.app.as_str(),
-                        tenant: event.tenant.as_str(),
-                        source: event.source.as_str(),
-                    }),
+                    None => {
+                        unordered.push(NewDelivery {
+                            id,
+                            seq,
+                            target: route.app.as_str(),
+                            tenant: event.tenant.as_str(),
+                            source: event.source.as_str(),
+                        });
+                        false
+                    }
                 },
-            }
+            };
             let c = counters.of(
                 event.tenant.as_str(),
                 event.source.as_str(),
                 route.app.as_str(),
             );
             c.published += 1;
-            c.pending += 1;
+            match handed {
+                true => c.in_flight += 1,
+                false => c.pending += 1,
+            }
         }
     }
     drop((insert_event, insert_ordered, insert_handed));
