@@ -64,7 +64,7 @@ pub struct WriteCtx {
     /// The same for the group's successful jobs: run before the jobs' own answers.
     group_when_durable: Vec<Completion>,
     /// Consumers long-polling in the writer, by target app, for a publish to hand
-    /// deliveries to (see `write::publish`). Not part of any transaction.
+    /// deliveries to (see handoff.rs). Not part of any transaction.
     pub parked: HashMap<String, Vec<handoff::Parked>>,
     /// The writer's own queue, for follow-up writes nobody waits for.
     follow_up: mpsc::WeakUnboundedSender<Msg>,
