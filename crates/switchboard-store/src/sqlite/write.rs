@@ -223,14 +223,13 @@ pub fn publish(
                 // before it: inserted at once.
                 Some(key) => {
                     let blocked = has_open(ctx, route.app.as_str(), &key, -1)?;
-                    let insert = match &mut insert_ordered {
-                        Some(stmt) => stmt,
-                        None => insert_ordered.insert(ctx.conn.prepare_cached(
-                            "INSERT INTO deliveries (id, event_seq, target, tenant, source, \
-                             status, available_at, created_at, updated_at, order_key, blocked) \
-                             VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?6, ?6, ?7, ?8)",
-                        )?),
-                    };
+                    let insert = prepared_once(
+                        &mut insert_ordered,
+                        &ctx.conn,
+                        "INSERT INTO deliveries (id, event_seq, target, tenant, source, \
+                         status, available_at, created_at, updated_at, order_key, blocked) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?6, ?6, ?7, ?8)",
+                    )?;
                     insert.execute(params![
                         id,
                         seq,
@@ -245,15 +244,14 @@ pub fn publish(
                 }
                 None => match handoffs.consumer_for(&mut ctx.parked, route.app.as_str(), now) {
                     Some(hand) => {
-                        let insert = match &mut insert_handed {
-                            Some(stmt) => stmt,
-                            None => insert_handed.insert(ctx.conn.prepare_cached(
-                                "INSERT INTO deliveries (id, event_seq, target, tenant, source, \
-                                 status, attempts, available_at, lease_expires_at, leased_at, \
-                                 created_at, updated_at) \
-                                 VALUES (?1, ?2, ?3, ?4, ?5, 1, 1, ?6, ?7, ?6, ?6, ?6)",
-                            )?),
-                        };
+                        let insert = prepared_once(
+                            &mut insert_handed,
+                            &ctx.conn,
+                            "INSERT INTO deliveries (id, event_seq, target, tenant, source, \
+                             status, attempts, available_at, lease_expires_at, leased_at, \
+                             created_at, updated_at) \
+                             VALUES (?1, ?2, ?3, ?4, ?5, 1, 1, ?6, ?7, ?6, ?6, ?6)",
+                        )?;
                         insert.execute(params![
                             id,
                             seq,
@@ -303,6 +301,19 @@ pub fn publish(
         outcomes,
         handed,
     })
+}
+
+/// The statement in `slot`, prepared at its first use: a publish needs some statements only
+/// for a few of its deliveries, and looks each up once, not once per row.
+fn prepared_once<'s, 'c>(
+    slot: &'s mut Option<rusqlite::CachedStatement<'c>>,
+    conn: &'c rusqlite::Connection,
+    sql: &str,
+) -> Result<&'s mut rusqlite::CachedStatement<'c>, StoreError> {
+    match slot {
+        Some(stmt) => Ok(stmt),
+        None => Ok(slot.insert(conn.prepare_cached(sql)?)),
+    }
 }
 
 /// An unordered delivery a publish inserts, with its id.
@@ -515,10 +526,10 @@ struct Held {
     order_key: Option<String>,
 }
 
-/// The columns [`held_from_row`] reads.
-const HELD_COLS: &str = "d.id, d.tenant, d.source, d.target, d.status, d.attempts, \
-     d.budget_base, d.failed_attempts, d.order_key, e.id, e.type, d.leased_at, \
-     d.lease_expires_at FROM deliveries d JOIN events e ON e.seq = d.event_seq";
+/// A delivery by its row id, with the columns [`held_from_row`] reads.
+const HELD_BY_ROWID: &str = "SELECT d.id, d.tenant, d.source, d.target, d.status, \
+     d.attempts, d.budget_base, d.failed_attempts, d.order_key, e.id, e.type, d.leased_at, \
+     d.lease_expires_at FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE d.id = ?1";
 
 fn held_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Held> {
     Ok(Held {
@@ -562,16 +573,19 @@ impl Held {
 
 /// Loads a delivery of `app`; another app's delivery is reported exactly like a missing one.
 fn held(ctx: &WriteCtx, app: Option<&AppId>, id: &DeliveryId) -> Result<Held, StoreError> {
-    let rowid = delivery_rowid(id)?;
-    let row = ctx
-        .conn
-        .prepare_cached(&format!("SELECT {HELD_COLS} WHERE d.id = ?1"))?
-        .query_row([rowid], held_from_row)
-        .optional()?;
-    match row {
+    match held_row(ctx, delivery_rowid(id)?)? {
         Some(h) if app.is_none_or(|a| a.as_str() == h.target) => Ok(h),
         _ => Err(StoreError::UnknownDelivery(id.clone())),
     }
+}
+
+/// The delivery with row id `rowid`, as [`Held`], if there is one.
+fn held_row(ctx: &WriteCtx, rowid: i64) -> Result<Option<Held>, StoreError> {
+    Ok(ctx
+        .conn
+        .prepare_cached(HELD_BY_ROWID)?
+        .query_row([rowid], held_from_row)
+        .optional()?)
 }
 
 /// Checks that the caller holds the current lease: in flight, and on the attempt it names.
@@ -860,15 +874,12 @@ pub fn expire_leases(
     // and one that is stale (the row no longer in flight until then) is only dropped.
     let mut expired = Vec::new();
     let mut walked = 0;
-    let mut load = ctx
-        .conn
-        .prepare_cached(&format!("SELECT {HELD_COLS} WHERE d.id = ?1"))?;
     for (deadline, rowid) in ctx.deadlines.due(now) {
         if expired.len() == limit {
             break;
         }
         walked += 1;
-        match load.query_row([rowid], held_from_row).optional()? {
+        match held_row(ctx, rowid)? {
             Some(held)
                 if held.status == DeliveryStatus::InFlight
                     && held.lease_expires_at == Some(deadline) =>
@@ -878,7 +889,6 @@ pub fn expire_leases(
             _ => ctx.deadline_changes.clear(deadline, rowid),
         }
     }
-    drop(load);
     let mut settings: HashMap<String, AppSettings> = HashMap::new();
     let mut apps = BTreeSet::new();
     let count = expired.len();
