@@ -120,6 +120,16 @@ pub fn prometheus() -> &'static PrometheusHandle {
                     ],
                 )
             })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(
+                        "switchboard_store_commit_wal_pages".into(),
+                    ),
+                    &[
+                        1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+                    ],
+                )
+            })
             .expect("static bucket lists are valid")
             .build_recorder();
         let handle = recorder.handle();

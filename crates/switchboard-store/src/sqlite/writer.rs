@@ -194,13 +194,14 @@ impl Writer {
     /// `wal` is the database's WAL file, which the syncer fsyncs; `deadlines` those of the
     /// leases in the database; `max_group_age` is [`MAX_GROUP_AGE`] but in tests.
     pub fn spawn(
-        conn: Connection,
+        mut conn: Connection,
         deadlines: Deadlines,
         seed: u64,
         wal: File,
         wal_progress: Arc<WalProgress>,
         max_group_age: std::time::Duration,
     ) -> std::io::Result<(Writer, JoinHandle<()>)> {
+        count_wal_pages(&mut conn)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (sync_tx, sync_rx) = std_mpsc::channel::<ToSync>();
         let synced_tx = tx.clone();
@@ -294,6 +295,27 @@ impl Writer {
             let _ = wait.await;
         }
     }
+}
+
+/// Records how many pages each commit appends to the WAL
+/// (`switchboard_store_commit_wal_pages`): what an fsync carries, 4 KiB a page. SQLite calls
+/// the hook after each commit with the WAL's length in pages, which starts over after a
+/// checkpoint restarts it. The hook replaces SQLite's automatic checkpoint, which the store
+/// turns off anyway (see checkpoint.rs).
+fn count_wal_pages(conn: &mut Connection) -> std::io::Result<()> {
+    let mut before = 0;
+    conn.wal_hook(Some(
+        move |_: &mut rusqlite::hooks::Wal, pages: std::ffi::c_int| {
+            let added = match pages >= before {
+                true => pages - before,
+                false => pages,
+            };
+            before = pages;
+            metrics::histogram!("switchboard_store_commit_wal_pages").record(f64::from(added));
+            Ok(())
+        },
+    ))
+    .map_err(std::io::Error::other)
 }
 
 /// Runs an [`Undo::Savepoint`] job: a failure rolls back its own changes and nothing else.

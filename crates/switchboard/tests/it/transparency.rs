@@ -335,6 +335,7 @@ async fn prometheus_metrics() {
         "switchboard_deliveries_pending{app=\"metricshr\"} 0",
         "switchboard_store_commit_seconds_bucket",
         "switchboard_store_group_size_bucket",
+        "switchboard_store_commit_wal_pages_bucket{le=\"4096\"}",
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
