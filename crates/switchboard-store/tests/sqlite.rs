@@ -257,7 +257,8 @@ async fn concurrent_writers_are_grouped_and_all_durable() {
 }
 
 mod counters {
-    //! The counters against a full recount of the stored deliveries, after random work.
+    //! The counters against a full recount of the stored deliveries, after random work; and
+    //! the lease deadlines and leasable deliveries kept in memory against the table.
 
     use std::collections::BTreeMap;
 
@@ -323,13 +324,16 @@ mod counters {
     /// (pending, in_flight, failing, dead, published, acknowledged, failed_attempts, latencies)
     type Figures = [u64; 8];
 
-    /// What a run ends with: the counters, a recount of the rows, and how many deliveries
-    /// were in flight against how many leases expire once every deadline has passed.
+    /// What a run ends with: the counters, a recount of the rows, how many deliveries were
+    /// in flight against how many leases expire once every deadline has passed, and how many
+    /// are then pending against how many a lease takes once every retry is due.
     struct Ending {
         counted: BTreeMap<String, Figures>,
         recounted: BTreeMap<String, Figures>,
         in_flight: u64,
         expired_at_last: usize,
+        pending_at_last: u64,
+        leased_at_last: usize,
     }
 
     async fn run(ops: Vec<Op>) -> Ending {
@@ -469,12 +473,26 @@ mod counters {
             .await
             .unwrap()
             .count;
+        // Every pending delivery is leasable once its retry is due.
+        let pending_at_last = recount(dir.path()).values().map(|f| f[0]).sum();
+        let mut leased_at_last = 0;
+        for a in APPS {
+            let request = switchboard_store::LeaseRequest {
+                app: app(a),
+                max: 100_000,
+                lease_ms: 1000,
+                now: now.plus_ms(2 * 86_400_000),
+            };
+            leased_at_last += store.lease(request).await.unwrap().deliveries.len();
+        }
         store.close().await;
         Ending {
             counted,
             recounted,
             in_flight,
             expired_at_last,
+            pending_at_last,
+            leased_at_last,
         }
     }
 
@@ -517,6 +535,7 @@ mod counters {
             let ending = runtime.block_on(run(ops));
             prop_assert_eq!(ending.counted, ending.recounted);
             prop_assert_eq!(ending.expired_at_last as u64, ending.in_flight);
+            prop_assert_eq!(ending.leased_at_last as u64, ending.pending_at_last);
         }
     }
 }

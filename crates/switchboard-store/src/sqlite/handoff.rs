@@ -140,15 +140,19 @@ fn release(
         "UPDATE deliveries SET status = 0, attempts = attempts - 1, leased_at = NULL, \
          lease_expires_at = NULL, updated_at = ?3 \
          WHERE id = ?1 AND status = 1 AND attempts = 1 AND lease_expires_at = ?2 \
-         RETURNING tenant, source, target",
+         RETURNING tenant, source, target, available_at, event_seq",
     )?;
     for &rowid in rowids {
         let mut released = stmt.query(params![rowid, expires.millis(), now.millis()])?;
         if let Some(r) = released.next()? {
-            let c = counters.of(rows::text(r, 0)?, rows::text(r, 1)?, rows::text(r, 2)?);
+            let target = rows::text(r, 2)?;
+            let c = counters.of(rows::text(r, 0)?, rows::text(r, 1)?, target);
             c.in_flight -= 1;
             c.pending += 1;
             ctx.deadline_changes.clear(expires, rowid);
+            let slot = ctx.ready.slot(target);
+            ctx.ready_changes
+                .add(slot, Timestamp(r.get(3)?), rowid, r.get(4)?);
         }
     }
     drop(stmt);

@@ -9,6 +9,7 @@ mod deadlines;
 mod handoff;
 mod keys;
 mod read;
+mod ready;
 mod rows;
 mod schema;
 mod write;
@@ -147,9 +148,11 @@ impl SqliteStore {
                 StoreError::Unavailable(format!("cannot open the WAL file: {}", e.kind()))
             })?;
         let deadlines = deadlines::Deadlines::load(&conn)?;
+        let ready = ready::Ready::load(&conn)?;
         let (writer, handle) = Writer::spawn(
             conn,
             deadlines,
+            ready,
             u64::from_le_bytes(seed),
             wal,
             wal_progress,

@@ -189,6 +189,12 @@ const MIGRATIONS: &[&str] = &[
     r#"
     DROP INDEX deliveries_leases;
     "#,
+    // 8: the pending deliveries each app may lease live in the writer's memory too (see
+    // ready.rs), loaded on open from the open deliveries: a publish and a lease each change
+    // one index fewer per delivery.
+    r#"
+    DROP INDEX deliveries_ready;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -32,6 +32,7 @@ use super::checkpoint::{self, WalProgress};
 use super::counters::{Counters, Pending};
 use super::deadlines::{Changes, Deadlines};
 use super::handoff;
+use super::ready::{self, Ready};
 use crate::StoreError;
 
 /// At most this many jobs share one transaction.
@@ -59,6 +60,13 @@ pub struct WriteCtx {
     pub deadline_changes: Changes,
     /// Deadline changes of the group's successful jobs, applied once it commits.
     group_deadline_changes: Changes,
+    /// The committed pending deliveries each app may lease.
+    pub ready: Ready,
+    /// Changes to `ready` of the running job; kept only if the job succeeds.
+    pub ready_changes: ready::Changes,
+    /// What undoes the changes to `ready` of the group's successful jobs (applied as each
+    /// succeeded), should the group roll back.
+    ready_undo: ready::Changes,
     /// What the running job asked to run once its group is durable; kept only if it succeeds.
     job_when_durable: Vec<Completion>,
     /// The same for the group's successful jobs: run before the jobs' own answers.
@@ -117,11 +125,14 @@ impl WriteCtx {
                 self.group_counters.merge(&mut self.job_counters);
                 self.group_deadline_changes
                     .merge(&mut self.deadline_changes);
+                self.ready
+                    .apply(&mut self.ready_changes, &mut self.ready_undo);
                 self.group_when_durable.append(&mut self.job_when_durable);
             }
             false => {
                 self.job_counters.clear();
                 self.deadline_changes.discard();
+                self.ready_changes.discard();
                 self.job_when_durable.clear();
             }
         }
@@ -192,10 +203,12 @@ pub struct Writer {
 
 impl Writer {
     /// `wal` is the database's WAL file, which the syncer fsyncs; `deadlines` those of the
-    /// leases in the database; `max_group_age` is [`MAX_GROUP_AGE`] but in tests.
+    /// leases in the database, `ready` its leasable deliveries; `max_group_age` is
+    /// [`MAX_GROUP_AGE`] but in tests.
     pub fn spawn(
         mut conn: Connection,
         deadlines: Deadlines,
+        ready: Ready,
         seed: u64,
         wal: File,
         wal_progress: Arc<WalProgress>,
@@ -222,6 +235,9 @@ impl Writer {
             deadlines,
             deadline_changes: Changes::default(),
             group_deadline_changes: Changes::default(),
+            ready,
+            ready_changes: ready::Changes::default(),
+            ready_undo: ready::Changes::default(),
             job_when_durable: Vec::new(),
             group_when_durable: Vec::new(),
             parked: HashMap::new(),
@@ -538,6 +554,7 @@ fn roll_back_group(ctx: &mut WriteCtx, group: Group) {
     }
     ctx.group_counters.clear();
     ctx.group_deadline_changes.discard();
+    ctx.ready.undo(&mut ctx.ready_undo);
     let extra = std::mem::take(&mut ctx.group_when_durable);
     for complete in extra
         .into_iter()
@@ -584,8 +601,14 @@ fn commit_group(
         }
     };
     match committed {
-        true => ctx.deadlines.apply(&mut ctx.group_deadline_changes),
-        false => ctx.group_deadline_changes.discard(),
+        true => {
+            ctx.deadlines.apply(&mut ctx.group_deadline_changes);
+            ctx.ready_undo.discard();
+        }
+        false => {
+            ctx.group_deadline_changes.discard();
+            ctx.ready.undo(&mut ctx.ready_undo);
+        }
     }
     metrics::histogram!("switchboard_store_commit_seconds").record(started.elapsed().as_secs_f64());
     metrics::histogram!("switchboard_store_transaction_seconds")
@@ -674,6 +697,7 @@ mod tests {
         Writer::spawn(
             conn,
             Deadlines::default(),
+            Ready::default(),
             1,
             wal,
             Arc::default(),
