@@ -60,7 +60,8 @@ pub struct WriteCtx {
     pub deadline_changes: Changes,
     /// Deadline changes of the group's successful jobs, applied once it commits.
     group_deadline_changes: Changes,
-    /// The committed pending deliveries each app may lease.
+    /// The pending deliveries each app may lease, as of the last job that succeeded (the
+    /// open group's included; see ready.rs).
     pub ready: Ready,
     /// Changes to `ready` of the running job; kept only if the job succeeds.
     pub ready_changes: ready::Changes,
