@@ -121,6 +121,56 @@ async fn leases_expire_on_their_deadlines_after_reopening() {
     reopened.close().await;
 }
 
+#[tokio::test]
+async fn deliveries_pending_at_an_upgrade_from_schema_7_stay_leasable() {
+    // Schema 8 moved the ready queue from an index into the writer's memory: a data
+    // directory written before it (its index back, its version 7) is upgraded on open, and
+    // what was pending, or pending a retry, is leased in its order.
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    conformance::register(&store, "hr", &["*"], 8).await;
+    let mut published = Vec::new();
+    for n in 0..3 {
+        let ev = conformance::event("crm", "acme", "user.created", T0.plus_ms(n));
+        published.push(conformance::publish_to(&store, ev, &["hr"]).await);
+    }
+    let first = conformance::lease(&store, "hr", 1, T0.plus_ms(3)).await;
+    let nack = switchboard_store::NackItem {
+        id: first[0].id.clone(),
+        attempt: Some(1),
+        error: "later".into(),
+        retry_in_ms: Some(60_000),
+        permanent: false,
+    };
+    store
+        .nack(conformance::app("hr"), nack, T0.plus_ms(4))
+        .await
+        .unwrap();
+    store.close().await;
+    let db =
+        rusqlite::Connection::open(dir.path().join(switchboard_store::sqlite::DB_FILE)).unwrap();
+    db.execute_batch(
+        "CREATE INDEX deliveries_ready ON deliveries(target, available_at, id) \
+         WHERE status = 0 AND blocked = 0; PRAGMA user_version = 7;",
+    )
+    .unwrap();
+    drop(db);
+
+    let upgraded = SqliteStore::open(dir.path()).unwrap();
+    let now = T0.plus_ms(5);
+    let leased = conformance::lease(&upgraded, "hr", 10, now).await;
+    let ids: Vec<_> = leased.iter().map(|d| d.id.clone()).collect();
+    let later: Vec<_> = published[1..]
+        .iter()
+        .map(|p| p.deliveries[0].id.clone())
+        .collect();
+    assert_eq!(ids, later, "the pending ones, in publish order");
+    let retried = conformance::lease(&upgraded, "hr", 10, now.plus_ms(60_000)).await;
+    assert_eq!(retried.len(), 1, "the nacked one, at its retry");
+    assert_eq!((&retried[0].id, retried[0].attempt), (&first[0].id, 2));
+    upgraded.close().await;
+}
+
 fn lease_request(max: u32, now: Timestamp) -> LeaseRequest {
     LeaseRequest {
         app: conformance::app("hr"),
