@@ -144,6 +144,11 @@ impl ServerProcess {
         process_cpu_seconds(&format!("/proc/{}/stat", self.pid()))
     }
 
+    /// Bytes the process caused to be sent to storage so far.
+    pub fn written_bytes(&self) -> Result<u64> {
+        process_written_bytes(self.pid())
+    }
+
     /// Open sockets of the process (the listener included).
     pub fn sockets(&self) -> Result<usize> {
         let dir = format!("/proc/{}/fd", self.pid());
@@ -236,6 +241,20 @@ pub fn process_memory(pid: u32) -> Result<Memory> {
         peak_rss: field("VmHWM:")?,
         rss: field("VmRSS:")?,
     })
+}
+
+/// Bytes a process caused to be sent to storage so far (`write_bytes` of `/proc/PID/io`:
+/// what reached the block layer, page-cache writes once they are written back or fsynced).
+pub fn process_written_bytes(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/io");
+    let io = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let line = io
+        .lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .ok_or_else(|| anyhow!("{path} has no write_bytes"))?;
+    line.trim()
+        .parse()
+        .with_context(|| format!("bad write_bytes in {path}: {line}"))
 }
 
 /// CPU seconds (user + system) of this benchmark process so far.

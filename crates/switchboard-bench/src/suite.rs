@@ -263,6 +263,8 @@ fn key_figures(list: &[(Workload, Settings)]) -> Vec<KeyFigure> {
                 for p in ["publish→ack p50", "publish→ack p99", "publish→ack p999"] {
                     push(w, s, p, Better::Lower);
                 }
+                // What each event's durability wrote: the fsyncs on the latency's path.
+                push(w, s, "bytes to storage per event", Better::Lower);
             }
         }
     }

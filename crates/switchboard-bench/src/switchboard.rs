@@ -194,6 +194,7 @@ impl Target for Switchboard {
             rss: memory.map(|m| m.rss),
             disk: self.server.disk_bytes().ok(),
             cpu_seconds: self.server.cpu_seconds().ok(),
+            written: self.server.written_bytes().ok(),
             // Every socket but the listener is a client connection.
             connections: self.server.sockets().ok().map(|n| n.saturating_sub(1)),
         }

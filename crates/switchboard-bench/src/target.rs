@@ -25,6 +25,8 @@ pub struct Footprint {
     pub disk: Option<u64>,
     /// CPU time used so far, seconds.
     pub cpu_seconds: Option<f64>,
+    /// Bytes sent to storage so far (see `server::process_written_bytes`).
+    pub written: Option<u64>,
     /// Client connections open now.
     pub connections: Option<usize>,
 }

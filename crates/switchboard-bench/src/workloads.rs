@@ -141,6 +141,16 @@ impl RunOutcome {
         self.add_opt("bench CPU", "cores", cores(from.own_cpu, to.own_cpu));
     }
 
+    /// What the server sent to storage between two probes, per event: the bytes its
+    /// durability costs (whole WAL pages for switchboard, AOF appends for Redis).
+    fn add_written(&mut self, from: &Probe, to: &Probe, events: u64) {
+        let per_event = to
+            .server_written
+            .zip(from.server_written)
+            .map(|(b, a)| b.saturating_sub(a) as f64 / events.max(1) as f64);
+        self.add_opt("bytes to storage per event", "bytes", per_event);
+    }
+
     fn add_memory(&mut self, footprint: &Footprint) {
         self.add_opt(
             "server peak RSS",
@@ -176,19 +186,22 @@ pub fn event_data(seq: u64, sent_ns: Option<u64>) -> String {
     data
 }
 
-/// CPU counters at one moment.
+/// CPU and storage counters at one moment.
 struct Probe {
     at: Instant,
     server_cpu: Option<f64>,
     own_cpu: Option<f64>,
+    server_written: Option<u64>,
 }
 
 impl Probe {
     fn take<T: Target>(target: &T) -> Probe {
+        let footprint = target.footprint();
         Probe {
             at: Instant::now(),
-            server_cpu: target.footprint().cpu_seconds,
+            server_cpu: footprint.cpu_seconds,
             own_cpu: own_cpu_seconds().ok(),
+            server_written: footprint.written,
         }
     }
 }
@@ -425,6 +438,7 @@ async fn full_cycle<T: Target>(
         total as f64 / published_at.duration_since(from.at).as_secs_f64(),
     );
     outcome.add_cpu(&from, &to);
+    outcome.add_written(&from, &to, total);
     for (sink, acked) in progress.acked.iter().enumerate() {
         let acked = acked.load(Ordering::Relaxed);
         if acked != total {
@@ -468,6 +482,7 @@ async fn latency<T: Target>(config: &T::Config, s: &Settings) -> Result<RunOutco
     let target = Arc::new(T::start(config, 1).await?);
     let count = (f64::from(s.latency_rate) * s.latency_window.as_secs_f64()).round() as u64;
     let errors = Arc::new(Errors::default());
+    let from = Probe::take(&*target);
     // Events the consumer waits for: unknown (all) until publishing is over.
     let expected = Arc::new(AtomicU64::new(u64::MAX));
 
@@ -556,6 +571,7 @@ async fn latency<T: Target>(config: &T::Config, s: &Settings) -> Result<RunOutco
         Ok(joined) => joined?,
         Err(_) => bail!("the consumer did not receive all {published} events within {limit:?}"),
     };
+    let to = Probe::take(&*target);
 
     let mut outcome = RunOutcome::default();
     latencies.sort_unstable();
@@ -601,6 +617,7 @@ async fn latency<T: Target>(config: &T::Config, s: &Settings) -> Result<RunOutco
         "events/s",
         published as f64 / completed_secs,
     );
+    outcome.add_written(&from, &to, published);
     if foreign > 0 {
         outcome
             .warnings

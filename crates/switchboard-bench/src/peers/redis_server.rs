@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::server::{dir_size, process_cpu_seconds, process_memory};
+use crate::server::{dir_size, process_cpu_seconds, process_memory, process_written_bytes};
 use crate::target::Footprint;
 
 /// How long a starting redis-server may take to answer PING.
@@ -99,6 +99,7 @@ impl RedisServer {
             rss: memory.map(|m| m.rss),
             disk: dir_size(self.dir.path()).ok(),
             cpu_seconds: process_cpu_seconds(&format!("/proc/{pid}/stat")).ok(),
+            written: process_written_bytes(pid).ok(),
             connections: None,
         }
     }

@@ -75,6 +75,7 @@ impl Target for SwitchboardRedis {
             rss: add(sb.rss, redis.rss),
             disk: add(sb.disk, redis.disk),
             cpu_seconds: add(sb.cpu_seconds, redis.cpu_seconds),
+            written: add(sb.written, redis.written),
             // switchboard's sockets but its listener (its two Redis connections included).
             connections: sb.connections,
         }

@@ -16,7 +16,7 @@ use switchboard_client::{Client, Delivery, NewApp};
 
 use super::{Options, Outcome, measure, median_of, new_report, start_node};
 use crate::peers::redis_server::{Fsync, RedisServer, version};
-use crate::server::{ServerProcess, process_cpu_seconds, process_memory};
+use crate::server::{ServerProcess, process_cpu_seconds, process_memory, process_written_bytes};
 use crate::switchboard::{Batch, Switchboard, SwitchboardConfig, acks_of, consume_request};
 use crate::target::{EVENT_TYPE, Footprint, Target};
 use crate::workloads::{RunOutcome, Settings, Workload};
@@ -137,9 +137,11 @@ impl Target for RedisNodes {
         for pid in self.nodes.iter().map(ServerProcess::pid) {
             let memory = process_memory(pid).ok();
             let cpu = process_cpu_seconds(&format!("/proc/{pid}/stat")).ok();
+            let written = process_written_bytes(pid).ok();
             f.peak_rss = f.peak_rss.zip(memory).map(|(a, m)| a + m.peak_rss);
             f.rss = f.rss.zip(memory).map(|(a, m)| a + m.rss);
             f.cpu_seconds = f.cpu_seconds.zip(cpu).map(|(a, c)| a + c);
+            f.written = f.written.zip(written).map(|(a, w)| a + w);
         }
         f
     }
