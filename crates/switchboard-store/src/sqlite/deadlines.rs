@@ -11,7 +11,6 @@
 
 use std::collections::BTreeSet;
 
-use rusqlite::Connection;
 use switchboard_core::Timestamp;
 
 /// A lease deadline (ms) and the delivery's row id.
@@ -56,20 +55,17 @@ impl Changes {
     }
 }
 
-impl Deadlines {
-    /// The deadlines of every delivery in flight in the database. Reads the open deliveries
-    /// through their index, not the whole table.
-    pub fn load(conn: &Connection) -> rusqlite::Result<Deadlines> {
-        let mut stmt = conn.prepare(
-            "SELECT lease_expires_at, id FROM deliveries INDEXED BY deliveries_channel_open \
-             WHERE finished_at IS NULL AND status = 1 AND lease_expires_at IS NOT NULL",
-        )?;
-        let entries = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<BTreeSet<Entry>>>()?;
-        Ok(Deadlines { entries })
+/// The deadlines of the deliveries in flight read on open (see `load_open` in mod.rs), as
+/// (deadline, row id).
+impl FromIterator<Entry> for Deadlines {
+    fn from_iter<I: IntoIterator<Item = Entry>>(entries: I) -> Deadlines {
+        Deadlines {
+            entries: entries.into_iter().collect(),
+        }
     }
+}
 
+impl Deadlines {
     /// Applies a committed group's changes, in order, and empties them.
     pub fn apply(&mut self, changes: &mut Changes) {
         for change in changes.changes.drain(..) {

@@ -59,6 +59,30 @@ struct ReadPool {
     idle: Mutex<Vec<Connection>>,
 }
 
+/// The writer's in-memory state, from one walk of the open deliveries through their index
+/// (not the whole table): the lease deadlines of those in flight (deadlines.rs) and the
+/// pending ones each app may lease (ready.rs). One walk per set made a server with
+/// 1,000,000 pending deliveries answer 0.55–1.02 s after its start, against 0.51–0.76 s with
+/// this one (7 alternating starts).
+fn load_open(conn: &Connection) -> rusqlite::Result<(deadlines::Deadlines, ready::Ready)> {
+    let mut stmt = conn.prepare(
+        "SELECT status, blocked, lease_expires_at, available_at, id, event_seq, target \
+         FROM deliveries INDEXED BY deliveries_channel_open WHERE finished_at IS NULL",
+    )?;
+    let mut in_flight: Vec<(i64, i64)> = Vec::new();
+    let mut leasable = ready::Loader::default();
+    let mut open = stmt.query([])?;
+    while let Some(r) = open.next()? {
+        let state: (i64, bool, Option<i64>) = (r.get(0)?, r.get(1)?, r.get(2)?);
+        match state {
+            (1, _, Some(deadline)) => in_flight.push((deadline, r.get(4)?)),
+            (0, false, _) => leasable.add(rows::text(r, 6)?, r.get(3)?, r.get(4)?, r.get(5)?),
+            _ => {}
+        }
+    }
+    Ok((in_flight.into_iter().collect(), leasable.finish()))
+}
+
 /// How long a connection waits for a lock another one holds.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -147,8 +171,7 @@ impl SqliteStore {
             .map_err(|e| {
                 StoreError::Unavailable(format!("cannot open the WAL file: {}", e.kind()))
             })?;
-        let deadlines = deadlines::Deadlines::load(&conn)?;
-        let ready = ready::Ready::load(&conn)?;
+        let (deadlines, ready) = load_open(&conn)?;
         let (writer, handle) = Writer::spawn(
             conn,
             deadlines,

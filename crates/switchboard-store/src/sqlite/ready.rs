@@ -15,7 +15,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use rusqlite::Connection;
 use switchboard_core::Timestamp;
 
 /// When a delivery becomes available (ms) and its row id: the lease order.
@@ -38,6 +37,44 @@ pub struct Slot(usize);
 enum Change {
     Add(Slot, Key, i64),
     Remove(Slot, Key),
+}
+
+/// Builds a [`Ready`] from the leasable deliveries read on open (see `load_open` in
+/// mod.rs). Rows come by channel, not in lease order: gathered per app, then each set is
+/// built from its sorted entries at once (with 1,000,000 pending deliveries the server
+/// answered 0.50–0.73 s after its start, against 0.75–0.93 s inserting one by one).
+#[derive(Debug, Default)]
+pub struct Loader {
+    ready: Ready,
+    entries: Vec<Vec<(Key, i64)>>,
+    /// The last row's target and its slot: rows of one channel come together.
+    last: Option<(String, Slot)>,
+}
+
+impl Loader {
+    /// The delivery `rowid` of the event `seq`, for `target`, leasable from `available_at`.
+    pub fn add(&mut self, target: &str, available_at: i64, rowid: i64, seq: i64) {
+        let slot = match &self.last {
+            Some((name, slot)) if name == target => *slot,
+            _ => {
+                let slot = self.ready.slot(target);
+                self.last = Some((target.to_owned(), slot));
+                slot
+            }
+        };
+        self.entries.resize_with(self.ready.sets.len(), Vec::new);
+        self.entries[slot.0].push(((available_at, rowid), seq));
+    }
+
+    pub fn finish(self) -> Ready {
+        let Loader {
+            mut ready, entries, ..
+        } = self;
+        for (set, entries) in ready.sets.iter_mut().zip(entries) {
+            *set = entries.into_iter().collect();
+        }
+        ready
+    }
 }
 
 /// Changes of a job or a group, in the order they were made, not yet applied.
@@ -65,40 +102,6 @@ impl Changes {
 }
 
 impl Ready {
-    /// The leasable deliveries in the database. Reads the open deliveries through their
-    /// index, not the whole table.
-    pub fn load(conn: &Connection) -> rusqlite::Result<Ready> {
-        let mut stmt = conn.prepare(
-            "SELECT target, available_at, id, event_seq FROM deliveries \
-             INDEXED BY deliveries_channel_open \
-             WHERE finished_at IS NULL AND status = 0 AND blocked = 0",
-        )?;
-        let mut ready = Ready::default();
-        // Rows come by channel, not in lease order: gathered per app, then each set is built
-        // from its sorted entries at once (with 1,000,000 pending deliveries the server
-        // answered 0.50–0.73 s after its start, against 0.75–0.93 s inserting one by one).
-        let mut entries: Vec<Vec<(Key, i64)>> = Vec::new();
-        let mut rows = stmt.query([])?;
-        let mut last: Option<(String, Slot)> = None;
-        while let Some(r) = rows.next()? {
-            let target = super::rows::text(r, 0)?;
-            let slot = match &last {
-                Some((name, slot)) if name == target => *slot,
-                _ => {
-                    let slot = ready.slot(target);
-                    last = Some((target.to_owned(), slot));
-                    slot
-                }
-            };
-            entries.resize_with(ready.sets.len(), Vec::new);
-            entries[slot.0].push(((r.get(1)?, r.get(2)?), r.get(3)?));
-        }
-        for (set, entries) in ready.sets.iter_mut().zip(entries) {
-            *set = entries.into_iter().collect();
-        }
-        Ok(ready)
-    }
-
     /// The slot of `target`, given it on first use.
     pub fn slot(&mut self, target: &str) -> Slot {
         if let Some(&slot) = self.slots.get(target) {
