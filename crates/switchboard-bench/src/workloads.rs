@@ -491,6 +491,7 @@ async fn latency<T: Target>(config: &T::Config, s: &Settings) -> Result<RunOutco
         let (max, wait) = (s.consume_max, s.consume_wait);
         tokio::spawn(async move {
             let mut latencies: Vec<u64> = Vec::with_capacity(count as usize);
+            let mut received_after: Vec<u64> = Vec::with_capacity(count as usize);
             let mut sent: Vec<u64> = Vec::with_capacity(max as usize);
             let mut received = 0u64;
             let mut foreign = 0u64;
@@ -504,9 +505,11 @@ async fn latency<T: Target>(config: &T::Config, s: &Settings) -> Result<RunOutco
                         continue;
                     }
                 };
+                let received_at = now_ns();
                 sent.clear();
                 sent.extend(deliveries.iter().filter_map(T::sent_ns));
                 foreign += (deliveries.len() - sent.len()) as u64;
+                received_after.extend(sent.iter().map(|&t| received_at.saturating_sub(t)));
                 if let Err(e) = target.ack(0, deliveries).await {
                     errors.note("ack", &e);
                     continue;
@@ -515,7 +518,7 @@ async fn latency<T: Target>(config: &T::Config, s: &Settings) -> Result<RunOutco
                 latencies.extend(sent.iter().map(|&t| acked_at.saturating_sub(t)));
                 received += sent.len() as u64;
             }
-            (latencies, foreign)
+            (latencies, received_after, foreign)
         })
     };
 
@@ -567,10 +570,11 @@ async fn latency<T: Target>(config: &T::Config, s: &Settings) -> Result<RunOutco
     let completed_secs = first_tick.elapsed().as_secs_f64();
     expected.store(published, Ordering::Relaxed);
     let limit = Duration::from_secs(30) + s.consume_wait;
-    let (mut latencies, foreign) = match tokio::time::timeout(limit, consumer).await {
-        Ok(joined) => joined?,
-        Err(_) => bail!("the consumer did not receive all {published} events within {limit:?}"),
-    };
+    let (mut latencies, mut received_after, foreign) =
+        match tokio::time::timeout(limit, consumer).await {
+            Ok(joined) => joined?,
+            Err(_) => bail!("the consumer did not receive all {published} events within {limit:?}"),
+        };
     let to = Probe::take(&*target);
 
     let mut outcome = RunOutcome::default();
@@ -592,6 +596,18 @@ async fn latency<T: Target>(config: &T::Config, s: &Settings) -> Result<RunOutco
         ms(quantile_sorted(&latencies, 0.999)),
     );
     outcome.add_opt("publish→ack max", "ms", ms(latencies.last().copied()));
+    // Where the time goes: until the consumer has the delivery, the rest is its ack.
+    received_after.sort_unstable();
+    outcome.add_opt(
+        "publish→received p50",
+        "ms",
+        ms(quantile_sorted(&received_after, 0.50)),
+    );
+    outcome.add_opt(
+        "publish→received p99",
+        "ms",
+        ms(quantile_sorted(&received_after, 0.99)),
+    );
     let mut publish_times =
         std::mem::take(&mut *publish_times.lock().unwrap_or_else(|p| p.into_inner()));
     publish_times.sort_unstable();
@@ -618,6 +634,7 @@ async fn latency<T: Target>(config: &T::Config, s: &Settings) -> Result<RunOutco
         published as f64 / completed_secs,
     );
     outcome.add_written(&from, &to, published);
+    outcome.add_cpu(&from, &to);
     if foreign > 0 {
         outcome
             .warnings
