@@ -7,6 +7,7 @@ mod checkpoint;
 mod counters;
 mod deadlines;
 mod handoff;
+mod idle;
 mod keys;
 mod read;
 mod ready;

@@ -1,0 +1,119 @@
+//! How the writer waits for its next job: on the CPU for a moment while it is lightly loaded,
+//! else asleep. Must not block, and must never spin while the writer is busy.
+//!
+//! A writer that sleeps as soon as its queue is empty is woken by the next job, and on a
+//! virtual machine that wake-up is tens of microseconds, several times per event (a
+//! publish, a lease, an ack). A lightly loaded writer has time to spare, so it first polls
+//! its queue for up to [`SPIN`], yielding the core to any other runnable thread at every
+//! poll. Under load the writer rarely waits, and every core it would spin on is wanted by the
+//! HTTP workers that feed it, so it spins only while its recent busy share is low.
+
+use std::time::{Duration, Instant};
+
+/// The longest the writer polls its queue before sleeping.
+pub const SPIN: Duration = Duration::from_micros(200);
+/// The period over which the writer's busy share is measured.
+const WINDOW: Duration = Duration::from_millis(100);
+/// The writer spins only while it was busy at most this share of the last window.
+const LIGHT: f64 = 0.35;
+
+/// The writer's busy share over the last full window, from the time it spent waiting.
+#[derive(Debug)]
+pub struct Load {
+    window_start: Instant,
+    waited: Duration,
+    light: bool,
+}
+
+impl Load {
+    pub fn new(now: Instant) -> Load {
+        Load {
+            window_start: now,
+            waited: Duration::ZERO,
+            light: false,
+        }
+    }
+
+    /// Records a wait for a job that ended at `now`.
+    pub fn waited(&mut self, waited: Duration, now: Instant) {
+        self.waited += waited;
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed < WINDOW {
+            return;
+        }
+        let busy = elapsed.saturating_sub(self.waited);
+        self.light = busy.as_secs_f64() <= LIGHT * elapsed.as_secs_f64();
+        self.window_start = now;
+        self.waited = Duration::ZERO;
+    }
+
+    /// Whether the last full window was light enough to spin in.
+    pub fn light(&self) -> bool {
+        self.light
+    }
+}
+
+/// Polls `try_next` until it yields something or [`SPIN`] has passed, yielding the core
+/// between polls.
+pub fn spin<T>(mut try_next: impl FnMut() -> Option<T>) -> Option<T> {
+    let until = Instant::now() + SPIN;
+    loop {
+        if let Some(next) = try_next() {
+            return Some(next);
+        }
+        if Instant::now() >= until {
+            return None;
+        }
+        std::thread::yield_now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `Load` one window as waits of `waited_ms` each ending `every_ms` apart, and
+    /// returns whether it then counts as light.
+    fn check_load(every_ms: u64, waited_ms: u64) -> bool {
+        let t0 = Instant::now();
+        let mut load = Load::new(t0);
+        let mut t = t0;
+        while t.duration_since(t0) <= WINDOW {
+            t += Duration::from_millis(every_ms);
+            load.waited(Duration::from_millis(waited_ms), t);
+        }
+        load.light()
+    }
+
+    #[test]
+    fn a_writer_that_mostly_waits_is_light() {
+        assert!(check_load(10, 9), "busy 10%");
+        assert!(check_load(10, 7), "busy 30%");
+    }
+
+    #[test]
+    fn a_busy_writer_is_not_light() {
+        assert!(!check_load(10, 5), "busy 50%");
+        assert!(!check_load(10, 0), "never waits");
+    }
+
+    #[test]
+    fn a_new_writer_sleeps_until_it_has_measured_a_window() {
+        let t0 = Instant::now();
+        let mut load = Load::new(t0);
+        load.waited(Duration::from_millis(50), t0 + Duration::from_millis(50));
+        assert!(!load.light());
+    }
+
+    #[test]
+    fn spin_returns_what_arrives_and_gives_up_when_nothing_does() {
+        let mut polls = 0;
+        let got = spin(|| {
+            polls += 1;
+            (polls == 3).then_some("job")
+        });
+        assert_eq!(got, Some("job"));
+        assert_eq!(polls, 3);
+        assert_eq!(spin(|| None::<()>), None);
+    }
+}
