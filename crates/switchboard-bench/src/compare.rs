@@ -374,7 +374,11 @@ fn compare(
             let Some(f) = t.figure(key) else {
                 let missing = if t.skipped.is_some() {
                     "skipped (see durability above)".to_owned()
-                } else if let Some(note) = t.footprint_note.as_ref().filter(|_| unit == "MiB") {
+                } else if let Some(note) = t
+                    .footprint_note
+                    .as_ref()
+                    .filter(|_| of_the_server_process(&unit))
+                {
                     format!("not measured: {note}")
                 } else {
                     "no figure (every run failed: see below)".to_owned()
@@ -417,6 +421,12 @@ fn compare(
         better: key.better,
         rows,
     })
+}
+
+/// Whether figures in `unit` are read off the server's process (its memory, what it wrote to
+/// storage), which a broker run as a system service does not give the benchmark.
+fn of_the_server_process(unit: &str) -> bool {
+    matches!(unit, "MiB" | "bytes")
 }
 
 /// The 1, 5 and 15 minute load averages, as `uptime` shows them.
@@ -518,6 +528,37 @@ mod tests {
             .filter(|l| l.trim_start().starts_with("nats-jetstream"));
         assert!(skipped_rows.clone().count() >= 3, "{table}");
         assert!(skipped_rows.all(|l| l.contains("skipped")), "{table}");
+    }
+
+    #[test]
+    fn a_system_service_has_its_process_figures_not_measured_not_failed() {
+        let fsync = (FsyncBeforeReply, FsyncBeforeReply);
+        let mut switchboard = target("switchboard", fsync, Some(1000.0));
+        if let Some(r) = switchboard.report.as_mut() {
+            r.figures.push(Figure {
+                name: "cycle: bytes to storage per event".into(),
+                workload: "cycle".into(),
+                figure: "bytes to storage per event".into(),
+                unit: "bytes".into(),
+                median: 900.0,
+                min: 900.0,
+                max: 900.0,
+                runs: vec![900.0],
+            });
+        }
+        let mut rabbitmq = target("rabbitmq", (FsyncBeforeReply, NoReply), Some(1000.0));
+        rabbitmq.footprint_note = Some("a system service".into());
+        let key = KeyFigure {
+            workload: "cycle".into(),
+            figure: "bytes to storage per event",
+            better: Better::Lower,
+            with_acks: true,
+        };
+        let bytes = compare(&key, &[switchboard, rabbitmq], &["switchboard"]).expect("compared");
+        assert_eq!(
+            bytes.rows[1].missing.as_deref(),
+            Some("not measured: a system service")
+        );
     }
 
     #[test]

@@ -123,7 +123,7 @@ impl Id {
         }
     }
 
-    /// Why the report has no memory figure for it, if it has none.
+    /// Why the report has no memory or bytes-to-storage figure for it, if it has none.
     fn footprint_note(self) -> Option<String> {
         matches!(self, Id::Rabbitmq | Id::Nats).then(|| {
             "the broker runs as a system service, not as the benchmark's child process".to_owned()
