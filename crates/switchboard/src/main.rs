@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use switchboard_server::Config;
 use switchboard_store::Store;
 use switchboard_store::redis::RedisStore;
-use switchboard_store::sqlite::SqliteStore;
+use switchboard_store::sqlite::{DEFAULT_WRITER_SPIN, SqliteOptions, SqliteStore};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -78,6 +78,12 @@ struct ServeArgs {
     /// (`redis://127.0.0.1:6379/0`) that several switchboard nodes share.
     #[arg(long, env = "SWITCHBOARD_STORE", default_value = "sqlite")]
     store: String,
+    /// Embedded store: how long its writer, while lightly loaded, polls for the next write
+    /// before it sleeps, in microseconds. Lower latency at light load for CPU (about a fifth
+    /// of a core at 1,000 events/s); 0 turns it off.
+    #[arg(long, env = "SWITCHBOARD_WRITER_SPIN_US",
+          default_value_t = DEFAULT_WRITER_SPIN.as_micros() as u64)]
+    writer_spin_us: u64,
     /// Serve HTTPS with this PEM certificate chain (leaf first); needs --tls-key.
     #[arg(long, env = "SWITCHBOARD_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -231,7 +237,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// The store `--store` names: the embedded SQLite store, or Redis at a URL.
 async fn open_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn Store>> {
     if args.store == "sqlite" {
-        let store = SqliteStore::open(&args.data_dir)
+        let options = SqliteOptions {
+            writer_spin: std::time::Duration::from_micros(args.writer_spin_us),
+        };
+        let store = SqliteStore::open_with(&args.data_dir, &options)
             .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
         return Ok(Arc::new(store));
     }

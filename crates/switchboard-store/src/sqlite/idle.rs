@@ -4,14 +4,15 @@
 //! A writer that sleeps as soon as its queue is empty is woken by the next job, and on a
 //! virtual machine that wake-up is tens of microseconds, several times per event (a
 //! publish, a lease, an ack). A lightly loaded writer has time to spare, so it first polls
-//! its queue for up to [`SPIN`], yielding the core to any other runnable thread at every
-//! poll. Under load the writer rarely waits, and every core it would spin on is wanted by the
-//! HTTP workers that feed it, so it spins only while its recent busy share is low.
+//! its queue for a moment ([`DEFAULT_SPIN`] unless configured), yielding the core to any
+//! other runnable thread at every poll. Under load the writer rarely waits, and every core it
+//! would spin on is wanted by the HTTP workers that feed it, so it spins only while its
+//! recent busy share is low.
 
 use std::time::{Duration, Instant};
 
-/// The longest the writer polls its queue before sleeping.
-pub const SPIN: Duration = Duration::from_micros(200);
+/// The longest the writer polls its queue before sleeping, unless configured otherwise.
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(200);
 /// The period over which the writer's busy share is measured.
 const WINDOW: Duration = Duration::from_millis(100);
 /// The writer spins only while it was busy at most this share of the last window.
@@ -53,10 +54,10 @@ impl Load {
     }
 }
 
-/// Polls `try_next` until it yields something or [`SPIN`] has passed, yielding the core
-/// between polls.
-pub fn spin<T>(mut try_next: impl FnMut() -> Option<T>) -> Option<T> {
-    let until = Instant::now() + SPIN;
+/// Polls `try_next` until it yields something or `limit` has passed (at least once), yielding
+/// the core between polls.
+pub fn spin<T>(limit: Duration, mut try_next: impl FnMut() -> Option<T>) -> Option<T> {
+    let until = Instant::now() + limit;
     loop {
         if let Some(next) = try_next() {
             return Some(next);
@@ -108,12 +109,18 @@ mod tests {
     #[test]
     fn spin_returns_what_arrives_and_gives_up_when_nothing_does() {
         let mut polls = 0;
-        let got = spin(|| {
+        let got = spin(Duration::from_secs(60), || {
             polls += 1;
             (polls == 3).then_some("job")
         });
         assert_eq!(got, Some("job"));
         assert_eq!(polls, 3);
-        assert_eq!(spin(|| None::<()>), None);
+        assert_eq!(spin(DEFAULT_SPIN, || None::<()>), None);
+        let mut polls = 0;
+        let none = spin(Duration::ZERO, || {
+            polls += 1;
+            None::<()>
+        });
+        assert_eq!((none, polls), (None, 1), "no spin: one poll");
     }
 }

@@ -48,6 +48,25 @@ const READERS: usize = 4;
 /// next anyway.
 const INLINE_READ_ROWS: usize = 16;
 
+pub use idle::DEFAULT_SPIN as DEFAULT_WRITER_SPIN;
+
+/// How the embedded store is tuned; [`Default`] is what `switchboard serve` uses unless told
+/// otherwise.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// How long the writer, while lightly loaded, polls for its next job before it sleeps
+    /// (see idle.rs): lower latency for CPU at light load. Zero: it sleeps at once.
+    pub writer_spin: std::time::Duration,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> SqliteOptions {
+        SqliteOptions {
+            writer_spin: idle::DEFAULT_SPIN,
+        }
+    }
+}
+
 pub struct SqliteStore {
     writer: Writer,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
@@ -140,6 +159,11 @@ impl SqliteStore {
 
     /// Opens (or creates) the store in `dir`, running any pending migrations.
     pub fn open(dir: &Path) -> Result<SqliteStore> {
+        SqliteStore::open_with(dir, &SqliteOptions::default())
+    }
+
+    /// [`SqliteStore::open`] with its tuning set.
+    pub fn open_with(dir: &Path, options: &SqliteOptions) -> Result<SqliteStore> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Unavailable(format!("cannot create the data directory: {}", e.kind()))
         })?;
@@ -180,7 +204,10 @@ impl SqliteStore {
             u64::from_le_bytes(seed),
             wal,
             wal_progress,
-            writer::MAX_GROUP_AGE,
+            writer::Pace {
+                max_group_age: writer::MAX_GROUP_AGE,
+                spin: options.writer_spin,
+            },
         )
         .map_err(|e| StoreError::Internal(format!("cannot start the writer: {e}")))?;
         Ok(SqliteStore {

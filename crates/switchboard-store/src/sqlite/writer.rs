@@ -50,6 +50,16 @@ const MAX_GROUP: usize = 1024;
 /// free cost single publishes 10%).
 pub const MAX_GROUP_AGE: std::time::Duration = std::time::Duration::from_micros(500);
 
+/// How the writer paces its groups and its waits.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    /// Once the syncer is free, a group that has run this long commits: [`MAX_GROUP_AGE`]
+    /// but in tests.
+    pub max_group_age: std::time::Duration,
+    /// How long a lightly loaded writer polls its queue before it sleeps (see idle.rs).
+    pub spin: std::time::Duration,
+}
+
 /// What a job may use: the write connection and the writer's random source.
 pub struct WriteCtx {
     pub conn: Connection,
@@ -208,8 +218,7 @@ pub struct Writer {
 
 impl Writer {
     /// `wal` is the database's WAL file, which the syncer fsyncs; `deadlines` those of the
-    /// leases in the database, `ready` its leasable deliveries; `max_group_age` is
-    /// [`MAX_GROUP_AGE`] but in tests.
+    /// leases in the database, `ready` its leasable deliveries.
     pub fn spawn(
         mut conn: Connection,
         deadlines: Deadlines,
@@ -217,7 +226,7 @@ impl Writer {
         seed: u64,
         wal: File,
         wal_progress: Arc<WalProgress>,
-        max_group_age: std::time::Duration,
+        pace: Pace,
     ) -> std::io::Result<(Writer, JoinHandle<()>)> {
         count_wal_pages(&mut conn)?;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -256,7 +265,7 @@ impl Writer {
         };
         let handle = std::thread::Builder::new()
             .name("switchboard-writer".into())
-            .spawn(move || run(ctx, rx, sync_tx, syncer, max_group_age))?;
+            .spawn(move || run(ctx, rx, sync_tx, syncer, pace))?;
         Ok((Writer { tx }, handle))
     }
 
@@ -448,7 +457,10 @@ fn run(
     mut rx: mpsc::UnboundedReceiver<Msg>,
     sync_tx: std_mpsc::Sender<ToSync>,
     syncer: JoinHandle<()>,
-    max_group_age: std::time::Duration,
+    Pace {
+        max_group_age,
+        spin,
+    }: Pace,
 ) {
     let mut closing: Option<oneshot::Sender<()>> = None;
     let mut group: Option<Group> = None;
@@ -496,7 +508,7 @@ fn run(
         // Wait for a job, or for the syncer to be free so the open group can commit.
         let waiting_since = Instant::now();
         let spun = match load.light() {
-            true => idle::spin(|| rx.try_recv().ok()),
+            true => idle::spin(spin, || rx.try_recv().ok()),
             false => None,
         };
         let next = match spun {
@@ -724,7 +736,10 @@ mod tests {
             1,
             wal,
             Arc::default(),
-            std::time::Duration::ZERO,
+            Pace {
+                max_group_age: std::time::Duration::ZERO,
+                spin: std::time::Duration::ZERO,
+            },
         )
         .expect("spawn")
     }
