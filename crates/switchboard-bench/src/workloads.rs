@@ -134,6 +134,15 @@ impl RunOutcome {
         }
     }
 
+    /// Adds each `(name, q)`: the q-quantile of `ns` (sorted here), in milliseconds.
+    fn add_ms_quantiles(&mut self, ns: &mut [u64], quantiles: &[(&'static str, f64)]) {
+        ns.sort_unstable();
+        for &(name, q) in quantiles {
+            let ms = quantile_sorted(ns, q).map(|ns| ns as f64 / 1e6);
+            self.add_opt(name, "ms", ms);
+        }
+    }
+
     fn add_cpu(&mut self, from: &Probe, to: &Probe) {
         let secs = to.at.duration_since(from.at).as_secs_f64();
         let cores = |a: Option<f64>, b: Option<f64>| Some((b? - a?) / secs);
@@ -578,48 +587,28 @@ async fn latency<T: Target>(config: &T::Config, s: &Settings) -> Result<RunOutco
     let to = Probe::take(&*target);
 
     let mut outcome = RunOutcome::default();
-    latencies.sort_unstable();
-    let ms = |ns: Option<u64>| ns.map(|ns| ns as f64 / 1e6);
-    outcome.add_opt(
-        "publish→ack p50",
-        "ms",
-        ms(quantile_sorted(&latencies, 0.50)),
+    outcome.add_ms_quantiles(
+        &mut latencies,
+        &[
+            ("publish→ack p50", 0.50),
+            ("publish→ack p99", 0.99),
+            ("publish→ack p999", 0.999),
+            ("publish→ack max", 1.0),
+        ],
     );
-    outcome.add_opt(
-        "publish→ack p99",
-        "ms",
-        ms(quantile_sorted(&latencies, 0.99)),
-    );
-    outcome.add_opt(
-        "publish→ack p999",
-        "ms",
-        ms(quantile_sorted(&latencies, 0.999)),
-    );
-    outcome.add_opt("publish→ack max", "ms", ms(latencies.last().copied()));
     // Where the time goes: until the consumer has the delivery, the rest is its ack.
-    received_after.sort_unstable();
-    outcome.add_opt(
-        "publish→received p50",
-        "ms",
-        ms(quantile_sorted(&received_after, 0.50)),
-    );
-    outcome.add_opt(
-        "publish→received p99",
-        "ms",
-        ms(quantile_sorted(&received_after, 0.99)),
+    outcome.add_ms_quantiles(
+        &mut received_after,
+        &[
+            ("publish→received p50", 0.50),
+            ("publish→received p99", 0.99),
+        ],
     );
     let mut publish_times =
         std::mem::take(&mut *publish_times.lock().unwrap_or_else(|p| p.into_inner()));
-    publish_times.sort_unstable();
-    outcome.add_opt(
-        "publish call p50",
-        "ms",
-        ms(quantile_sorted(&publish_times, 0.50)),
-    );
-    outcome.add_opt(
-        "publish call p99",
-        "ms",
-        ms(quantile_sorted(&publish_times, 0.99)),
+    outcome.add_ms_quantiles(
+        &mut publish_times,
+        &[("publish call p50", 0.50), ("publish call p99", 0.99)],
     );
     if offered_secs > 0.0 {
         outcome.add(
