@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use switchboard_core::{DeliveryStatus, Timestamp};
 use switchboard_store::conformance::{self, Fixture, T0};
-use switchboard_store::sqlite::SqliteStore;
+use switchboard_store::sqlite::{SqliteOptions, SqliteStore};
 use switchboard_store::{AckItem, ChannelQuery, EventQuery, ExtendItem, LeaseRequest, Store};
 
 async fn sqlite_fixture() -> Fixture {
@@ -20,6 +20,37 @@ async fn sqlite_fixture() -> Fixture {
 }
 
 switchboard_store::conformance_tests!(sqlite_fixture);
+
+#[tokio::test]
+async fn a_lease_of_remembered_and_forgotten_events_hands_each_its_own() {
+    // The store keeps the latest events in memory for leases and reads the others: one
+    // lease that takes both gets every event right, in order.
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions {
+        recent_events: 4,
+        ..SqliteOptions::default()
+    };
+    let store = SqliteStore::open_with(dir.path(), &options).unwrap();
+    conformance::register(&store, "hr", &["*"], 8).await;
+    let mut published = Vec::new();
+    for n in 0..10 {
+        let ev = conformance::event("crm", "acme", "user.created", T0.plus_ms(n));
+        published.push(conformance::publish_to(&store, ev, &["hr"]).await.id);
+    }
+    let leased = conformance::lease(&store, "hr", 10, T0.plus_ms(10)).await;
+    let ids: Vec<_> = leased.iter().map(|d| d.event.id.clone()).collect();
+    assert_eq!(ids, published);
+    for d in &leased {
+        let stored = store
+            .event(d.event.id.clone())
+            .await
+            .unwrap()
+            .expect("stored");
+        assert_eq!(d.event.data, stored.event.data);
+        assert_eq!(d.event.time, stored.event.time);
+    }
+    store.close().await;
+}
 
 #[tokio::test]
 async fn data_survives_reopening() {

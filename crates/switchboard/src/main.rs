@@ -239,6 +239,7 @@ async fn open_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn Store>> {
     if args.store == "sqlite" {
         let options = SqliteOptions {
             writer_spin: std::time::Duration::from_micros(args.writer_spin_us),
+            ..SqliteOptions::default()
         };
         let store = SqliteStore::open_with(&args.data_dir, &options)
             .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;

@@ -11,6 +11,7 @@ mod idle;
 mod keys;
 mod read;
 mod ready;
+mod recent;
 mod rows;
 mod schema;
 mod write;
@@ -23,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use rusqlite::{Connection, OpenFlags};
-use switchboard_core::event::App;
+use switchboard_core::event::{App, Event};
 use switchboard_core::{AppId, EventId, Timestamp};
 
 use self::writer::{Answer, Undo, Writer};
@@ -31,8 +32,8 @@ use crate::{
     AckItem, AlertChange, AlertState, AppActivity, AppUpdate, BoxFuture, ChannelQuery,
     ChannelStats, DeadLetterQuery, DeliveryChange, DeliveryPage, EventPage, EventQuery,
     EventRecord, Expired, ExtendItem, KeyGrant, KeyHash, KeyInfo, KeyOwner, LeaseRequest, Leased,
-    NackItem, NackResult, NewApp, NewEvent, NewKey, Published, RequeueRequest, Requeued, Result,
-    StatsQuery, StatsRow, Store, StoreError, UnackedQuery,
+    LeasedDelivery, NackItem, NackResult, NewApp, NewEvent, NewKey, Published, RequeueRequest,
+    Requeued, Result, StatsQuery, StatsRow, Store, StoreError, UnackedQuery,
 };
 
 pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
@@ -57,18 +58,24 @@ pub struct SqliteOptions {
     /// How long the writer, while lightly loaded, polls for its next job before it sleeps
     /// (see idle.rs): lower latency for CPU at light load. Zero: it sleeps at once.
     pub writer_spin: std::time::Duration,
+    /// How many of the latest published events are kept in memory for leases (see
+    /// recent.rs). Zero: every lease reads its events.
+    pub recent_events: usize,
 }
 
 impl Default for SqliteOptions {
     fn default() -> SqliteOptions {
         SqliteOptions {
             writer_spin: idle::DEFAULT_SPIN,
+            recent_events: recent::CAPACITY,
         }
     }
 }
 
 pub struct SqliteStore {
     writer: Writer,
+    /// The events published lately, for leases (see recent.rs).
+    recent: recent::Recent,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<Option<checkpoint::Checkpointer>>,
     readers: Arc<ReadPool>,
@@ -145,16 +152,35 @@ impl SqliteStore {
                 write::lease(ctx, req, park)
             })
             .await?;
-        if leased.rows.is_empty() {
-            return Ok(Leased {
-                deliveries: Vec::new(),
-                next_ready_at: leased.next_ready_at,
-            });
-        }
-        self.describe(leased.rows.len(), move |conn| {
-            read::leased_events(conn, leased)
+        let write::LeasedRows {
+            rows,
+            lease_expires_at,
+            next_ready_at,
+        } = leased;
+        let deliveries = self
+            .described(
+                rows,
+                |&(_, _, seq)| seq,
+                |(rowid, attempt, _), event| LeasedDelivery {
+                    id: rows::delivery_id(rowid),
+                    attempt,
+                    lease_expires_at,
+                    event: event.clone(),
+                },
+                move |conn, missing| {
+                    let missing = write::LeasedRows {
+                        rows: missing,
+                        lease_expires_at,
+                        next_ready_at,
+                    };
+                    Ok(read::leased_events(conn, missing)?.deliveries)
+                },
+            )
+            .await?;
+        Ok(Leased {
+            deliveries,
+            next_ready_at,
         })
-        .await
     }
 
     /// Opens (or creates) the store in `dir`, running any pending migrations.
@@ -218,7 +244,48 @@ impl SqliteStore {
                 path,
                 idle: Mutex::new(Vec::new()),
             }),
+            recent: recent::Recent::new(options.recent_events),
         })
+    }
+
+    /// One `T` per row of a write, in order: built from the row's event where it is
+    /// remembered (recent.rs: consumers mostly lease and ack what was just published), else
+    /// by `read`, given the other rows in order, after the write's commit and off the writer.
+    async fn described<R, T>(
+        &self,
+        rows: Vec<R>,
+        seq: impl Fn(&R) -> i64,
+        built: impl Fn(R, &Event) -> T,
+        read: impl FnOnce(&Connection, Vec<R>) -> Result<Vec<T>> + Send + 'static,
+    ) -> Result<Vec<T>>
+    where
+        R: Clone + Send + 'static,
+        T: Send + 'static,
+    {
+        let remembered = self.recent.get_all(rows.iter().map(seq));
+        let missing: Vec<R> = rows
+            .iter()
+            .zip(&remembered)
+            .filter(|(_, event)| event.is_none())
+            .map(|(row, _)| row.clone())
+            .collect();
+        let mut read = match missing.is_empty() {
+            true => Vec::new(),
+            false => {
+                self.describe(missing.len(), move |conn| read(conn, missing))
+                    .await?
+            }
+        }
+        .into_iter();
+        rows.into_iter()
+            .zip(remembered)
+            .map(|(row, event)| match event {
+                Some(event) => Ok(built(row, &event)),
+                None => read
+                    .next()
+                    .ok_or_else(|| StoreError::Internal("a row's event was not read".into())),
+            })
+            .collect()
     }
 
     /// A read describing what a write handed back, `rows` rows of it: on the calling thread
@@ -340,7 +407,10 @@ impl Store for SqliteStore {
                     write::publish(ctx, events, now)
                 })
                 .await?;
-            Ok(stored.into_published())
+            // Answered, so committed and on disk: its events may serve leases.
+            let (published, events) = stored.into_published();
+            self.recent.insert(events);
+            Ok(published)
         })
     }
 
@@ -412,9 +482,13 @@ impl Store for SqliteStore {
             if acked.is_empty() {
                 return Ok(Vec::new());
             }
-            self.describe(acked.len(), move |conn| {
-                read::acked_changes(conn, &app, acked)
-            })
+            let by = app.clone();
+            self.described(
+                acked,
+                |row| row.event_seq,
+                |row, event| read::acked_change(&by, row, read::EventKeys::of(event)),
+                move |conn, missing| read::acked_changes(conn, &app, missing),
+            )
             .await
         })
     }

@@ -4,7 +4,9 @@
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use switchboard_core::event::{App, Attempt, Delivery, Event, Requeue};
-use switchboard_core::{AppId, AttemptOutcome, DeliveryStatus, EventId, Timestamp, TypePattern};
+use switchboard_core::{
+    AppId, AttemptOutcome, DeliveryStatus, EventId, EventType, TenantId, Timestamp, TypePattern,
+};
 
 use super::rows::{self, APP_COLS, EVENT_COLS, app_from_row, delivery_id, event_from_row};
 use super::write::{AckedRow, LeasedRows};
@@ -253,22 +255,52 @@ pub fn acked_changes(
     let mut changes = Vec::with_capacity(acked.len());
     for row in acked {
         let change = stmt.query_row([row.event_seq], |r| {
-            Ok(DeliveryChange {
-                id: delivery_id(row.rowid),
-                event_id: rows::event_id(rows::text(r, 0)?)?,
+            let keys = EventKeys {
+                id: rows::event_id(rows::text(r, 0)?)?,
                 tenant: rows::tenant(rows::text(r, 1)?)?,
                 event_type: rows::event_type(rows::text(r, 2)?)?,
                 source: rows::app_id(rows::text(r, 3)?)?,
-                target: app.clone(),
-                status: DeliveryStatus::Acknowledged,
-                attempt: row.attempt,
-                latency_ms: Some(row.latency_ms),
-                error: None,
-            })
+            };
+            Ok(acked_change(app, row, keys))
         })?;
         changes.push(change);
     }
     Ok(changes)
+}
+
+/// What names an event in a [`DeliveryChange`].
+pub struct EventKeys {
+    pub id: EventId,
+    pub tenant: TenantId,
+    pub event_type: EventType,
+    pub source: AppId,
+}
+
+impl EventKeys {
+    pub fn of(event: &Event) -> EventKeys {
+        EventKeys {
+            id: event.id.clone(),
+            tenant: event.tenant.clone(),
+            event_type: event.event_type.clone(),
+            source: event.source.clone(),
+        }
+    }
+}
+
+/// What an ack of `row` by `app` changed.
+pub fn acked_change(app: &AppId, row: AckedRow, event: EventKeys) -> DeliveryChange {
+    DeliveryChange {
+        id: delivery_id(row.rowid),
+        event_id: event.id,
+        tenant: event.tenant,
+        event_type: event.event_type,
+        source: event.source,
+        target: app.clone(),
+        status: DeliveryStatus::Acknowledged,
+        attempt: row.attempt,
+        latency_ms: Some(row.latency_ms),
+        error: None,
+    }
 }
 
 fn parse_cursor(cursor: &Option<String>) -> Result<Option<i64>, StoreError> {
@@ -439,7 +471,6 @@ pub fn unacknowledged(conn: &Connection, q: &UnackedQuery) -> Result<DeliveryPag
 
 use std::collections::HashMap;
 
-use switchboard_core::TenantId;
 use switchboard_core::histogram::Histogram;
 
 use super::counters::{HOUR, MINUTE};

@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use rusqlite::{OptionalExtension, params};
 use switchboard_core::delivery::{Failure, Transition, after_failure, next_status};
-use switchboard_core::event::App;
+use switchboard_core::event::{App, Event};
 use switchboard_core::{
     AfterFailure, AppId, AppSettings, AttemptOutcome, DeliveryId, DeliveryStatus, Route, Timestamp,
 };
@@ -74,7 +74,7 @@ pub fn update_app(ctx: &mut WriteCtx, update: AppUpdate) -> Result<App, StoreErr
 }
 
 /// `tenant` + unit separator + `entity_id`: the key deliveries are ordered by.
-fn order_key(route: &Route, event: &switchboard_core::event::Event) -> Option<String> {
+fn order_key(route: &Route, event: &Event) -> Option<String> {
     match (route.ordered, &event.entity_id) {
         (true, Some(entity)) => Some(format!("{}\u{1f}{entity}", event.tenant)),
         _ => None,
@@ -130,37 +130,50 @@ pub struct PublishedRows {
 
 /// What became of one published event.
 enum Outcome {
-    /// Stored; its deliveries' ids follow this one in the order of its targets.
-    Stored { first_delivery: i64 },
+    /// Stored as `seq`; its deliveries' ids follow `first_delivery` in the order of its
+    /// targets.
+    Stored { seq: i64, first_delivery: i64 },
     /// It repeats an idempotency key: the first publish's result.
     Repeat(Published),
 }
 
 impl PublishedRows {
-    pub fn into_published(self) -> Vec<Published> {
-        let results = self.events.into_iter().zip(self.outcomes);
-        results
-            .map(|(new, outcome)| match outcome {
-                Outcome::Repeat(first) => first,
-                Outcome::Stored { first_delivery } => Published {
-                    id: new.event.id,
-                    duplicate: false,
-                    deliveries: new
-                        .targets
-                        .into_iter()
-                        .zip(first_delivery..)
-                        .map(|(route, id)| DeliveryState {
-                            id: delivery_id(id),
-                            target: route.app,
-                            status: match self.handed.contains(&id) {
-                                true => DeliveryStatus::InFlight,
-                                false => DeliveryStatus::Pending,
-                            },
-                        })
-                        .collect(),
-                },
-            })
-            .collect()
+    /// The results, and the events stored with their seqs.
+    pub fn into_published(self) -> (Vec<Published>, Vec<(i64, Event)>) {
+        let mut stored: Vec<(i64, Event)> = Vec::with_capacity(self.events.len());
+        let mut published: Vec<Published> = Vec::with_capacity(self.events.len());
+        for (new, outcome) in self.events.into_iter().zip(self.outcomes) {
+            let (seq, first_delivery) = match outcome {
+                Outcome::Repeat(first) => {
+                    published.push(first);
+                    continue;
+                }
+                Outcome::Stored {
+                    seq,
+                    first_delivery,
+                } => (seq, first_delivery),
+            };
+            let deliveries: Vec<DeliveryState> = new
+                .targets
+                .into_iter()
+                .zip(first_delivery..)
+                .map(|(route, id)| DeliveryState {
+                    id: delivery_id(id),
+                    target: route.app,
+                    status: match self.handed.contains(&id) {
+                        true => DeliveryStatus::InFlight,
+                        false => DeliveryStatus::Pending,
+                    },
+                })
+                .collect();
+            published.push(Published {
+                id: new.event.id.clone(),
+                duplicate: false,
+                deliveries,
+            });
+            stored.push((seq, new.event));
+        }
+        (published, stored)
     }
 }
 
@@ -221,6 +234,7 @@ pub fn publish(
         ])?;
         let seq = ctx.conn.last_insert_rowid();
         outcomes.push(Outcome::Stored {
+            seq,
             first_delivery: next_id,
         });
         for route in targets {
@@ -647,6 +661,7 @@ fn finished(
 
 /// An acknowledged delivery as the writer leaves it: the caller describes it after the commit
 /// (`read::acked_changes`), off the writer, which reads no more of a delivery than the ack needs.
+#[derive(Debug, Clone)]
 pub struct AckedRow {
     pub rowid: i64,
     pub event_seq: i64,
@@ -1089,6 +1104,7 @@ pub fn record_alert(
                 a.rule
             ])?,
     };
-    let mut published = publish(ctx, vec![event], now)?.into_published();
+    // Not remembered for leases (recent.rs): this job's group may still roll back.
+    let (mut published, _) = publish(ctx, vec![event], now)?.into_published();
     Ok(published.remove(0))
 }
