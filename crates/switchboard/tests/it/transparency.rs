@@ -336,6 +336,7 @@ async fn prometheus_metrics() {
         "switchboard_store_commit_seconds_bucket",
         "switchboard_store_group_size_bucket",
         "switchboard_store_commit_wal_pages_bucket{le=\"4096\"}",
+        "switchboard_store_recent_events_total{found=\"yes\"}",
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
