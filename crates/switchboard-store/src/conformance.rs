@@ -697,7 +697,7 @@ pub async fn many_leased_and_acked_at_once_are_each_described(store: &dyn Store)
         .collect();
     let expected: Vec<(DeliveryId, EventId, TenantId, Option<u64>)> = leased
         .into_iter()
-        .map(|d| (d.id, d.event.id, d.event.tenant, Some(60)))
+        .map(|d| (d.id, d.event.id.clone(), d.event.tenant.clone(), Some(60)))
         .collect();
     assert_eq!(described, expected);
 }
@@ -1200,7 +1200,7 @@ async fn lease_ids(
     lease(store, who, 100, now)
         .await
         .into_iter()
-        .map(|d| (d.event.id, d.id, d.attempt))
+        .map(|d| (d.event.id.clone(), d.id, d.attempt))
         .collect()
 }
 

@@ -92,7 +92,8 @@ pub struct LeasedDelivery {
     pub id: DeliveryId,
     pub attempt: u32,
     pub lease_expires_at: Timestamp,
-    pub event: Event,
+    /// Shared: the SQLite store hands out the events it keeps in memory without copying them.
+    pub event: std::sync::Arc<Event>,
 }
 
 #[derive(Debug, Clone, Default)]

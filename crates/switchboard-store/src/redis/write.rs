@@ -350,7 +350,7 @@ impl RedisStore {
                     id: keys::delivery_id(*n),
                     attempt: *attempt,
                     lease_expires_at: deadline,
-                    event: event.0.clone(),
+                    event: std::sync::Arc::new(event.0.clone()),
                 })
             })
             .collect::<Result<Vec<_>>>()?;

@@ -97,7 +97,7 @@ impl Handoffs {
             id: delivery_id(rowid),
             attempt: 1,
             lease_expires_at: h.expires,
-            event: event.clone(),
+            event: std::sync::Arc::new(event.clone()),
         });
     }
 

@@ -165,7 +165,7 @@ impl SqliteStore {
                     id: rows::delivery_id(rowid),
                     attempt,
                     lease_expires_at,
-                    event: event.clone(),
+                    event,
                 },
                 move |conn, missing| {
                     let missing = write::LeasedRows {
@@ -255,7 +255,7 @@ impl SqliteStore {
         &self,
         rows: Vec<R>,
         seq: impl Fn(&R) -> i64,
-        built: impl Fn(R, &Event) -> T,
+        built: impl Fn(R, Arc<Event>) -> T,
         read: impl FnOnce(&Connection, Vec<R>) -> Result<Vec<T>> + Send + 'static,
     ) -> Result<Vec<T>>
     where
@@ -280,7 +280,7 @@ impl SqliteStore {
         rows.into_iter()
             .zip(remembered)
             .map(|(row, event)| match event {
-                Some(event) => Ok(built(row, &event)),
+                Some(event) => Ok(built(row, event)),
                 None => read
                     .next()
                     .ok_or_else(|| StoreError::Internal("a row's event was not read".into())),
@@ -486,7 +486,7 @@ impl Store for SqliteStore {
             self.described(
                 acked,
                 |row| row.event_seq,
-                |row, event| read::acked_change(&by, row, read::EventKeys::of(event)),
+                |row, event| read::acked_change(&by, row, read::EventKeys::of(&event)),
                 move |conn, missing| read::acked_changes(conn, &app, missing),
             )
             .await

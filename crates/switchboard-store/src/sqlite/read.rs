@@ -227,7 +227,7 @@ pub fn leased_events(conn: &Connection, leased: LeasedRows) -> Result<Leased, St
             id: delivery_id(rowid),
             attempt,
             lease_expires_at: leased.lease_expires_at,
-            event,
+            event: std::sync::Arc::new(event),
         });
     }
     Ok(Leased {
