@@ -138,8 +138,8 @@ impl SqliteStore {
     /// for a publish to hand it deliveries (handoff.rs).
     ///
     /// A lease a crash undoes leaves the delivery pending: handed out again, nothing lost.
-    /// The writer changes the rows; the events are read after its commit, off the writer.
-    /// Should that read fail, the caller gets the error and the deliveries stay leased until
+    /// The writer changes the rows; the events come from memory, or are read after its
+    /// commit, off the writer (see `described`). Should that read fail, the caller gets the error and the deliveries stay leased until
     /// their lease expires: handed out again then, like any lost answer.
     async fn lease_or_park(
         &self,

@@ -3,7 +3,6 @@
 //! was answered (committed and fsynced), which never change and whose seq is never reused;
 //! must never hold more than its capacity, and is only a shortcut (a miss reads the row).
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use switchboard_core::event::Event;
@@ -12,49 +11,50 @@ use switchboard_core::event::Event;
 /// consumers lease within a few hundred events of the publishers.
 pub const CAPACITY: usize = 4096;
 
+/// A ring of slots by seq modulo the capacity: seqs are dense (row ids in publish order), so
+/// an event takes the slot of the one `capacity` seqs before it, and a lookup is one index.
 #[derive(Debug)]
 pub struct Recent {
-    capacity: usize,
-    inner: Mutex<Inner>,
+    slots: Mutex<Vec<Slot>>,
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    by_seq: HashMap<i64, Arc<Event>>,
-    /// Seqs in the order they came, to forget the oldest.
-    order: VecDeque<i64>,
-}
+/// An event and its seq, or nothing yet.
+type Slot = Option<(i64, Arc<Event>)>;
 
 impl Recent {
     pub fn new(capacity: usize) -> Recent {
         Recent {
-            capacity,
-            inner: Mutex::new(Inner::default()),
+            slots: Mutex::new(vec![None; capacity]),
         }
     }
 
-    /// Keeps the events of a publish once it is answered, forgetting the oldest beyond the
-    /// capacity.
+    /// Keeps the events of a publish once it is answered, each in place of the event
+    /// `capacity` seqs older.
     pub fn insert(&self, events: impl IntoIterator<Item = (i64, Event)>) {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        for (seq, event) in events {
-            if inner.by_seq.insert(seq, Arc::new(event)).is_none() {
-                inner.order.push_back(seq);
-            }
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let capacity = slots.len();
+        if capacity == 0 {
+            return;
         }
-        while inner.order.len() > self.capacity {
-            if let Some(oldest) = inner.order.pop_front() {
-                inner.by_seq.remove(&oldest);
-            }
+        for (seq, event) in events {
+            slots[slot(seq, capacity)] = Some((seq, Arc::new(event)));
         }
     }
 
     /// The events of `seqs` that are here, in their order (`None` where one is not).
     pub fn get_all(&self, seqs: impl Iterator<Item = i64>) -> Vec<Option<Arc<Event>>> {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let found: Vec<Option<Arc<Event>>> =
-            seqs.map(|seq| inner.by_seq.get(&seq).cloned()).collect();
-        drop(inner);
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let capacity = slots.len();
+        let found: Vec<Option<Arc<Event>>> = seqs
+            .map(|seq| match capacity {
+                0 => None,
+                _ => match &slots[slot(seq, capacity)] {
+                    Some((at, event)) if *at == seq => Some(event.clone()),
+                    _ => None,
+                },
+            })
+            .collect();
+        drop(slots);
         let hits = found.iter().filter(|e| e.is_some()).count();
         metrics::counter!("switchboard_store_recent_events_total", "found" => "yes")
             .increment(hits as u64);
@@ -64,65 +64,52 @@ impl Recent {
     }
 }
 
+fn slot(seq: i64, capacity: usize) -> usize {
+    seq.rem_euclid(capacity as i64) as usize
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchboard_core::{AppId, EventId, EventType, TenantId, Timestamp};
+    use crate::conformance;
+    use switchboard_core::Timestamp;
 
-    fn event(n: i64) -> Event {
-        Event {
-            id: EventId::parse(&format!("evt_{n}")).expect("id"),
-            tenant: TenantId::parse("t1").expect("tenant"),
-            event_type: EventType::parse("user.created").expect("type"),
-            source: AppId::parse("crm").expect("app"),
-            time: Timestamp(n),
-            data: format!("{{\"n\":{n}}}"),
-            idempotency_key: None,
-            named_targets: None,
-            entity_id: None,
-            correlation_id: None,
-            causation_id: None,
-            historical: false,
-        }
-    }
-
-    /// Inserts events 1..=inserted into a cache of `capacity` and returns which of `asked`
-    /// it still has, by their data.
-    fn check_recent(capacity: usize, inserted: i64, asked: &[i64]) -> Vec<Option<String>> {
+    /// Inserts events of seqs 1..=inserted into a cache of `capacity` and returns, for each
+    /// of `asked`, the seq of the event it found (by its id), if it found one.
+    fn check_recent(capacity: usize, inserted: i64, asked: &[i64]) -> Vec<Option<i64>> {
         let recent = Recent::new(capacity);
-        for n in 1..=inserted {
-            recent.insert([(n, event(n))]);
+        let events: Vec<Event> = (1..=inserted)
+            .map(|n| conformance::event("crm", "t1", "user.created", Timestamp(n)))
+            .collect();
+        for (seq, event) in (1..).zip(&events) {
+            recent.insert([(seq, event.clone())]);
         }
         recent
             .get_all(asked.iter().copied())
             .into_iter()
-            .map(|e| e.map(|e| e.data.clone()))
+            .map(|found| {
+                let found = found?;
+                (1..)
+                    .zip(&events)
+                    .find(|(_, e)| e.id == found.id)
+                    .map(|(seq, _)| seq)
+            })
             .collect()
     }
 
     #[test]
     fn finds_what_it_was_given_by_seq() {
-        assert_eq!(
-            check_recent(8, 3, &[2, 3, 1]),
-            [
-                Some("{\"n\":2}".to_owned()),
-                Some("{\"n\":3}".to_owned()),
-                Some("{\"n\":1}".to_owned())
-            ]
-        );
+        assert_eq!(check_recent(8, 3, &[2, 3, 1]), [Some(2), Some(3), Some(1)]);
         assert_eq!(check_recent(8, 3, &[4]), [None]);
     }
 
     #[test]
     fn keeps_only_the_newest_up_to_its_capacity() {
-        let found = check_recent(2, 5, &[3, 4, 5]);
+        assert_eq!(check_recent(2, 5, &[3, 4, 5]), [None, Some(4), Some(5)]);
         assert_eq!(
-            found,
-            [
-                None,
-                Some("{\"n\":4}".to_owned()),
-                Some("{\"n\":5}".to_owned())
-            ]
+            check_recent(0, 5, &[5]),
+            [None],
+            "no capacity, nothing kept"
         );
     }
 }
