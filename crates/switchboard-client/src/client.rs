@@ -18,7 +18,7 @@ use crate::error::{Error, api_error};
 use crate::query::{encode, events_query_string, query_string};
 use crate::stream::ChangeStream;
 use crate::transparency::{Matrix, Stats, TenantHealth};
-use crate::transport::{Outgoing, Tls, Transport};
+use crate::transport::{DEFAULT_MAX_IN_FLIGHT, Outgoing, Tls, Transport};
 use crate::types::{
     Ack, AckRequest, AckResponse, AppInfo, AppList, AppUpdate, ConsumeRequest, ConsumeResponse,
     CreatedApp, CreatedKey, DeadFilter, DeadLettersPage, Delivery, EventBatch, EventView,
@@ -34,6 +34,10 @@ const CONSUME_GRACE: Duration = Duration::from_secs(10);
 /// Cheap to clone: clones share the connection pool. There is no overall request timeout
 /// (consume long-polls), only a 5 s connect timeout; `consume` sets its own per-request
 /// timeout of `wait_ms` + 10 s.
+///
+/// At most [`DEFAULT_MAX_IN_FLIGHT`] requests (100) are on the wire at once, over as many
+/// connections at most; more wait their turn (see [`Client::with_max_in_flight`]). A
+/// long-poll holds its turn while it waits, and a change stream while it is open.
 #[derive(Clone)]
 pub struct Client {
     base_url: String,
@@ -85,10 +89,26 @@ impl Client {
             base_url.pop();
         }
         Client {
-            http: Arc::new(Transport::new(&base_url, tls)),
+            http: Arc::new(Transport::new(&base_url, tls, DEFAULT_MAX_IN_FLIGHT)),
             base_url,
             auth: bearer(&api_key),
         }
+    }
+
+    /// The same server and key with at most `max` requests on the wire at once (at least 1),
+    /// over a new connection pool of its own: clones made before keep the old pool and limit.
+    /// Raise it when more than 100 long-polls (several consumers, apps with [`Client::with_key`])
+    /// share one client; lower it to bound the connections one process opens.
+    pub fn with_max_in_flight(self, max: usize) -> Client {
+        Client {
+            http: Arc::new(Transport::new(&self.base_url, self.http.tls().clone(), max)),
+            ..self
+        }
+    }
+
+    /// How many requests may be on the wire at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.http.max_in_flight()
     }
 
     /// The same server (and connection pool) with another API key.

@@ -52,6 +52,7 @@ pub use transparency::{
     ChannelHealth, HealthCounts, Matrix, MatrixRow, Percentiles, Reason, Stats, StatsRow,
     StreamChange, TenantHealth,
 };
+pub use transport::DEFAULT_MAX_IN_FLIGHT;
 pub use types::{
     Ack, AppInfo, AppUpdate, AttemptView, ConsumeRequest, CreatedApp, CreatedKey, DeadFilter,
     DeadLettersPage, Delivery, DeliveryRecord, DeliveryStatus, DeliveryView, Event, EventView,

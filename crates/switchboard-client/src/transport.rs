@@ -1,6 +1,13 @@
 //! HTTP/1.1 to one switchboard server over a pool of keep-alive connections, plain or TLS.
 //! It must not retry a request the server may have seen, follow redirects or know any endpoint.
 //!
+//! At most a set number of requests are on the wire at once ([`DEFAULT_MAX_IN_FLIGHT`]
+//! unless configured); more wait for one to end. A connection is opened only when no idle
+//! one is left, so there are never more connections than that either: a server that falls
+//! behind an open-loop publisher sees its requests queue in the client, not thousands of new
+//! connections (which ran a benchmark out of file descriptors and made a server already
+//! behind accept and drop connections instead of answering).
+//!
 //! Built on hyper's connection API rather than a general-purpose client: a request here is a
 //! method, a path under the base URL and a body, so it needs no URL parsing, proxy lookup,
 //! redirect policy or per-host pool map (a reqwest client spent about twice the CPU per
@@ -20,6 +27,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::rustls::pki_types::ServerName;
@@ -33,8 +41,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// client seldom reuses a connection the server is closing. Idle connections are not watched:
 /// older ones are closed by the next request.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
-/// At most this many idle connections are kept; more are closed when their request ends.
-const POOL_MAX_IDLE: usize = 64;
+/// How many requests may be on the wire at once, unless configured otherwise.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 100;
 
 /// Where requests go: the base URL taken apart once.
 #[derive(Debug)]
@@ -50,6 +58,7 @@ struct Origin {
 }
 
 /// How `https` connections are made.
+#[derive(Clone)]
 pub(crate) enum Tls {
     /// With the system's trust roots, loaded on the first `https` connection.
     System,
@@ -63,6 +72,9 @@ pub(crate) struct Transport {
     origin: Result<Origin, String>,
     tls: Tls,
     idle: Mutex<Vec<Conn>>,
+    /// One permit per request on the wire; as many as connections may be open.
+    in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
 }
 
 /// A request of the client: `path` (with any query) is under the base URL.
@@ -92,6 +104,8 @@ struct Conn {
 pub(crate) struct Streaming {
     body: Incoming,
     conn: Conn,
+    /// The request is on the wire until its body is read or dropped.
+    _in_flight: OwnedSemaphorePermit,
 }
 
 impl Streaming {
@@ -111,12 +125,33 @@ impl Streaming {
 }
 
 impl Transport {
-    pub(crate) fn new(base_url: &str, tls: Tls) -> Transport {
+    /// A transport with no connection yet; `max_in_flight` is at least 1.
+    pub(crate) fn new(base_url: &str, tls: Tls, max_in_flight: usize) -> Transport {
+        let max_in_flight = max_in_flight.max(1);
         Transport {
             origin: origin_of(base_url),
             tls,
             idle: Mutex::new(Vec::new()),
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
         }
+    }
+
+    pub(crate) fn tls(&self) -> &Tls {
+        &self.tls
+    }
+
+    pub(crate) fn max_in_flight(&self) -> usize {
+        self.max_in_flight
+    }
+
+    /// Waits for a request's turn on the wire.
+    async fn turn(&self) -> OwnedSemaphorePermit {
+        self.in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed")
     }
 
     /// Sends the request and reads the whole response.
@@ -124,6 +159,7 @@ impl Transport {
         &self,
         request: Outgoing<'_>,
     ) -> Result<(StatusCode, Bytes), Error> {
+        let _in_flight = self.turn().await;
         let (response, mut conn) = self.send(request).await?;
         let status = response.status();
         let body = drive(&mut conn.driver, response.into_body().collect())
@@ -131,7 +167,7 @@ impl Transport {
             .map_err(|e| transport(&e))?
             .to_bytes();
         let mut idle = self.idle.lock().expect("pool lock");
-        if conn.driver.is_some() && idle.len() < POOL_MAX_IDLE {
+        if conn.driver.is_some() {
             conn.idle_since = Instant::now();
             idle.push(conn);
         }
@@ -143,10 +179,16 @@ impl Transport {
         &self,
         request: Outgoing<'_>,
     ) -> Result<(StatusCode, Streaming), Error> {
+        let in_flight = self.turn().await;
         let (response, conn) = self.send(request).await?;
         let status = response.status();
         let body = response.into_body();
-        Ok((status, Streaming { body, conn }))
+        let streaming = Streaming {
+            body,
+            conn,
+            _in_flight: in_flight,
+        };
+        Ok((status, streaming))
     }
 
     /// Sends on an idle connection, or a new one; a request that an idle connection could not
@@ -373,7 +415,102 @@ pub(crate) fn transport(err: &(dyn std::error::Error + 'static)) -> Error {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::sync::Barrier;
+    use tokio::task::JoinSet;
+
     use super::*;
+
+    /// Connections a peer has open now, and the most it had at once.
+    #[derive(Default)]
+    struct Connections {
+        open: AtomicUsize,
+        most: AtomicUsize,
+    }
+
+    /// A peer answering every request on a connection with `{"status":"ok"}`, each answer
+    /// held until `round` requests wait for theirs: requests the client lets on the wire
+    /// together are all open at once.
+    async fn holding_peer(listener: TcpListener, round: usize, seen: Arc<Connections>) {
+        let round = Arc::new(Barrier::new(round));
+        let mut connections = JoinSet::new();
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let open = seen.open.fetch_add(1, Ordering::SeqCst) + 1;
+            seen.most.fetch_max(open, Ordering::SeqCst);
+            let (round, seen) = (round.clone(), seen.clone());
+            connections.spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while let Ok(n @ 1..) = socket.read(&mut buf).await {
+                    head.extend_from_slice(&buf[..n]);
+                    if !head.ends_with(b"\r\n\r\n") {
+                        continue;
+                    }
+                    head.clear();
+                    round.wait().await;
+                    let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                                  content-length: 15\r\n\r\n{\"status\":\"ok\"}";
+                    if socket.write_all(answer.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+                seen.open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    }
+
+    /// Sends `requests` GETs at once through a transport allowing `max_in_flight`, to a
+    /// peer answering them `round` at a time; returns the most connections it had at once.
+    async fn check_in_flight(max_in_flight: usize, requests: usize, round: usize) -> usize {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let seen = Arc::new(Connections::default());
+        let peer = tokio::spawn(holding_peer(listener, round, seen.clone()));
+        let transport = Arc::new(Transport::new(&url, Tls::System, max_in_flight));
+        let auth = HeaderValue::from_static("Bearer k");
+        let mut sent = JoinSet::new();
+        for _ in 0..requests {
+            let (transport, auth) = (transport.clone(), auth.clone());
+            sent.spawn(async move {
+                let get = Outgoing {
+                    method: Method::GET,
+                    path: "/healthz",
+                    auth: &auth,
+                    body: None,
+                    accept: None,
+                };
+                transport.exchange(get).await
+            });
+        }
+        while let Some(answered) = sent.join_next().await {
+            let (status, body) = answered.expect("joined").expect("answered");
+            assert_eq!(
+                (status, &body[..]),
+                (StatusCode::OK, &b"{\"status\":\"ok\"}"[..])
+            );
+        }
+        peer.abort();
+        seen.most.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn no_more_requests_go_on_the_wire_at_once_than_allowed() {
+        // Two at a time, in three rounds over the same two connections.
+        assert_eq!(check_in_flight(2, 6, 2).await, 2);
+        // Up to the limit, all at once.
+        assert_eq!(check_in_flight(DEFAULT_MAX_IN_FLIGHT, 6, 6).await, 6);
+    }
+
+    #[test]
+    fn at_least_one_request_goes_on_the_wire() {
+        assert_eq!(
+            Transport::new("http://127.0.0.1:1", Tls::System, 0).max_in_flight(),
+            1
+        );
+    }
 
     #[test]
     fn request_targets_are_under_the_prefix_and_escaped() {
