@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::de::IgnoredAny;
-use switchboard_client::{Ack, Client, ConsumeRequest, Delivery, Method, NewApp};
+use switchboard_client::{Ack, Client, ConsumeRequest, Delivery, NewApp};
 
 use crate::server::{ServerProcess, filesystem_of};
 use crate::target::{EVENT_TYPE, Footprint, TENANT, Target};
@@ -69,19 +69,9 @@ impl Batch {
 
     /// Publishes it through `publisher`; an error unless every event was stored.
     pub async fn publish(&self, publisher: &Client) -> Result<usize> {
-        let (status, reply) = publisher
-            .raw(Method::POST, "/v1/events", Some(self.body.clone()))
-            .await?;
-        if !(200..300).contains(&status) {
-            bail!("publish answered {status}: {reply}");
-        }
-        let stored = reply["events"].as_array().map_or(0, Vec::len);
+        let stored = publisher.publish_json(self.body.clone()).await?.len();
         if stored != self.count {
-            bail!(
-                "publish of {} events answered {} events: {reply}",
-                self.count,
-                stored
-            );
+            bail!("publish of {} events answered {stored} events", self.count);
         }
         Ok(stored)
     }

@@ -222,6 +222,17 @@ impl Client {
         Ok(response.events)
     }
 
+    /// `POST /v1/events` (app key) with a body that is JSON already: one event, or
+    /// `{"events":[..]}`. For callers holding events as JSON (a relay, a replay from a log),
+    /// which would otherwise parse and serialize them again; results in the body's order.
+    pub async fn publish_json(&self, body: Vec<u8>) -> Result<Vec<PublishedEvent>, Error> {
+        let (status, bytes) = self
+            .exchange(Method::POST, "/v1/events", Some(body))
+            .await?;
+        let response: PublishResponse = decode(status, &bytes)?;
+        Ok(response.events)
+    }
+
     /// `POST /v1/consume` (app key): leases up to `req.max` deliveries, waiting up to
     /// `req.wait_ms` for some to become available. An empty result means none came.
     pub async fn consume(&self, req: &ConsumeRequest) -> Result<Vec<Delivery>, Error> {

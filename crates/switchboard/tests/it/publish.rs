@@ -135,6 +135,36 @@ async fn a_batch_is_stored_in_order() {
 }
 
 #[tokio::test]
+async fn events_already_in_json_are_published_as_sent() {
+    let hub = Hub::start().await;
+    let crm = hub.app("crm", &[]).await;
+    hub.app("hr", &["user.*"]).await;
+    let one = br#"{"type":"user.created","tenant":"acme","data":{"i":0}}"#.to_vec();
+    let published = crm.publish_json(one).await.unwrap();
+    assert_eq!(published.len(), 1);
+    assert_eq!(published[0].deliveries[0].target, "hr");
+    let batch = br#"{"events":[
+        {"type":"user.created","tenant":"acme","data":{"i":1}},
+        {"type":"user.deleted","tenant":"acme","data":{"i":2}}]}"#
+        .to_vec();
+    let published = crm.publish_json(batch).await.unwrap();
+    assert_eq!(published.len(), 2);
+    let second = lookup(&crm, &published[1].id).await;
+    assert_eq!(
+        (second.event.event_type.as_str(), &second.event.data),
+        ("user.deleted", &json!({"i": 2}))
+    );
+    // A body that is not a valid event is refused like any other, naming the field.
+    let refused = crm
+        .publish_json(br#"{"type":"User","tenant":"acme","data":{}}"#.to_vec())
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("type"), "{refused}");
+    assert_eq!(stored_count(&hub).await, 3);
+    hub.stop().await;
+}
+
+#[tokio::test]
 async fn event_fields_come_back_as_sent() {
     let hub = Hub::start().await;
     let crm = hub.app("crm", &[]).await;
