@@ -5,8 +5,7 @@
 //! unless configured); more wait for one to end. A connection is opened only when no idle
 //! one is left, so there are never more connections than that either: a server that falls
 //! behind an open-loop publisher sees its requests queue in the client, not thousands of new
-//! connections (which ran a benchmark out of file descriptors and made a server already
-//! behind accept and drop connections instead of answering).
+//! connections (which ran a benchmark's client and its server out of file descriptors).
 //!
 //! Built on hyper's connection API rather than a general-purpose client: a request here is a
 //! method, a path under the base URL and a body, so it needs no URL parsing, proxy lookup,
