@@ -506,6 +506,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_client_keeps_its_key_and_server_with_another_in_flight_limit() {
+        let client = Client::new("http://127.0.0.1:7800/", "sb_one");
+        assert_eq!(client.max_in_flight(), DEFAULT_MAX_IN_FLIGHT);
+        let narrow = client.with_max_in_flight(3);
+        assert_eq!(narrow.max_in_flight(), 3);
+        assert_eq!(narrow.base_url(), "http://127.0.0.1:7800");
+        assert_eq!(narrow.auth.expect("a header value"), "Bearer sb_one");
+    }
+
+    #[test]
     fn requests_carry_the_clients_key_as_a_sensitive_bearer() {
         let client = Client::new("http://127.0.0.1:7800", "sb_one");
         let auth = client.auth.clone().expect("a header value");
