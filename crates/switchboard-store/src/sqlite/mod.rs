@@ -139,8 +139,9 @@ impl SqliteStore {
     ///
     /// A lease a crash undoes leaves the delivery pending: handed out again, nothing lost.
     /// The writer changes the rows; the events come from memory, or are read after its
-    /// commit, off the writer (see `described`). Should that read fail, the caller gets the error and the deliveries stay leased until
-    /// their lease expires: handed out again then, like any lost answer.
+    /// commit, off the writer (see `described`). Should that read fail, the caller gets the
+    /// error and the deliveries stay leased until their lease expires: handed out again
+    /// then, like any lost answer.
     async fn lease_or_park(
         &self,
         req: LeaseRequest,
@@ -157,23 +158,25 @@ impl SqliteStore {
             lease_expires_at,
             next_ready_at,
         } = leased;
+        let built = move |(rowid, attempt, _): (i64, u32, i64), event| LeasedDelivery {
+            id: rows::delivery_id(rowid),
+            attempt,
+            lease_expires_at,
+            event,
+        };
         let deliveries = self
             .described(
                 rows,
                 |&(_, _, seq)| seq,
-                |(rowid, attempt, _), event| LeasedDelivery {
-                    id: rows::delivery_id(rowid),
-                    attempt,
-                    lease_expires_at,
-                    event,
-                },
+                built,
                 move |conn, missing| {
-                    let missing = write::LeasedRows {
-                        rows: missing,
-                        lease_expires_at,
-                        next_ready_at,
-                    };
-                    Ok(read::leased_events(conn, missing)?.deliveries)
+                    let events = read::events_by_seq(conn, missing.iter().map(|&(_, _, seq)| seq))?;
+                    let events = events.into_iter().map(Arc::new);
+                    Ok(missing
+                        .into_iter()
+                        .zip(events)
+                        .map(|(row, e)| built(row, e))
+                        .collect())
                 },
             )
             .await?;

@@ -9,10 +9,10 @@ use switchboard_core::{
 };
 
 use super::rows::{self, APP_COLS, EVENT_COLS, app_from_row, delivery_id, event_from_row};
-use super::write::{AckedRow, LeasedRows};
+use super::write::AckedRow;
 use crate::{
     DeadFilter, DeadLetterQuery, DeliveryChange, DeliveryPage, DeliveryRecord, EventPage,
-    EventQuery, EventRecord, Leased, LeasedDelivery, StoreError, UnackedQuery,
+    EventQuery, EventRecord, StoreError, UnackedQuery,
 };
 
 /// A WHERE clause built piece by piece, with numbered arguments.
@@ -213,27 +213,22 @@ pub fn event(conn: &Connection, id: &EventId) -> Result<Option<EventRecord>, Sto
         .transpose()
 }
 
-/// The events of a lease's deliveries (`write::lease` took the rows), read after its commit.
-/// Events never change once stored, so any snapshot taken after the lease has them.
-pub fn leased_events(conn: &Connection, leased: LeasedRows) -> Result<Leased, StoreError> {
+/// The events of `seqs`, in order: a lease's (`write::lease` took the rows), read after its
+/// commit. Events never change once stored, so any snapshot taken after the lease has them.
+pub fn events_by_seq(
+    conn: &Connection,
+    seqs: impl ExactSizeIterator<Item = i64>,
+) -> Result<Vec<Event>, StoreError> {
     let _snapshot = one_read(conn)?;
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {EVENT_COLS} FROM events e WHERE e.seq = ?1"
     ))?;
-    let mut deliveries = Vec::with_capacity(leased.rows.len());
-    for (rowid, attempt, seq) in leased.rows {
+    let mut events = Vec::with_capacity(seqs.len());
+    for seq in seqs {
         let (_, event) = stmt.query_row([seq], |r| event_from_row(r, 0))?;
-        deliveries.push(LeasedDelivery {
-            id: delivery_id(rowid),
-            attempt,
-            lease_expires_at: leased.lease_expires_at,
-            event: std::sync::Arc::new(event),
-        });
+        events.push(event);
     }
-    Ok(Leased {
-        deliveries,
-        next_ready_at: leased.next_ready_at,
-    })
+    Ok(events)
 }
 
 /// One read transaction for a loop of single-row queries: outside one, every query takes and

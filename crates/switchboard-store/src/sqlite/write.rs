@@ -450,9 +450,9 @@ fn published_before(
     }))
 }
 
-/// What a lease changed: the deliveries it took, in order, without their events (read after
-/// the commit on a read connection, see [`super::read::leased_events`], so the one writer
-/// does not spend its time copying payloads).
+/// What a lease changed: the deliveries it took, in order, without their events (kept in
+/// memory, or read after the commit on a read connection, see [`super::read::events_by_seq`],
+/// so the one writer does not spend its time copying payloads).
 pub struct LeasedRows {
     /// (delivery rowid, attempt, event seq)
     pub rows: Vec<(i64, u32, i64)>,
