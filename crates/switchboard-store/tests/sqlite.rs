@@ -178,14 +178,7 @@ async fn deliveries_pending_at_an_upgrade_from_schema_7_stay_leasable() {
         .await
         .unwrap();
     store.close().await;
-    let db =
-        rusqlite::Connection::open(dir.path().join(switchboard_store::sqlite::DB_FILE)).unwrap();
-    db.execute_batch(
-        "CREATE INDEX deliveries_ready ON deliveries(target, available_at, id) \
-         WHERE status = 0 AND blocked = 0; PRAGMA user_version = 7;",
-    )
-    .unwrap();
-    drop(db);
+    downgrade(dir.path(), 7);
 
     let upgraded = SqliteStore::open(dir.path()).unwrap();
     let now = T0.plus_ms(5);
@@ -199,6 +192,142 @@ async fn deliveries_pending_at_an_upgrade_from_schema_7_stay_leasable() {
     let retried = conformance::lease(&upgraded, "hr", 10, now.plus_ms(60_000)).await;
     assert_eq!(retried.len(), 1, "the nacked one, at its retry");
     assert_eq!((&retried[0].id, retried[0].attempt), (&first[0].id, 2));
+    upgraded.close().await;
+}
+
+/// Turns the database in `dir` back into schema `version` (8 or 7), as a build of that
+/// version left it: migration 9 undone (the open deliveries' index on channel names, no
+/// channel ids) and, for 7, migration 8 (the index of ready deliveries back).
+fn downgrade(dir: &std::path::Path, version: u32) {
+    let db = rusqlite::Connection::open(dir.join(switchboard_store::sqlite::DB_FILE)).unwrap();
+    db.execute_batch(
+        "DROP INDEX deliveries_channel_open; DROP INDEX channels_id;
+         ALTER TABLE deliveries DROP COLUMN channel; ALTER TABLE channels DROP COLUMN id;
+         CREATE INDEX deliveries_channel_open ON deliveries(tenant, source, target, id)
+             WHERE finished_at IS NULL;
+         PRAGMA user_version = 8;",
+    )
+    .unwrap();
+    if version == 7 {
+        db.execute_batch(
+            "CREATE INDEX deliveries_ready ON deliveries(target, available_at, id) \
+             WHERE status = 0 AND blocked = 0; PRAGMA user_version = 7;",
+        )
+        .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn open_and_dead_deliveries_at_an_upgrade_from_schema_8_are_found_by_channel() {
+    // Schema 9 keys the index of open deliveries on a channel id: a data directory written
+    // before it is upgraded on open, and each channel's open deliveries are found through
+    // the id its channel got, dead ones too once requeued, and new channels get new ids.
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    for target in ["hr", "billing"] {
+        conformance::register(&store, target, &["*"], 8).await;
+    }
+    let mut published = Vec::new();
+    for n in 0..3 {
+        let ev = conformance::event("crm", "acme", "user.created", T0.plus_ms(n));
+        published.push(conformance::publish_to(&store, ev, &["hr", "billing"]).await);
+    }
+    // hr acks its first delivery; billing's first dies.
+    let hr = conformance::lease(&store, "hr", 1, T0.plus_ms(3)).await;
+    let acked = vec![AckItem {
+        id: hr[0].id.clone(),
+        attempt: Some(1),
+        data: None,
+    }];
+    store
+        .ack(conformance::app("hr"), acked, T0.plus_ms(3))
+        .await
+        .unwrap();
+    let billing = conformance::lease(&store, "billing", 1, T0.plus_ms(3)).await;
+    let dead = switchboard_store::NackItem {
+        id: billing[0].id.clone(),
+        attempt: Some(1),
+        error: "bad".into(),
+        retry_in_ms: None,
+        permanent: true,
+    };
+    store
+        .nack(conformance::app("billing"), dead, T0.plus_ms(3))
+        .await
+        .unwrap();
+    store.close().await;
+    downgrade(dir.path(), 8);
+
+    let upgraded = SqliteStore::open(dir.path()).unwrap();
+    let now = T0.plus_ms(10);
+    let open_in_acme = |store: SqliteStore| async move {
+        let page = store
+            .unacknowledged(switchboard_store::UnackedQuery {
+                tenant: switchboard_core::TenantId::parse("acme").unwrap(),
+                visible_to: None,
+                created_before: now,
+                limit: 100,
+                cursor: None,
+            })
+            .await
+            .unwrap();
+        let ids: Vec<_> = page.items.into_iter().map(|r| r.delivery.id).collect();
+        (store, ids)
+    };
+    let delivery = |event: usize, target: usize| published[event].deliveries[target].id.clone();
+    let (upgraded, open) = open_in_acme(upgraded).await;
+    let mut expected = vec![
+        delivery(1, 0),
+        delivery(1, 1),
+        delivery(2, 0),
+        delivery(2, 1),
+    ];
+    assert_eq!(
+        open, expected,
+        "every open delivery of both channels, oldest first"
+    );
+
+    let requeued = upgraded
+        .requeue(switchboard_store::RequeueRequest {
+            selector: switchboard_store::RequeueSelector::Ids(vec![delivery(0, 1)]),
+            by: "admin".into(),
+            visible_to: None,
+            now,
+        })
+        .await
+        .unwrap();
+    assert_eq!(requeued.count, 1);
+    let ev = conformance::event("crm", "globex", "user.created", now);
+    let later = conformance::publish_to(&upgraded, ev, &["hr"]).await;
+    let (upgraded, open) = open_in_acme(upgraded).await;
+    expected.insert(0, delivery(0, 1));
+    assert_eq!(open, expected, "the requeued dead one too, in its place");
+
+    let channels = upgraded
+        .channels(ChannelQuery {
+            tenant: None,
+            since: T0,
+            now,
+        })
+        .await
+        .unwrap();
+    let oldest: Vec<(String, String, Option<Timestamp>)> = channels
+        .iter()
+        .map(|c| (c.tenant.to_string(), c.target.to_string(), c.oldest_open_at))
+        .collect();
+    let mut expected_oldest = vec![
+        ("acme".to_string(), "billing".to_string(), Some(T0)),
+        ("acme".to_string(), "hr".to_string(), Some(T0.plus_ms(1))),
+        ("globex".to_string(), "hr".to_string(), Some(now)),
+    ];
+    let mut oldest = oldest;
+    oldest.sort();
+    expected_oldest.sort();
+    assert_eq!(
+        oldest, expected_oldest,
+        "each channel's oldest open delivery"
+    );
+    assert_eq!(later.deliveries.len(), 1);
     upgraded.close().await;
 }
 

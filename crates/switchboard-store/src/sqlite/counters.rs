@@ -13,6 +13,7 @@ use rusqlite::{Connection, params};
 use switchboard_core::Timestamp;
 use switchboard_core::histogram::bucket_of;
 
+use super::channel_ids::ChannelIds;
 use crate::StoreError;
 
 pub const MINUTE: i64 = 60_000;
@@ -128,14 +129,14 @@ impl Pending {
         self.changes.clear();
     }
 
-    /// Writes and forgets every change.
-    pub fn flush(&mut self, conn: &Connection) -> Result<(), StoreError> {
+    /// Writes and forgets every change; a channel's first row gets its id from `ids`.
+    pub fn flush(&mut self, conn: &Connection, ids: &mut ChannelIds) -> Result<(), StoreError> {
         if self.changes.is_empty() {
             return Ok(());
         }
         let mut state = conn.prepare_cached(
-            "INSERT INTO channels (tenant, source, target, pending, in_flight, failing, dead, published, acknowledged) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+            "INSERT INTO channels (tenant, source, target, pending, in_flight, failing, dead, published, acknowledged, id) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
              ON CONFLICT (tenant, source, target) DO UPDATE SET \
                pending = pending + excluded.pending, in_flight = in_flight + excluded.in_flight, \
                failing = failing + excluded.failing, dead = dead + excluded.dead, \
@@ -164,7 +165,8 @@ impl Pending {
                 d.failing,
                 d.dead,
                 d.published,
-                d.acknowledged
+                d.acknowledged,
+                ids.id(&tenant, &source, &target)
             ])?;
             let windowed = d.published != 0 || d.acknowledged != 0 || d.failed != 0 || d.died != 0;
             if !windowed {

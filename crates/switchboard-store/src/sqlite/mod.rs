@@ -3,6 +3,7 @@
 //! blocking thread pool. Durable on reply: the writer's syncer fsyncs the WAL after each group
 //! commit before anyone is answered (see writer.rs).
 
+mod channel_ids;
 mod checkpoint;
 mod counters;
 mod deadlines;
@@ -86,12 +87,12 @@ struct ReadPool {
     idle: Mutex<Vec<Connection>>,
 }
 
-/// The writer's in-memory state, from one walk of the open deliveries through their index
-/// (not the whole table): the lease deadlines of those in flight (deadlines.rs) and the
-/// pending ones each app may lease (ready.rs). One walk per set made a server with
-/// 1,000,000 pending deliveries answer 0.55–1.02 s after its start, against 0.51–0.76 s with
-/// this one (7 alternating starts).
-fn load_open(conn: &Connection) -> rusqlite::Result<(deadlines::Deadlines, ready::Ready)> {
+/// The writer's in-memory state: the channels' ids (channel_ids.rs), and from one walk of the
+/// open deliveries through their index (not the whole table) the lease deadlines of those in
+/// flight (deadlines.rs) and the pending ones each app may lease (ready.rs). One walk per set
+/// made a server with 1,000,000 pending deliveries answer 0.55–1.02 s after its start,
+/// against 0.51–0.76 s with this one (7 alternating starts).
+fn load_open(conn: &Connection) -> rusqlite::Result<writer::Memory> {
     let mut stmt = conn.prepare(
         "SELECT status, blocked, lease_expires_at, available_at, id, event_seq, target \
          FROM deliveries INDEXED BY deliveries_channel_open WHERE finished_at IS NULL",
@@ -107,7 +108,11 @@ fn load_open(conn: &Connection) -> rusqlite::Result<(deadlines::Deadlines, ready
             _ => {}
         }
     }
-    Ok((in_flight.into_iter().collect(), leasable.finish()))
+    Ok(writer::Memory {
+        deadlines: in_flight.into_iter().collect(),
+        ready: leasable.finish(),
+        channel_ids: channel_ids::ChannelIds::load(conn)?,
+    })
 }
 
 /// How long a connection waits for a lock another one holds.
@@ -225,11 +230,10 @@ impl SqliteStore {
             .map_err(|e| {
                 StoreError::Unavailable(format!("cannot open the WAL file: {}", e.kind()))
             })?;
-        let (deadlines, ready) = load_open(&conn)?;
+        let memory = load_open(&conn)?;
         let (writer, handle) = Writer::spawn(
             conn,
-            deadlines,
-            ready,
+            memory,
             u64::from_le_bytes(seed),
             wal,
             wal_progress,

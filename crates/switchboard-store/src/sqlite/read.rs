@@ -405,6 +405,17 @@ pub fn dead_letters(conn: &Connection, q: &DeadLetterQuery) -> Result<DeliveryPa
 /// The open deliveries of a tenant, oldest first. The one index of open deliveries is per
 /// channel (schema 6), so this merges the first page of each channel that has any (the
 /// counters say which) by id, then reads the page's rows.
+/// A page of a channel's open deliveries after a cursor, through the index of open
+/// deliveries by channel id (schema migration 9).
+const OPEN_IN_CHANNEL: &str = "SELECT id FROM deliveries WHERE channel = \
+     (SELECT id FROM channels WHERE tenant = ?1 AND source = ?2 AND target = ?3) \
+     AND finished_at IS NULL AND id > ?4 AND created_at <= ?5 ORDER BY id LIMIT ?6";
+
+/// When a channel's oldest open delivery was published: one seek of the same index.
+const OLDEST_OPEN_IN_CHANNEL: &str = "SELECT created_at FROM deliveries WHERE channel = \
+     (SELECT id FROM channels WHERE tenant = ?1 AND source = ?2 AND target = ?3) \
+     AND finished_at IS NULL ORDER BY id LIMIT 1";
+
 pub fn unacknowledged(conn: &Connection, q: &UnackedQuery) -> Result<DeliveryPage, StoreError> {
     // One snapshot for the channels, their pages and the rows.
     let snapshot = conn.unchecked_transaction()?;
@@ -422,10 +433,7 @@ pub fn unacknowledged(conn: &Connection, q: &UnackedQuery) -> Result<DeliveryPag
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let after = parse_cursor(&q.cursor)?.unwrap_or(0);
     let limit = q.limit.max(1) as i64;
-    let mut open_in = conn.prepare_cached(
-        "SELECT id FROM deliveries WHERE tenant = ?1 AND source = ?2 AND target = ?3 \
-         AND finished_at IS NULL AND id > ?4 AND created_at <= ?5 ORDER BY id LIMIT ?6",
-    )?;
+    let mut open_in = conn.prepare_cached(OPEN_IN_CHANNEL)?;
     let mut ids: Vec<i64> = Vec::new();
     for (source, target) in &channels {
         let page = open_in.query_map(
@@ -598,10 +606,7 @@ pub fn channels(conn: &Connection, q: &ChannelQuery) -> Result<Vec<ChannelStats>
 
     // The oldest open delivery of each channel with any (the first published: ids follow
     // publish order): one index seek each.
-    let mut oldest = conn.prepare_cached(
-        "SELECT created_at FROM deliveries WHERE tenant = ?1 AND source = ?2 AND target = ?3 \
-         AND finished_at IS NULL ORDER BY id LIMIT 1",
-    )?;
+    let mut oldest = conn.prepare_cached(OLDEST_OPEN_IN_CHANNEL)?;
     for (key, c) in out.iter_mut() {
         if c.pending + c.in_flight > 0 {
             c.oldest_open_at = oldest
@@ -716,4 +721,40 @@ pub fn alerts(conn: &Connection) -> Result<Vec<AlertState>, StoreError> {
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(alerts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What SQLite's planner says it does for `sql`, one line per step.
+    fn plan(conn: &Connection, sql: &str) -> Vec<String> {
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("prepare");
+        let unbound = std::iter::repeat_n(rusqlite::types::Null, stmt.parameter_count());
+        stmt.query_map(params_from_iter(unbound), |r| r.get::<_, String>(3))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("plan")
+    }
+
+    #[test]
+    fn a_channels_open_deliveries_are_sought_by_its_id_never_scanned() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        super::super::schema::migrate(&mut conn).expect("migrate");
+        for sql in [OPEN_IN_CHANNEL, OLDEST_OPEN_IN_CHANNEL] {
+            let steps = plan(&conn, sql);
+            assert!(
+                steps
+                    .iter()
+                    .any(|s| s.contains("USING INDEX deliveries_channel_open (channel=?")),
+                "{sql}: {steps:?}"
+            );
+            assert!(
+                steps.iter().all(|s| !s.starts_with("SCAN")),
+                "{sql}: {steps:?}"
+            );
+        }
+    }
 }

@@ -195,6 +195,28 @@ const MIGRATIONS: &[&str] = &[
     r#"
     DROP INDEX deliveries_ready;
     "#,
+    // 9: the index of open deliveries keyed on an integer per channel (see channel_ids.rs)
+    // instead of its three names: a publish inserts into it and an ack deletes from it, each
+    // descending it with string comparisons. Every delivery written from here on has its
+    // channel; of those before, the open ones (the index holds only them) and the dead ones
+    // (a requeue opens them again).
+    r#"
+    ALTER TABLE channels ADD COLUMN id INTEGER;
+    UPDATE channels SET id = n.id FROM
+        (SELECT tenant, source, target, row_number() OVER (ORDER BY tenant, source, target) AS id
+         FROM channels) AS n
+        WHERE n.tenant = channels.tenant AND n.source = channels.source AND n.target = channels.target;
+    CREATE UNIQUE INDEX channels_id ON channels(id);
+    ALTER TABLE deliveries ADD COLUMN channel INTEGER;
+    UPDATE deliveries SET channel = (SELECT c.id FROM channels c WHERE c.tenant = deliveries.tenant
+        AND c.source = deliveries.source AND c.target = deliveries.target)
+        WHERE finished_at IS NULL;
+    UPDATE deliveries SET channel = (SELECT c.id FROM channels c WHERE c.tenant = deliveries.tenant
+        AND c.source = deliveries.source AND c.target = deliveries.target)
+        WHERE status = 3;
+    DROP INDEX deliveries_channel_open;
+    CREATE INDEX deliveries_channel_open ON deliveries(channel, id) WHERE finished_at IS NULL;
+    "#,
 ];
 
 /// The schema version this build writes.

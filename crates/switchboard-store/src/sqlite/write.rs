@@ -240,6 +240,11 @@ pub fn publish(
         for route in targets {
             let id = next_id;
             next_id += 1;
+            let channel = ctx.channel_ids.id(
+                event.tenant.as_str(),
+                event.source.as_str(),
+                route.app.as_str(),
+            );
             // Whether it goes straight to a waiting consumer, in flight.
             let handed = match order_key(route, event) {
                 // Whether it waits for an earlier one of its entity depends on the rows
@@ -250,8 +255,8 @@ pub fn publish(
                         &mut insert_ordered,
                         &ctx.conn,
                         "INSERT INTO deliveries (id, event_seq, target, tenant, source, \
-                         status, available_at, created_at, updated_at, order_key, blocked) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?6, ?6, ?7, ?8)",
+                         status, available_at, created_at, updated_at, order_key, blocked, \
+                         channel) VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?6, ?6, ?7, ?8, ?9)",
                     )?;
                     insert.execute(params![
                         id,
@@ -261,7 +266,8 @@ pub fn publish(
                         event.source.as_str(),
                         now.millis(),
                         key,
-                        blocked
+                        blocked,
+                        channel
                     ])?;
                     if !blocked {
                         let slot = ctx.ready.slot(route.app.as_str());
@@ -276,8 +282,8 @@ pub fn publish(
                             &ctx.conn,
                             "INSERT INTO deliveries (id, event_seq, target, tenant, source, \
                              status, attempts, available_at, lease_expires_at, leased_at, \
-                             created_at, updated_at) \
-                             VALUES (?1, ?2, ?3, ?4, ?5, 1, 1, ?6, ?7, ?6, ?6, ?6)",
+                             created_at, updated_at, channel) \
+                             VALUES (?1, ?2, ?3, ?4, ?5, 1, 1, ?6, ?7, ?6, ?6, ?6, ?8)",
                         )?;
                         insert.execute(params![
                             id,
@@ -286,7 +292,8 @@ pub fn publish(
                             event.tenant.as_str(),
                             event.source.as_str(),
                             now.millis(),
-                            hand.1.millis()
+                            hand.1.millis(),
+                            channel
                         ])?;
                         ctx.deadline_changes.set(hand.1, id);
                         handoffs.add(hand, id, event);
@@ -301,6 +308,7 @@ pub fn publish(
                             target: route.app.as_str(),
                             tenant: event.tenant.as_str(),
                             source: event.source.as_str(),
+                            channel,
                         });
                         false
                     }
@@ -352,6 +360,7 @@ struct NewDelivery<'a> {
     target: &'a str,
     tenant: &'a str,
     source: &'a str,
+    channel: i64,
 }
 
 /// Inserts `rows` (and empties it) with statements of up to 64 rows each: one statement per
@@ -362,7 +371,7 @@ fn insert_deliveries(
     now: Timestamp,
 ) -> Result<(), StoreError> {
     const CHUNKS: [usize; 4] = [64, 16, 4, 1];
-    const PER_ROW: usize = 5;
+    const PER_ROW: usize = 6;
     // The statement of each chunk size, written once per process.
     static SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
         CHUNKS
@@ -372,18 +381,19 @@ fn insert_deliveries(
                     .map(|r| {
                         let b = r * PER_ROW;
                         format!(
-                            "(?{}, ?{}, ?{}, ?{}, ?{}, 0, ?1, ?1, ?1)",
+                            "(?{}, ?{}, ?{}, ?{}, ?{}, 0, ?1, ?1, ?1, ?{})",
                             b + 2,
                             b + 3,
                             b + 4,
                             b + 5,
-                            b + 6
+                            b + 6,
+                            b + 7
                         )
                     })
                     .collect();
                 format!(
                     "INSERT INTO deliveries (id, event_seq, target, tenant, source, status, \
-                     available_at, created_at, updated_at) VALUES {}",
+                     available_at, created_at, updated_at, channel) VALUES {}",
                     values.join(", ")
                 )
             })
@@ -406,6 +416,7 @@ fn insert_deliveries(
             stmt.raw_bind_parameter(b + 4, row.target)?;
             stmt.raw_bind_parameter(b + 5, row.tenant)?;
             stmt.raw_bind_parameter(b + 6, row.source)?;
+            stmt.raw_bind_parameter(b + 7, row.channel)?;
         }
         stmt.raw_execute()?;
         rest = after;

@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use switchboard_core::Timestamp;
 
+use super::channel_ids::ChannelIds;
 use super::checkpoint::{self, WalProgress};
 use super::counters::{Counters, Pending};
 use super::deadlines::{Changes, Deadlines};
@@ -58,6 +59,17 @@ pub struct Pace {
     pub max_group_age: std::time::Duration,
     /// How long a lightly loaded writer polls its queue before it sleeps (see idle.rs).
     pub spin: std::time::Duration,
+}
+
+/// What the writer keeps in memory of the database, read from it on open (see `load_open` in
+/// mod.rs).
+#[derive(Debug, Default)]
+pub struct Memory {
+    /// The deadlines of the leases in the database.
+    pub deadlines: Deadlines,
+    /// Its leasable deliveries.
+    pub ready: Ready,
+    pub channel_ids: ChannelIds,
 }
 
 /// What a job may use: the write connection and the writer's random source.
@@ -108,6 +120,8 @@ pub struct WriteCtx {
     /// deliveries, so `max(id) + 1` is read once and then kept here. A group rolled back
     /// after a publish leaves it ahead of the table: ids then skip numbers, never repeat.
     pub next_delivery_id: Option<i64>,
+    /// The id of each channel (see channel_ids.rs).
+    pub channel_ids: ChannelIds,
 }
 
 impl WriteCtx {
@@ -217,12 +231,10 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// `wal` is the database's WAL file, which the syncer fsyncs; `deadlines` those of the
-    /// leases in the database, `ready` its leasable deliveries.
+    /// `wal` is the database's WAL file, which the syncer fsyncs.
     pub fn spawn(
         mut conn: Connection,
-        deadlines: Deadlines,
-        ready: Ready,
+        memory: Memory,
         seed: u64,
         wal: File,
         wal_progress: Arc<WalProgress>,
@@ -241,6 +253,11 @@ impl Writer {
         let syncer = std::thread::Builder::new()
             .name("switchboard-sync".into())
             .spawn(move || sync(wal, sync_rx, synced_tx, &durable))?;
+        let Memory {
+            deadlines,
+            ready,
+            channel_ids,
+        } = memory;
         let ctx = WriteCtx {
             conn,
             rng: SplitMix64(seed),
@@ -262,6 +279,7 @@ impl Writer {
             poisoned: false,
             wal: own_wal,
             next_delivery_id: None,
+            channel_ids,
         };
         let handle = std::thread::Builder::new()
             .name("switchboard-writer".into())
@@ -618,7 +636,7 @@ fn commit_group(
     let mut after_fsync = std::mem::take(&mut ctx.group_when_durable);
     after_fsync.extend(answers);
     let started = Instant::now();
-    let flushed = ctx.group_counters.flush(&ctx.conn);
+    let flushed = ctx.group_counters.flush(&ctx.conn, &mut ctx.channel_ids);
     ctx.group_counters.clear();
     let committed = match flushed {
         Ok(()) => match ctx.conn.execute_batch("COMMIT") {
@@ -731,8 +749,7 @@ mod tests {
             .expect("wal");
         Writer::spawn(
             conn,
-            Deadlines::default(),
-            Ready::default(),
+            Memory::default(),
             1,
             wal,
             Arc::default(),
