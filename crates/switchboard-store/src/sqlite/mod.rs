@@ -10,6 +10,7 @@ mod deadlines;
 mod handoff;
 mod idle;
 mod keys;
+mod pcache;
 mod read;
 mod ready;
 mod recent;
@@ -37,6 +38,7 @@ use crate::{
     Requeued, Result, StatsQuery, StatsRow, Store, StoreError, UnackedQuery,
 };
 
+pub use pcache::{Truncations, install as install_page_cache, truncations};
 pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
 
 /// The database file inside the data directory.
@@ -198,6 +200,8 @@ impl SqliteStore {
 
     /// [`SqliteStore::open`] with its tuning set.
     pub fn open_with(dir: &Path, options: &SqliteOptions) -> Result<SqliteStore> {
+        // Before the process's first connection, or never (see pcache.rs).
+        pcache::install();
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Unavailable(format!("cannot create the data directory: {}", e.kind()))
         })?;
