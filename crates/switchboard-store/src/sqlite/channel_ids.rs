@@ -13,6 +13,9 @@ use std::collections::HashMap;
 
 use rusqlite::Connection;
 
+/// A channel's tenant, source and target.
+type Names = (Box<str>, Box<str>, Box<str>);
+
 /// Channel ids by channel, with the next one to give.
 #[derive(Debug, Default)]
 pub struct ChannelIds {
@@ -23,6 +26,8 @@ pub struct ChannelIds {
     key: String,
     /// The last channel looked up, and its id: most lookups in a row are for the same one.
     last: (String, i64),
+    /// Each id's channel, by id.
+    channels: Vec<Option<Names>>,
 }
 
 impl ChannelIds {
@@ -37,6 +42,7 @@ impl ChannelIds {
             let id: i64 = r.get(3)?;
             ids.next = ids.next.max(id + 1);
             ids.ids.insert(key(&tenant, &source, &target), id);
+            ids.name(id, &tenant, &source, &target);
         }
         ids.next = ids.next.max(1);
         Ok(ids)
@@ -55,12 +61,32 @@ impl ChannelIds {
                 let id = self.next;
                 self.next += 1;
                 self.ids.insert(self.key.clone(), id);
+                self.name(id, tenant, source, target);
                 id
             }
         };
         self.last.0.clone_from(&self.key);
         self.last.1 = id;
         id
+    }
+}
+
+impl ChannelIds {
+    /// The channel (tenant, source, target) of `id`, if it has one.
+    pub fn channel(&self, id: i64) -> Option<(&str, &str, &str)> {
+        let at = usize::try_from(id).ok()?;
+        let (tenant, source, target) = self.channels.get(at)?.as_ref()?;
+        Some((tenant, source, target))
+    }
+
+    fn name(&mut self, id: i64, tenant: &str, source: &str, target: &str) {
+        let Ok(at) = usize::try_from(id) else {
+            return;
+        };
+        if self.channels.len() <= at {
+            self.channels.resize(at + 1, None);
+        }
+        self.channels[at] = Some((tenant.into(), source.into(), target.into()));
     }
 }
 
@@ -99,6 +125,10 @@ mod tests {
         assert_eq!(ids.id("acme", "crm", "hr"), 3);
         assert_eq!(ids.id("acme", "crmh", "r"), 8);
         assert_eq!(ids.id("globex", "crm", "hr"), 9);
+        assert_eq!(ids.channel(3), Some(("acme", "crm", "hr")));
+        assert_eq!(ids.channel(8), Some(("acme", "crmh", "r")));
+        assert_eq!(ids.channel(4), None);
+        assert_eq!(ids.channel(-1), None);
         let empty = Connection::open_in_memory().expect("open");
         empty
             .execute_batch(

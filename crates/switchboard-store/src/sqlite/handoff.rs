@@ -17,6 +17,7 @@ use switchboard_core::event::Event;
 use tokio::sync::oneshot;
 
 use super::counters::Counters;
+use super::ready::Pending;
 use super::rows::{self, delivery_id};
 use super::writer::WriteCtx;
 use crate::{LeasedDelivery, StoreError};
@@ -140,7 +141,7 @@ fn release(
         "UPDATE deliveries SET status = 0, attempts = attempts - 1, leased_at = NULL, \
          lease_expires_at = NULL, updated_at = ?3 \
          WHERE id = ?1 AND status = 1 AND attempts = 1 AND lease_expires_at = ?2 \
-         RETURNING tenant, source, target, available_at, event_seq",
+         RETURNING tenant, source, target, available_at, event_seq, channel",
     )?;
     for &rowid in rowids {
         let mut released = stmt.query(params![rowid, expires.millis(), now.millis()])?;
@@ -151,8 +152,13 @@ fn release(
             c.pending += 1;
             ctx.deadline_changes.clear(expires, rowid);
             let slot = ctx.ready.slot(target);
+            let pending = Pending {
+                seq: r.get(4)?,
+                attempts: 0,
+                channel: r.get(5)?,
+            };
             ctx.ready_changes
-                .add(slot, Timestamp(r.get(3)?), rowid, r.get(4)?);
+                .add(slot, Timestamp(r.get(3)?), rowid, pending);
         }
     }
     drop(stmt);

@@ -96,8 +96,9 @@ struct ReadPool {
 /// against 0.51–0.76 s with this one (7 alternating starts).
 fn load_open(conn: &Connection) -> rusqlite::Result<writer::Memory> {
     let mut stmt = conn.prepare(
-        "SELECT status, blocked, lease_expires_at, available_at, id, event_seq, target \
-         FROM deliveries INDEXED BY deliveries_channel_open WHERE finished_at IS NULL",
+        "SELECT status, blocked, lease_expires_at, available_at, id, event_seq, target, \
+         attempts, channel FROM deliveries INDEXED BY deliveries_channel_open \
+         WHERE finished_at IS NULL",
     )?;
     let mut in_flight: Vec<(i64, i64)> = Vec::new();
     let mut leasable = ready::Loader::default();
@@ -106,7 +107,14 @@ fn load_open(conn: &Connection) -> rusqlite::Result<writer::Memory> {
         let state: (i64, bool, Option<i64>) = (r.get(0)?, r.get(1)?, r.get(2)?);
         match state {
             (1, _, Some(deadline)) => in_flight.push((deadline, r.get(4)?)),
-            (0, false, _) => leasable.add(rows::text(r, 6)?, r.get(3)?, r.get(4)?, r.get(5)?),
+            (0, false, _) => {
+                let pending = ready::Pending {
+                    seq: r.get(5)?,
+                    attempts: r.get(7)?,
+                    channel: r.get(8)?,
+                };
+                leasable.add(rows::text(r, 6)?, r.get(3)?, r.get(4)?, pending);
+            }
             _ => {}
         }
     }

@@ -6,7 +6,8 @@
 //!
 //! What holds: every delivery that is pending and not blocked (behind an earlier one of its
 //! entity) has exactly one entry, under its target, at the time it becomes available, with
-//! its event's seq; nothing else has one. The set changes only as the table does: a job
+//! what a lease needs of its row ([`Pending`]: its event's seq, its attempts, its channel), so a
+//! lease changes the row without reading it first; nothing else has one. The set changes only as the table does: a job
 //! records its changes ([`Changes`]); they are dropped if the job fails, and applied as
 //! soon as it succeeds, so the jobs after it in its group see them as they see its rows (a
 //! lease finds what a release just before it in the group gave back). Each application
@@ -20,13 +21,24 @@ use switchboard_core::Timestamp;
 /// When a delivery becomes available (ms) and its row id: the lease order.
 type Key = (i64, i64);
 
+/// What a lease needs of a pending delivery's row, besides its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pending {
+    /// Its event's seq: a lease hands out only events whose publish is durable.
+    pub seq: i64,
+    /// The attempts it used so far: the lease starts the next.
+    pub attempts: u32,
+    /// Its channel's id (see channel_ids.rs), for the counters.
+    pub channel: i64,
+}
+
 /// The leasable deliveries of every target app, earliest first.
 #[derive(Debug, Default)]
 pub struct Ready {
     /// A target app's slot in `sets`.
     slots: HashMap<Box<str>, usize>,
-    /// Per target app: its entries, each with its event's seq.
-    sets: Vec<BTreeMap<Key, i64>>,
+    /// Per target app: its entries.
+    sets: Vec<BTreeMap<Key, Pending>>,
 }
 
 /// A target app, as [`Ready::slot`] numbers it.
@@ -35,7 +47,7 @@ pub struct Slot(usize);
 
 #[derive(Debug, Clone, Copy)]
 enum Change {
-    Add(Slot, Key, i64),
+    Add(Slot, Key, Pending),
     Remove(Slot, Key),
 }
 
@@ -46,14 +58,14 @@ enum Change {
 #[derive(Debug, Default)]
 pub struct Loader {
     ready: Ready,
-    entries: Vec<Vec<(Key, i64)>>,
+    entries: Vec<Vec<(Key, Pending)>>,
     /// The last row's target and its slot: rows of one channel come together.
     last: Option<(String, Slot)>,
 }
 
 impl Loader {
-    /// The delivery `rowid` of the event `seq`, for `target`, leasable from `available_at`.
-    pub fn add(&mut self, target: &str, available_at: i64, rowid: i64, seq: i64) {
+    /// The delivery `rowid`, for `target`, leasable from `available_at`.
+    pub fn add(&mut self, target: &str, available_at: i64, rowid: i64, pending: Pending) {
         let slot = match &self.last {
             Some((name, slot)) if name == target => *slot,
             _ => {
@@ -63,7 +75,7 @@ impl Loader {
             }
         };
         self.entries.resize_with(self.ready.sets.len(), Vec::new);
-        self.entries[slot.0].push(((available_at, rowid), seq));
+        self.entries[slot.0].push(((available_at, rowid), pending));
     }
 
     pub fn finish(self) -> Ready {
@@ -84,10 +96,10 @@ pub struct Changes {
 }
 
 impl Changes {
-    /// The delivery `rowid` of the event `seq` is pending, from `available_at`.
-    pub fn add(&mut self, slot: Slot, available_at: Timestamp, rowid: i64, seq: i64) {
+    /// The delivery `rowid` is pending, from `available_at`.
+    pub fn add(&mut self, slot: Slot, available_at: Timestamp, rowid: i64, pending: Pending) {
         self.changes
-            .push(Change::Add(slot, (available_at.millis(), rowid), seq));
+            .push(Change::Add(slot, (available_at.millis(), rowid), pending));
     }
 
     /// The delivery `rowid`, pending from `available_at`, is not any more (leased).
@@ -131,28 +143,28 @@ impl Ready {
     /// Makes one change; returns its inverse, if it changed anything.
     fn change(&mut self, change: Change) -> Option<Change> {
         match change {
-            Change::Add(slot, key, seq) => match self.sets[slot.0].insert(key, seq) {
+            Change::Add(slot, key, pending) => match self.sets[slot.0].insert(key, pending) {
                 None => Some(Change::Remove(slot, key)),
                 Some(before) => Some(Change::Add(slot, key, before)),
             },
             Change::Remove(slot, key) => self.sets[slot.0]
                 .remove(&key)
-                .map(|seq| Change::Add(slot, key, seq)),
+                .map(|pending| Change::Add(slot, key, pending)),
         }
     }
 
     /// The entries of `slot` available at `now` whose event's seq is at most `durable_seq`,
-    /// earliest first, as (available at, row id).
+    /// earliest first, as (available at, row id, what a lease needs).
     pub fn leasable(
         &self,
         slot: Slot,
         now: Timestamp,
         durable_seq: i64,
-    ) -> impl Iterator<Item = (Timestamp, i64)> + '_ {
+    ) -> impl Iterator<Item = (Timestamp, i64, Pending)> + '_ {
         self.sets[slot.0]
             .range(..=(now.millis(), i64::MAX))
-            .filter(move |&(_, &seq)| seq <= durable_seq)
-            .map(|(&(at, rowid), _)| (Timestamp(at), rowid))
+            .filter(move |&(_, p)| p.seq <= durable_seq)
+            .map(|(&(at, rowid), &p)| (Timestamp(at), rowid, p))
     }
 
     /// When the first entry of `slot` whose event's seq is at most `durable_seq` becomes
@@ -160,7 +172,7 @@ impl Ready {
     pub fn next_at(&self, slot: Slot, durable_seq: i64) -> Option<Timestamp> {
         self.sets[slot.0]
             .iter()
-            .find(|&(_, &seq)| seq <= durable_seq)
+            .find(|&(_, p)| p.seq <= durable_seq)
             .map(|(&(at, _), _)| Timestamp(at))
     }
 }
@@ -172,8 +184,17 @@ mod tests {
     fn leasable(ready: &Ready, slot: Slot, now: i64, durable: i64) -> Vec<(i64, i64)> {
         ready
             .leasable(slot, Timestamp(now), durable)
-            .map(|(at, rowid)| (at.millis(), rowid))
+            .map(|(at, rowid, _)| (at.millis(), rowid))
             .collect()
+    }
+
+    /// A pending delivery of the event `seq`, before any attempt.
+    fn of(seq: i64) -> Pending {
+        Pending {
+            seq,
+            attempts: 0,
+            channel: 1,
+        }
     }
 
     #[test]
@@ -183,7 +204,7 @@ mod tests {
         assert_eq!(ready.slot("hr"), hr, "a target keeps its slot");
         let mut changes = Changes::default();
         for (slot, at, rowid) in [(hr, 300, 1), (hr, 100, 2), (billing, 50, 3), (hr, 100, 4)] {
-            changes.add(slot, Timestamp(at), rowid, 1);
+            changes.add(slot, Timestamp(at), rowid, of(1));
         }
         ready.apply(&mut changes, &mut Changes::default());
         assert_eq!(leasable(&ready, hr, 200, 1), vec![(100, 2), (100, 4)]);
@@ -197,8 +218,8 @@ mod tests {
         let mut ready = Ready::default();
         let hr = ready.slot("hr");
         let mut changes = Changes::default();
-        changes.add(hr, Timestamp(10), 1, 7);
-        changes.add(hr, Timestamp(20), 2, 5);
+        changes.add(hr, Timestamp(10), 1, of(7));
+        changes.add(hr, Timestamp(20), 2, of(5));
         ready.apply(&mut changes, &mut Changes::default());
         assert_eq!(leasable(&ready, hr, 100, 6), vec![(20, 2)]);
         assert_eq!(ready.next_at(hr, 6), Some(Timestamp(20)));
@@ -212,10 +233,10 @@ mod tests {
         let mut job = Changes::default();
         // Row 1 pending, leased, pending again after a failure: leasable at its retry.
         // Row 2 pending, then leased: gone.
-        job.add(hr, Timestamp(10), 1, 1);
+        job.add(hr, Timestamp(10), 1, of(1));
         job.remove(hr, Timestamp(10), 1);
-        job.add(hr, Timestamp(500), 1, 1);
-        job.add(hr, Timestamp(10), 2, 1);
+        job.add(hr, Timestamp(500), 1, of(1));
+        job.add(hr, Timestamp(10), 2, of(1));
         job.remove(hr, Timestamp(10), 2);
         ready.apply(&mut job, &mut Changes::default());
         assert!(job.changes.is_empty(), "applying empties the changes");
@@ -227,7 +248,7 @@ mod tests {
         let mut ready = Ready::default();
         let hr = ready.slot("hr");
         let mut changes = Changes::default();
-        changes.add(hr, Timestamp(10), 1, 1);
+        changes.add(hr, Timestamp(10), 1, of(1));
         ready.apply(&mut changes, &mut Changes::default());
         changes.remove(hr, Timestamp(10), 1);
         changes.discard();
@@ -240,17 +261,17 @@ mod tests {
         let mut ready = Ready::default();
         let hr = ready.slot("hr");
         let mut committed = Changes::default();
-        committed.add(hr, Timestamp(10), 1, 1);
-        committed.add(hr, Timestamp(20), 2, 1);
+        committed.add(hr, Timestamp(10), 1, of(1));
+        committed.add(hr, Timestamp(20), 2, of(1));
         ready.apply(&mut committed, &mut Changes::default());
         // A group's jobs: row 1 leased, row 3 published, row 2 leased and back at a retry.
         let mut undo = Changes::default();
         let mut job = Changes::default();
         job.remove(hr, Timestamp(10), 1);
-        job.add(hr, Timestamp(30), 3, 2);
+        job.add(hr, Timestamp(30), 3, of(2));
         ready.apply(&mut job, &mut undo);
         job.remove(hr, Timestamp(20), 2);
-        job.add(hr, Timestamp(900), 2, 1);
+        job.add(hr, Timestamp(900), 2, of(1));
         // Removing what is not there changes nothing, and is not undone.
         job.remove(hr, Timestamp(5), 9);
         ready.apply(&mut job, &mut undo);
