@@ -141,7 +141,7 @@ fn release(
         "UPDATE deliveries SET status = 0, attempts = attempts - 1, leased_at = NULL, \
          lease_expires_at = NULL, updated_at = ?3 \
          WHERE id = ?1 AND status = 1 AND attempts = 1 AND lease_expires_at = ?2 \
-         RETURNING tenant, source, target, available_at, event_seq, channel",
+         RETURNING tenant, source, target, available_at, event_seq, channel, created_at",
     )?;
     for &rowid in rowids {
         let mut released = stmt.query(params![rowid, expires.millis(), now.millis()])?;
@@ -151,11 +151,16 @@ fn release(
             c.in_flight -= 1;
             c.pending += 1;
             ctx.deadline_changes.clear(expires, rowid);
+            ctx.flight_changes.clear(rowid);
             let slot = ctx.ready.slot(target);
+            // A handed delivery is fresh and unordered (see `publish`).
             let pending = Pending {
                 seq: r.get(4)?,
                 attempts: 0,
                 channel: r.get(5)?,
+                created_at: r.get(6)?,
+                failing: false,
+                ordered: false,
             };
             ctx.ready_changes
                 .add(slot, Timestamp(r.get(3)?), rowid, pending);

@@ -30,6 +30,11 @@ pub struct Pending {
     pub attempts: u32,
     /// Its channel's id (see channel_ids.rs), for the counters.
     pub channel: i64,
+    /// When it was published (ms), whether an attempt of it failed before, and whether it is
+    /// ordered: what an ack will need once it is in flight (see inflight.rs).
+    pub created_at: i64,
+    pub failing: bool,
+    pub ordered: bool,
 }
 
 /// The leasable deliveries of every target app, earliest first.
@@ -194,6 +199,9 @@ mod tests {
             seq,
             attempts: 0,
             channel: 1,
+            created_at: 0,
+            failing: false,
+            ordered: false,
         }
     }
 

@@ -13,6 +13,7 @@ use switchboard_core::{
 use super::channel_ids::ChannelIds;
 use super::counters::{Counters, HOUR, MINUTE};
 use super::handoff::{self, Handoffs, Parked};
+use super::inflight::Flight;
 use super::ready::Pending;
 use super::rows::{self, delivery_id, delivery_rowid, join_targets, load_app, subscriptions_json};
 use super::writer::WriteCtx;
@@ -107,13 +108,16 @@ fn release_next(
             "UPDATE deliveries SET blocked = 0, available_at = max(available_at, ?3), updated_at = ?3 \
              WHERE id = (SELECT id FROM deliveries WHERE target = ?1 AND order_key = ?2 \
                          AND status IN (0, 1) ORDER BY id LIMIT 1) AND blocked = 1 \
-             RETURNING id, available_at, event_seq, attempts, channel",
+             RETURNING id, available_at, event_seq, attempts, channel, created_at, failed_attempts",
         )?
         .query_row(params![target, key, now.millis()], |r| {
             let pending = Pending {
                 seq: r.get(2)?,
                 attempts: r.get(3)?,
                 channel: r.get(4)?,
+                created_at: r.get(5)?,
+                failing: r.get::<_, u32>(6)? > 0,
+                ordered: true,
             };
             Ok((r.get::<_, i64>(0)?, Timestamp(r.get(1)?), pending))
         })
@@ -278,7 +282,8 @@ pub fn publish(
                     ])?;
                     if !blocked {
                         let slot = ctx.ready.slot(route.app.as_str());
-                        ctx.ready_changes.add(slot, now, id, fresh(seq, channel));
+                        let pending = fresh(seq, channel, now, true);
+                        ctx.ready_changes.add(slot, now, id, pending);
                     }
                     false
                 }
@@ -303,12 +308,22 @@ pub fn publish(
                             channel
                         ])?;
                         ctx.deadline_changes.set(hand.1, id);
+                        let flight = Flight {
+                            attempts: 1,
+                            channel,
+                            failing: false,
+                            created_at: now.millis(),
+                            seq,
+                            lease_expires_at: hand.1.millis(),
+                        };
+                        ctx.flight_changes.set(id, flight);
                         handoffs.add(hand, id, event);
                         true
                     }
                     None => {
                         let slot = ctx.ready.slot(route.app.as_str());
-                        ctx.ready_changes.add(slot, now, id, fresh(seq, channel));
+                        let pending = fresh(seq, channel, now, false);
+                        ctx.ready_changes.add(slot, now, id, pending);
                         unordered.push(NewDelivery {
                             id,
                             seq,
@@ -348,11 +363,14 @@ pub fn publish(
 }
 
 /// What a lease needs of a delivery just published: no attempt yet.
-fn fresh(seq: i64, channel: i64) -> Pending {
+fn fresh(seq: i64, channel: i64, now: Timestamp, ordered: bool) -> Pending {
     Pending {
         seq,
         attempts: 0,
         channel,
+        created_at: now.millis(),
+        failing: false,
+        ordered,
     }
 }
 
@@ -544,6 +562,17 @@ pub fn lease(
         c.in_flight += 1;
         rows.push((rowid, attempt, p.seq));
         ctx.deadline_changes.set(expires, rowid);
+        if !p.ordered {
+            let flight = Flight {
+                attempts: attempt,
+                channel: p.channel,
+                failing: p.failing,
+                created_at: p.created_at,
+                seq: p.seq,
+                lease_expires_at: expires.millis(),
+            };
+            ctx.flight_changes.set(rowid, flight);
+        }
     }
     drop(set_leased);
     // When an app last consumed matters to the second, not the millisecond: write it at most
@@ -592,13 +621,15 @@ struct Held {
     status: DeliveryStatus,
     order_key: Option<String>,
     event_seq: i64,
+    /// When it was published (ms).
+    created_at: i64,
 }
 
 /// A delivery by its row id, with the columns [`held_from_row`] reads.
 const HELD_BY_ROWID: &str = "SELECT d.id, d.tenant, d.source, d.target, d.status, \
      d.attempts, d.budget_base, d.failed_attempts, d.order_key, e.id, e.type, d.leased_at, \
-     d.lease_expires_at, d.event_seq FROM deliveries d JOIN events e ON e.seq = d.event_seq \
-     WHERE d.id = ?1";
+     d.lease_expires_at, d.event_seq, d.created_at FROM deliveries d \
+     JOIN events e ON e.seq = d.event_seq WHERE d.id = ?1";
 
 fn held_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Held> {
     Ok(Held {
@@ -616,16 +647,21 @@ fn held_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Held> {
         leased_at: r.get::<_, Option<i64>>(11)?.map(Timestamp),
         lease_expires_at: r.get::<_, Option<i64>>(12)?.map(Timestamp),
         event_seq: r.get(13)?,
+        created_at: r.get(14)?,
     })
 }
 
 impl Held {
-    /// What a lease needs of this delivery once it is pending again.
-    fn pending(&self, channel_ids: &mut ChannelIds) -> Pending {
+    /// What a lease needs of this delivery once it is pending again; `failing` if an attempt
+    /// of it failed.
+    fn pending(&self, channel_ids: &mut ChannelIds, failing: bool) -> Pending {
         Pending {
             seq: self.event_seq,
             attempts: self.attempts,
             channel: channel_ids.id(&self.tenant, &self.source, &self.target),
+            created_at: self.created_at,
+            failing,
+            ordered: self.order_key.is_some(),
         }
     }
 
@@ -723,6 +759,20 @@ struct Acking {
     data: Option<String>,
 }
 
+/// Counts an ack of a delivery of the channel (tenant, source, target).
+fn count_ack(
+    counters: &mut Counters,
+    (tenant, source, target): (&str, &str, &str),
+    failing: bool,
+    latency_ms: u64,
+) {
+    let c = counters.of(tenant, source, target);
+    c.in_flight -= 1;
+    c.acknowledged += 1;
+    c.failing -= failing as i64;
+    c.latencies.push(latency_ms);
+}
+
 /// Runs without a savepoint (`Undo::Group`): it checks every item before its first change.
 pub fn ack(
     ctx: &mut WriteCtx,
@@ -745,6 +795,35 @@ pub fn ack(
         if !seen.insert(rowid) {
             continue;
         }
+        // In flight as its entry says (see inflight.rs), to this app, on the attempt named:
+        // acked without reading the row. Anything else reads it, errors included.
+        let known = ctx.in_flight.get(rowid).and_then(|f| {
+            let (tenant, source, target) = ctx.channel_ids.channel(f.channel)?;
+            let fits = target == app.as_str() && item.attempt.is_none_or(|a| a == f.attempts);
+            fits.then_some((f, tenant, source))
+        });
+        if let Some((f, tenant, source)) = known {
+            let latency_ms = now.since(Timestamp(f.created_at));
+            count_ack(
+                &mut counters,
+                (tenant, source, app.as_str()),
+                f.failing,
+                latency_ms,
+            );
+            let row = AckedRow {
+                rowid,
+                event_seq: f.seq,
+                attempt: f.attempts,
+                latency_ms,
+            };
+            checked.push(Acking {
+                row,
+                order_key: None,
+                lease_expires_at: Some(Timestamp(f.lease_expires_at)),
+                data: item.data,
+            });
+            continue;
+        }
         let mut found = lookup.query([rowid])?;
         // Another app's delivery is reported exactly like a missing one.
         let r = match found.next()? {
@@ -764,11 +843,8 @@ pub fn ack(
             Some(DeliveryStatus::Acknowledged)
         );
         let latency_ms = now.since(Timestamp(r.get(4)?));
-        let c = counters.of(rows::text(r, 6)?, rows::text(r, 7)?, app.as_str());
-        c.in_flight -= 1;
-        c.acknowledged += 1;
-        c.failing -= (r.get::<_, u32>(3)? > 0) as i64;
-        c.latencies.push(latency_ms);
+        let channel = (rows::text(r, 6)?, rows::text(r, 7)?, app.as_str());
+        count_ack(&mut counters, channel, r.get::<_, u32>(3)? > 0, latency_ms);
         let row = AckedRow {
             rowid,
             event_seq: r.get(8)?,
@@ -783,9 +859,10 @@ pub fn ack(
         });
     }
     drop(lookup);
+    // The conditions only make sure: every item was checked in flight on that attempt.
     let mut set_acked = ctx.conn.prepare_cached(
         "UPDATE deliveries SET status = 2, ack_data = ?2, acked_at = ?3, updated_at = ?3, \
-         finished_at = ?3, lease_expires_at = NULL WHERE id = ?1",
+         finished_at = ?3, lease_expires_at = NULL WHERE id = ?1 AND status = 1 AND attempts = ?4",
     )?;
     let mut acked = Vec::with_capacity(checked.len());
     let mut ordered: Vec<String> = Vec::new();
@@ -796,10 +873,19 @@ pub fn ack(
         data,
     } in checked
     {
-        set_acked.execute(params![row.rowid, data, now.millis()])?;
+        let changed = set_acked.execute(params![row.rowid, data, now.millis(), row.attempt])?;
+        if changed == 0 {
+            debug_assert!(false, "delivery {} was not in flight to ack", row.rowid);
+            // The job has changed rows: failing it rolls its group back.
+            return Err(StoreError::Internal(format!(
+                "delivery {} was not in flight on attempt {} to ack",
+                row.rowid, row.attempt
+            )));
+        }
         if let Some(deadline) = lease_expires_at {
             ctx.deadline_changes.clear(deadline, row.rowid);
         }
+        ctx.flight_changes.clear(row.rowid);
         ordered.extend(order_key);
         acked.push(row);
     }
@@ -829,6 +915,8 @@ pub fn extend_lease(
         ctx.deadline_changes.clear(deadline, held.rowid);
     }
     ctx.deadline_changes.set(until, held.rowid);
+    // Rare: its ack reads the row.
+    ctx.flight_changes.clear(held.rowid);
     Ok(until)
 }
 
@@ -899,6 +987,7 @@ fn fail(
     if let Some(deadline) = held.lease_expires_at {
         ctx.deadline_changes.clear(deadline, held.rowid);
     }
+    ctx.flight_changes.clear(held.rowid);
     let was_failing = (held.failed_attempts > 0) as i64;
     let c = counters.of(&held.tenant, &held.source, &held.target);
     c.in_flight -= 1;
@@ -914,7 +1003,7 @@ fn fail(
             c.pending += 1;
             c.failing += 1 - was_failing;
             let slot = ctx.ready.slot(&held.target);
-            let pending = held.pending(&mut ctx.channel_ids);
+            let pending = held.pending(&mut ctx.channel_ids, true);
             ctx.ready_changes.add(slot, at, held.rowid, pending);
         }
     }
@@ -1082,7 +1171,7 @@ pub fn requeue(ctx: &mut WriteCtx, req: RequeueRequest) -> Result<Requeued, Stor
             .execute(params![rowid, now.millis(), blocked])?;
         if !blocked {
             let slot = ctx.ready.slot(&held.target);
-            let pending = held.pending(&mut ctx.channel_ids);
+            let pending = held.pending(&mut ctx.channel_ids, held.failed_attempts > 0);
             ctx.ready_changes.add(slot, now, rowid, pending);
         }
         ctx.conn

@@ -37,6 +37,7 @@ use super::counters::{Counters, Pending};
 use super::deadlines::{Changes, Deadlines};
 use super::handoff;
 use super::idle;
+use super::inflight::{self, InFlight};
 use super::ready::{self, Ready};
 use crate::StoreError;
 
@@ -70,6 +71,8 @@ pub struct Memory {
     /// Its leasable deliveries.
     pub ready: Ready,
     pub channel_ids: ChannelIds,
+    /// What an ack needs of its deliveries in flight.
+    pub in_flight: InFlight,
 }
 
 /// What a job may use: the write connection and the writer's random source.
@@ -122,6 +125,10 @@ pub struct WriteCtx {
     pub next_delivery_id: Option<i64>,
     /// The id of each channel (see channel_ids.rs).
     pub channel_ids: ChannelIds,
+    /// What an ack needs of the deliveries in flight, as of the last commit (inflight.rs).
+    pub in_flight: InFlight,
+    /// Changes to `in_flight` of the running job; kept for the group if the job succeeds.
+    pub flight_changes: inflight::Changes,
 }
 
 impl WriteCtx {
@@ -156,12 +163,14 @@ impl WriteCtx {
                     .merge(&mut self.deadline_changes);
                 self.ready
                     .apply(&mut self.ready_changes, &mut self.ready_undo);
+                self.in_flight.keep(&mut self.flight_changes);
                 self.group_when_durable.append(&mut self.job_when_durable);
             }
             false => {
                 self.job_counters.clear();
                 self.deadline_changes.discard();
                 self.ready_changes.discard();
+                self.flight_changes.discard();
                 self.job_when_durable.clear();
             }
         }
@@ -257,6 +266,7 @@ impl Writer {
             deadlines,
             ready,
             channel_ids,
+            in_flight,
         } = memory;
         let ctx = WriteCtx {
             conn,
@@ -280,6 +290,8 @@ impl Writer {
             wal: own_wal,
             next_delivery_id: None,
             channel_ids,
+            in_flight,
+            flight_changes: inflight::Changes::default(),
         };
         let handle = std::thread::Builder::new()
             .name("switchboard-writer".into())
@@ -608,6 +620,7 @@ fn roll_back_group(ctx: &mut WriteCtx, group: Group) {
     ctx.group_counters.clear();
     ctx.group_deadline_changes.discard();
     ctx.ready.undo(&mut ctx.ready_undo);
+    ctx.in_flight.roll_back();
     let extra = std::mem::take(&mut ctx.group_when_durable);
     for complete in extra
         .into_iter()
@@ -657,10 +670,12 @@ fn commit_group(
         true => {
             ctx.deadlines.apply(&mut ctx.group_deadline_changes);
             ctx.ready_undo.discard();
+            ctx.in_flight.commit();
         }
         false => {
             ctx.group_deadline_changes.discard();
             ctx.ready.undo(&mut ctx.ready_undo);
+            ctx.in_flight.roll_back();
         }
     }
     metrics::histogram!("switchboard_store_commit_seconds").record(started.elapsed().as_secs_f64());
