@@ -18,6 +18,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use switchboard_core::Timestamp;
 
+use super::inflight::Flight;
+
 /// When a delivery becomes available (ms) and its row id: the lease order.
 type Key = (i64, i64);
 
@@ -91,6 +93,20 @@ impl Loader {
             *set = entries.into_iter().collect();
         }
         ready
+    }
+}
+
+impl Pending {
+    /// What an ack needs of this delivery once leased, on `attempt`, until `expires`.
+    pub fn leased(self, attempt: u32, expires: Timestamp) -> Flight {
+        Flight {
+            attempts: attempt,
+            channel: self.channel,
+            failing: self.failing,
+            created_at: self.created_at,
+            seq: self.seq,
+            lease_expires_at: expires.millis(),
+        }
     }
 }
 

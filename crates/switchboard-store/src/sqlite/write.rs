@@ -13,7 +13,6 @@ use switchboard_core::{
 use super::channel_ids::ChannelIds;
 use super::counters::{Counters, HOUR, MINUTE};
 use super::handoff::{self, Handoffs, Parked};
-use super::inflight::Flight;
 use super::ready::Pending;
 use super::rows::{self, delivery_id, delivery_rowid, join_targets, load_app, subscriptions_json};
 use super::writer::WriteCtx;
@@ -308,14 +307,7 @@ pub fn publish(
                             channel
                         ])?;
                         ctx.deadline_changes.set(hand.1, id);
-                        let flight = Flight {
-                            attempts: 1,
-                            channel,
-                            failing: false,
-                            created_at: now.millis(),
-                            seq,
-                            lease_expires_at: hand.1.millis(),
-                        };
+                        let flight = fresh(seq, channel, now, false).leased(1, hand.1);
                         ctx.flight_changes.set(id, flight);
                         handoffs.add(hand, id, event);
                         true
@@ -563,15 +555,7 @@ pub fn lease(
         rows.push((rowid, attempt, p.seq));
         ctx.deadline_changes.set(expires, rowid);
         if !p.ordered {
-            let flight = Flight {
-                attempts: attempt,
-                channel: p.channel,
-                failing: p.failing,
-                created_at: p.created_at,
-                seq: p.seq,
-                lease_expires_at: expires.millis(),
-            };
-            ctx.flight_changes.set(rowid, flight);
+            ctx.flight_changes.set(rowid, p.leased(attempt, expires));
         }
     }
     drop(set_leased);
