@@ -153,15 +153,8 @@ fn release(
             ctx.deadline_changes.clear(expires, rowid);
             ctx.flight_changes.clear(rowid);
             let slot = ctx.ready.slot(target);
-            // A handed delivery is fresh and unordered (see `publish`).
-            let pending = Pending {
-                seq: r.get(4)?,
-                attempts: 0,
-                channel: r.get(5)?,
-                created_at: r.get(6)?,
-                failing: false,
-                ordered: false,
-            };
+            // A handed delivery was fresh and unordered (see `publish`): it is again.
+            let pending = Pending::fresh(r.get(4)?, r.get(5)?, Timestamp(r.get(6)?), false);
             ctx.ready_changes
                 .add(slot, Timestamp(r.get(3)?), rowid, pending);
         }

@@ -97,6 +97,18 @@ impl Loader {
 }
 
 impl Pending {
+    /// A delivery of the event `seq` in `channel`, published at `at`, before any attempt.
+    pub fn fresh(seq: i64, channel: i64, at: Timestamp, ordered: bool) -> Pending {
+        Pending {
+            seq,
+            attempts: 0,
+            channel,
+            created_at: at.millis(),
+            failing: false,
+            ordered,
+        }
+    }
+
     /// What an ack needs of this delivery once leased, on `attempt`, until `expires`.
     pub fn leased(self, attempt: u32, expires: Timestamp) -> Flight {
         Flight {

@@ -281,7 +281,7 @@ pub fn publish(
                     ])?;
                     if !blocked {
                         let slot = ctx.ready.slot(route.app.as_str());
-                        let pending = fresh(seq, channel, now, true);
+                        let pending = Pending::fresh(seq, channel, now, true);
                         ctx.ready_changes.add(slot, now, id, pending);
                     }
                     false
@@ -307,14 +307,14 @@ pub fn publish(
                             channel
                         ])?;
                         ctx.deadline_changes.set(hand.1, id);
-                        let flight = fresh(seq, channel, now, false).leased(1, hand.1);
+                        let flight = Pending::fresh(seq, channel, now, false).leased(1, hand.1);
                         ctx.flight_changes.set(id, flight);
                         handoffs.add(hand, id, event);
                         true
                     }
                     None => {
                         let slot = ctx.ready.slot(route.app.as_str());
-                        let pending = fresh(seq, channel, now, false);
+                        let pending = Pending::fresh(seq, channel, now, false);
                         ctx.ready_changes.add(slot, now, id, pending);
                         unordered.push(NewDelivery {
                             id,
@@ -352,18 +352,6 @@ pub fn publish(
         outcomes,
         handed,
     })
-}
-
-/// What a lease needs of a delivery just published: no attempt yet.
-fn fresh(seq: i64, channel: i64, now: Timestamp, ordered: bool) -> Pending {
-    Pending {
-        seq,
-        attempts: 0,
-        channel,
-        created_at: now.millis(),
-        failing: false,
-        ordered,
-    }
 }
 
 /// The statement in `slot`, prepared at its first use: a publish needs some statements only

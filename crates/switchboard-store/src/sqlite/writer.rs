@@ -153,8 +153,8 @@ impl WriteCtx {
         FollowUp(self.follow_up.clone())
     }
 
-    /// Ends a job's counter and deadline changes and what it asked to run once durable:
-    /// kept for the group's commit if it succeeded, else dropped.
+    /// Ends a job's counter, deadline, ready and in-flight changes and what it asked to run
+    /// once durable: kept for the group if it succeeded, else dropped.
     fn end_job(&mut self, succeeded: bool) {
         match succeeded {
             true => {
