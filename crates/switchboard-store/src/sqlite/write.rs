@@ -848,7 +848,7 @@ pub fn ack(
         let changed = set_acked.execute(params![row.rowid, data, now.millis(), row.attempt])?;
         if changed == 0 {
             debug_assert!(false, "delivery {} was not in flight to ack", row.rowid);
-            // The job has changed rows: failing it rolls its group back.
+            // A bug: the job fails, and if it changed rows already, so does its group.
             return Err(StoreError::Internal(format!(
                 "delivery {} was not in flight on attempt {} to ack",
                 row.rowid, row.attempt
