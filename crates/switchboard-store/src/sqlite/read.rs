@@ -402,9 +402,6 @@ pub fn dead_letters(conn: &Connection, q: &DeadLetterQuery) -> Result<DeliveryPa
     delivery_page(conn, sql, limit)
 }
 
-/// The open deliveries of a tenant, oldest first. The one index of open deliveries is per
-/// channel (schema 6), so this merges the first page of each channel that has any (the
-/// counters say which) by id, then reads the page's rows.
 /// A page of a channel's open deliveries after a cursor, through the index of open
 /// deliveries by channel id (schema migration 9).
 const OPEN_IN_CHANNEL: &str = "SELECT id FROM deliveries WHERE channel = \
@@ -416,6 +413,9 @@ const OLDEST_OPEN_IN_CHANNEL: &str = "SELECT created_at FROM deliveries WHERE ch
      (SELECT id FROM channels WHERE tenant = ?1 AND source = ?2 AND target = ?3) \
      AND finished_at IS NULL ORDER BY id LIMIT 1";
 
+/// The open deliveries of a tenant, oldest first. The one index of open deliveries is per
+/// channel (schema 6), so this merges the first page of each channel that has any (the
+/// counters say which) by id, then reads the page's rows.
 pub fn unacknowledged(conn: &Connection, q: &UnackedQuery) -> Result<DeliveryPage, StoreError> {
     // One snapshot for the channels, their pages and the rows.
     let snapshot = conn.unchecked_transaction()?;
