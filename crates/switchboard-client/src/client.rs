@@ -226,10 +226,7 @@ impl Client {
     /// `{"events":[..]}`. For callers holding events as JSON (a relay, a replay from a log),
     /// which would otherwise parse and serialize them again; results in the body's order.
     pub async fn publish_json(&self, body: Vec<u8>) -> Result<Vec<PublishedEvent>, Error> {
-        let (status, bytes) = self
-            .exchange(Method::POST, "/v1/events", Some(body))
-            .await?;
-        let response: PublishResponse = decode(status, &bytes)?;
+        let response: PublishResponse = self.send(Method::POST, "/v1/events", Some(body)).await?;
         Ok(response.events)
     }
 
