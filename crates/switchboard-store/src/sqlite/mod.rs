@@ -11,6 +11,7 @@ mod handoff;
 mod idle;
 mod inflight;
 mod keys;
+mod multirow;
 mod pcache;
 mod read;
 mod ready;

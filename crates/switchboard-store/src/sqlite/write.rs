@@ -13,6 +13,7 @@ use switchboard_core::{
 use super::channel_ids::ChannelIds;
 use super::counters::{Counters, HOUR, MINUTE};
 use super::handoff::{self, Handoffs, Parked};
+use super::multirow::MultiRow;
 use super::ready::Pending;
 use super::rows::{self, delivery_id, delivery_rowid, join_targets, load_app, subscriptions_json};
 use super::writer::WriteCtx;
@@ -194,16 +195,18 @@ pub fn publish(
     now: Timestamp,
 ) -> Result<PublishedRows, StoreError> {
     let mut counters = Counters::default();
-    // Looked up once for the whole batch, not once per row.
-    let mut insert_event = ctx.conn.prepare_cached(
-        "INSERT INTO events (id, tenant, type, source, time, idem_key, named_targets, entity_id, \
-         correlation_id, causation_id, historical, data) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-    )?;
+    // Event seqs and delivery ids are given here, in publish order, so that the events and
+    // the unordered deliveries can be inserted together at the end (see `insert_events`,
+    // `insert_deliveries`); only this thread writes.
+    let mut next_seq: i64 = match ctx.next_event_seq {
+        Some(seq) => seq,
+        None => ctx
+            .conn
+            .prepare_cached("SELECT coalesce(max(seq), 0) + 1 FROM events")?
+            .query_row([], |r| r.get(0))?,
+    };
     // Prepared at the first ordered delivery: most publishes have none.
     let mut insert_ordered: Option<rusqlite::CachedStatement<'_>> = None;
-    // Delivery ids are given here, in publish order, so the unordered ones can be inserted
-    // together at the end (see `insert_deliveries`); only this thread writes.
     let mut next_id: i64 = match ctx.next_delivery_id {
         Some(id) => id,
         None => ctx
@@ -212,6 +215,7 @@ pub fn publish(
             .query_row([], |r| r.get(0))?,
     };
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(events.len());
+    let mut new_events: Vec<(i64, &Event)> = Vec::with_capacity(events.len());
     let mut unordered: Vec<NewDelivery<'_>> = Vec::new();
     // Fresh unordered deliveries for a consumer that is long-polling go to it in flight.
     let mut handoffs = Handoffs::default();
@@ -219,8 +223,9 @@ pub fn publish(
     let mut keys_here: HashSet<(&str, &str)> = HashSet::new();
     for NewEvent { event, targets } in &events {
         if let Some(key) = &event.idempotency_key {
-            // A first use earlier in this batch: its deliveries must be in place to answer.
+            // A first use earlier in this batch: it must be in place to answer.
             if !keys_here.insert((event.source.as_str(), key.as_str())) {
+                insert_events(&ctx.conn, &mut new_events)?;
                 insert_deliveries(&ctx.conn, &mut unordered, now)?;
             }
             if let Some(first) = published_before(ctx, &event.source, key)? {
@@ -228,21 +233,9 @@ pub fn publish(
                 continue;
             }
         }
-        insert_event.execute(params![
-            event.id.as_str(),
-            event.tenant.as_str(),
-            event.event_type.as_str(),
-            event.source.as_str(),
-            event.time.millis(),
-            event.idempotency_key,
-            event.named_targets.as_deref().map(join_targets),
-            event.entity_id,
-            event.correlation_id,
-            event.causation_id,
-            event.historical,
-            event.data,
-        ])?;
-        let seq = ctx.conn.last_insert_rowid();
+        let seq = next_seq;
+        next_seq += 1;
+        new_events.push((seq, event));
         outcomes.push(Outcome::Stored {
             seq,
             first_delivery: next_id,
@@ -340,9 +333,11 @@ pub fn publish(
             }
         }
     }
-    drop((insert_event, insert_ordered, insert_handed));
+    drop((insert_ordered, insert_handed));
+    insert_events(&ctx.conn, &mut new_events)?;
     insert_deliveries(&ctx.conn, &mut unordered, now)?;
-    drop(unordered);
+    drop((new_events, unordered));
+    ctx.next_event_seq = Some(next_seq);
     ctx.next_delivery_id = Some(next_id);
     ctx.counted(counters, now);
     let handed: HashSet<i64> = handoffs.rowids().collect();
@@ -377,64 +372,86 @@ struct NewDelivery<'a> {
     channel: i64,
 }
 
-/// Inserts `rows` (and empties it) with statements of up to 64 rows each: one statement per
-/// row cost a publish of 100 events 10% more of the writer's time (hotpath, 1 target).
+/// Inserts `rows` (and empties it), up to 64 per statement: one statement per row cost a
+/// publish of 100 events 10% more of the writer's time (hotpath, 1 target).
 fn insert_deliveries(
     conn: &rusqlite::Connection,
     rows: &mut Vec<NewDelivery<'_>>,
     now: Timestamp,
 ) -> Result<(), StoreError> {
-    const CHUNKS: [usize; 4] = [64, 16, 4, 1];
-    const PER_ROW: usize = 6;
-    // The statement of each chunk size, written once per process.
-    static SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
-        CHUNKS
-            .iter()
-            .map(|&size| {
-                let values: Vec<String> = (0..size)
-                    .map(|r| {
-                        let b = r * PER_ROW;
-                        format!(
-                            "(?{}, ?{}, ?{}, ?{}, ?{}, 0, ?1, ?1, ?1, ?{})",
-                            b + 2,
-                            b + 3,
-                            b + 4,
-                            b + 5,
-                            b + 6,
-                            b + 7
-                        )
-                    })
-                    .collect();
+    static INSERT: std::sync::LazyLock<MultiRow> = std::sync::LazyLock::new(|| {
+        MultiRow::new(
+            "INSERT INTO deliveries (id, event_seq, target, tenant, source, status, \
+             available_at, created_at, updated_at, channel)",
+            1,
+            6,
+            |p| {
                 format!(
-                    "INSERT INTO deliveries (id, event_seq, target, tenant, source, status, \
-                     available_at, created_at, updated_at, channel) VALUES {}",
-                    values.join(", ")
+                    "(?{}, ?{}, ?{}, ?{}, ?{}, 0, ?1, ?1, ?1, ?{})",
+                    p,
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5
                 )
-            })
-            .collect()
+            },
+        )
     });
-    let mut rest = rows.as_slice();
-    while !rest.is_empty() {
-        let (size, sql) = CHUNKS
-            .iter()
-            .zip(SQL.iter())
-            .find(|(n, _)| **n <= rest.len())
-            .expect("1 fits any non-empty rest");
-        let (chunk, after) = rest.split_at(*size);
-        let mut stmt = conn.prepare_cached(sql)?;
-        stmt.raw_bind_parameter(1, now.millis())?;
-        for (r, row) in chunk.iter().enumerate() {
-            let b = r * PER_ROW;
-            stmt.raw_bind_parameter(b + 2, row.id)?;
-            stmt.raw_bind_parameter(b + 3, row.seq)?;
-            stmt.raw_bind_parameter(b + 4, row.target)?;
-            stmt.raw_bind_parameter(b + 5, row.tenant)?;
-            stmt.raw_bind_parameter(b + 6, row.source)?;
-            stmt.raw_bind_parameter(b + 7, row.channel)?;
-        }
-        stmt.raw_execute()?;
-        rest = after;
-    }
+    INSERT.insert(
+        conn,
+        rows,
+        |stmt| stmt.raw_bind_parameter(1, now.millis()),
+        |stmt, p, row| {
+            stmt.raw_bind_parameter(p, row.id)?;
+            stmt.raw_bind_parameter(p + 1, row.seq)?;
+            stmt.raw_bind_parameter(p + 2, row.target)?;
+            stmt.raw_bind_parameter(p + 3, row.tenant)?;
+            stmt.raw_bind_parameter(p + 4, row.source)?;
+            stmt.raw_bind_parameter(p + 5, row.channel)
+        },
+    )?;
+    rows.clear();
+    Ok(())
+}
+
+/// Inserts `rows` (and empties it), up to 64 per statement, as `insert_deliveries`.
+fn insert_events(
+    conn: &rusqlite::Connection,
+    rows: &mut Vec<(i64, &Event)>,
+) -> Result<(), StoreError> {
+    static INSERT: std::sync::LazyLock<MultiRow> = std::sync::LazyLock::new(|| {
+        MultiRow::new(
+            "INSERT INTO events (seq, id, tenant, type, source, time, idem_key, named_targets, \
+             entity_id, correlation_id, causation_id, historical, data)",
+            0,
+            13,
+            |p| {
+                let params: Vec<String> = (p..p + 13).map(|i| format!("?{i}")).collect();
+                format!("({})", params.join(", "))
+            },
+        )
+    });
+    INSERT.insert(
+        conn,
+        rows,
+        |_| Ok(()),
+        |stmt, p, &(seq, event)| {
+            stmt.raw_bind_parameter(p, seq)?;
+            stmt.raw_bind_parameter(p + 1, event.id.as_str())?;
+            stmt.raw_bind_parameter(p + 2, event.tenant.as_str())?;
+            stmt.raw_bind_parameter(p + 3, event.event_type.as_str())?;
+            stmt.raw_bind_parameter(p + 4, event.source.as_str())?;
+            stmt.raw_bind_parameter(p + 5, event.time.millis())?;
+            stmt.raw_bind_parameter(p + 6, &event.idempotency_key)?;
+            stmt.raw_bind_parameter(p + 7, event.named_targets.as_deref().map(join_targets))?;
+            stmt.raw_bind_parameter(p + 8, &event.entity_id)?;
+            stmt.raw_bind_parameter(p + 9, &event.correlation_id)?;
+            stmt.raw_bind_parameter(p + 10, &event.causation_id)?;
+            stmt.raw_bind_parameter(p + 11, event.historical)?;
+            stmt.raw_bind_parameter(p + 12, &event.data)
+        },
+    )?;
     rows.clear();
     Ok(())
 }

@@ -123,6 +123,8 @@ pub struct WriteCtx {
     /// deliveries, so `max(id) + 1` is read once and then kept here. A group rolled back
     /// after a publish leaves it ahead of the table: ids then skip numbers, never repeat.
     pub next_delivery_id: Option<i64>,
+    /// The seq the next published event gets, once read, on the same terms.
+    pub next_event_seq: Option<i64>,
     /// The id of each channel (see channel_ids.rs).
     pub channel_ids: ChannelIds,
     /// What an ack needs of the deliveries in flight, as of the last commit (inflight.rs).
@@ -289,6 +291,7 @@ impl Writer {
             poisoned: false,
             wal: own_wal,
             next_delivery_id: None,
+            next_event_seq: None,
             channel_ids,
             in_flight,
             flight_changes: inflight::Changes::default(),
