@@ -53,6 +53,53 @@ async fn a_lease_of_remembered_and_forgotten_events_hands_each_its_own() {
 }
 
 #[tokio::test]
+async fn a_publish_out_of_step_with_the_events_table_fails_whole_and_the_next_is_stored() {
+    // The writer gives event seqs in memory and SQLite assigns them (see `insert_events`): an
+    // event written behind the writer's back puts the two out of step. The publish that finds
+    // it out fails and leaves nothing; the next one reads the table again.
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    conformance::register(&store, "hr", &["*"], 8).await;
+    let publish = |n: u64| conformance::event("crm", "acme", "user.created", T0.plus_ms(n));
+    conformance::publish_to(&store, publish(0), &["hr"]).await;
+    let behind =
+        rusqlite::Connection::open(dir.path().join(switchboard_store::sqlite::DB_FILE)).unwrap();
+    behind.busy_timeout(Duration::from_secs(5)).unwrap();
+    behind
+        .execute(
+            "INSERT INTO events (id, tenant, type, source, time, data) \
+             VALUES ('01BEHINDTHEWRITERSBACK0000', 'acme', 'user.created', 'crm', 0, '{}')",
+            [],
+        )
+        .unwrap();
+    let out_of_step = store
+        .publish(
+            vec![switchboard_store::NewEvent {
+                event: publish(1),
+                targets: vec![conformance::route("hr")],
+            }],
+            T0.plus_ms(1),
+        )
+        .await;
+    assert!(out_of_step.is_err(), "{out_of_step:?}");
+    let next = conformance::publish_to(&store, publish(2), &["hr"]).await;
+    let stored = store.event(next.id).await.unwrap().expect("stored");
+    assert_eq!(stored.deliveries.len(), 1);
+    let page = store
+        .events(EventQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.events.len(), 3, "the first, the one behind, the next");
+    let leased = conformance::lease(&store, "hr", 10, T0.plus_ms(3)).await;
+    assert_eq!(leased.len(), 2, "each delivery with its own event");
+    assert!(leased.iter().all(|d| d.event.tenant.as_str() == "acme"));
+    store.close().await;
+}
+
+#[tokio::test]
 async fn data_survives_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path()).unwrap();

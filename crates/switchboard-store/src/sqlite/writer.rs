@@ -121,9 +121,10 @@ pub struct WriteCtx {
     poisoned: bool,
     /// The id the next published delivery gets, once read: only a publish inserts
     /// deliveries, so `max(id) + 1` is read once and then kept here. A group rolled back
-    /// after a publish leaves it ahead of the table: ids then skip numbers, never repeat.
+    /// forgets it (`forget_next_ids`): it is read again, in step with the table.
     pub next_delivery_id: Option<i64>,
-    /// The seq the next published event gets, once read, on the same terms.
+    /// The seq the next published event gets, on the same terms. It must be the table's
+    /// `max(seq) + 1`: SQLite gives the seqs (see `insert_events`).
     pub next_event_seq: Option<i64>,
     /// The id of each channel (see channel_ids.rs).
     pub channel_ids: ChannelIds,
@@ -153,6 +154,14 @@ impl WriteCtx {
     /// A handle that queues follow-up writes from outside the writer (a completion).
     pub fn follow_up(&self) -> FollowUp {
         FollowUp(self.follow_up.clone())
+    }
+
+    /// After a rollback: the next seq and delivery id are read again from the tables, which
+    /// the rolled-back rows have left. Nobody saw those: a publish is answered once durable,
+    /// a lease once committed.
+    fn forget_next_ids(&mut self) {
+        self.next_event_seq = None;
+        self.next_delivery_id = None;
     }
 
     /// Ends a job's counter, deadline, ready and in-flight changes and what it asked to run
@@ -624,6 +633,7 @@ fn roll_back_group(ctx: &mut WriteCtx, group: Group) {
     ctx.group_deadline_changes.discard();
     ctx.ready.undo(&mut ctx.ready_undo);
     ctx.in_flight.roll_back();
+    ctx.forget_next_ids();
     let extra = std::mem::take(&mut ctx.group_when_durable);
     for complete in extra
         .into_iter()
@@ -679,6 +689,7 @@ fn commit_group(
             ctx.group_deadline_changes.discard();
             ctx.ready.undo(&mut ctx.ready_undo);
             ctx.in_flight.roll_back();
+            ctx.forget_next_ids();
         }
     }
     metrics::histogram!("switchboard_store_commit_seconds").record(started.elapsed().as_secs_f64());
@@ -887,5 +898,41 @@ mod tests {
         writer.close().await;
         thread.join().expect("writer thread");
         assert_eq!(rows(dir.path()), vec![0, 4]);
+    }
+
+    #[tokio::test]
+    async fn a_group_rolled_back_makes_the_next_publish_read_its_seqs_and_ids_again() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (writer, thread) = writer(dir.path());
+        let (release, job) = gate(0);
+        let gated = submitted(Box::pin(writer.write(job))).await;
+        // In the group the gate's fsync leaves open: a publish took seqs and ids, then a job
+        // broke its promise.
+        let took = submitted(Box::pin(writer.write(|ctx| {
+            ctx.next_event_seq = Some(7);
+            ctx.next_delivery_id = Some(9);
+            insert(ctx, 1)
+        })))
+        .await;
+        let broken = submitted(Box::pin(writer.write_as(
+            Answer::AfterFsync,
+            Undo::Group,
+            |ctx| {
+                insert(ctx, 2)?;
+                Err::<(), _>(StoreError::Internal("broken promise".into()))
+            },
+        )))
+        .await;
+        release.send(()).expect("release");
+        gated.await.expect("the gate's own group");
+        assert!(took.await.is_err(), "rolled back with its group");
+        assert!(broken.await.is_err());
+        let next = writer
+            .write(|ctx| Ok((ctx.next_event_seq, ctx.next_delivery_id)))
+            .await
+            .expect("after");
+        assert_eq!(next, (None, None), "read again from the tables");
+        writer.close().await;
+        thread.join().expect("writer thread");
     }
 }
