@@ -11,9 +11,8 @@ use switchboard_core::event::Event;
 /// consumers lease within a few hundred events of the publishers.
 pub const CAPACITY: usize = 4096;
 
-/// A ring of slots by seq modulo the capacity: seqs are dense (given in publish order; only a
-/// group rolled back leaves a gap), so an event takes the slot of the one `capacity` seqs
-/// before it, and a lookup is one index.
+/// A ring of slots by seq modulo the capacity: seqs are dense (row ids in publish order), so
+/// an event takes the slot of the one `capacity` seqs before it, and a lookup is one index.
 #[derive(Debug)]
 pub struct Recent {
     slots: Mutex<Vec<Slot>>,
