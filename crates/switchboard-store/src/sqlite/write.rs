@@ -198,22 +198,18 @@ pub fn publish(
     // Event seqs and delivery ids are given here, in publish order, so that the events and
     // the unordered deliveries can be inserted together at the end (see `insert_events`,
     // `insert_deliveries`); only this thread writes.
-    let mut next_seq: i64 = match ctx.next_event_seq {
-        Some(seq) => seq,
-        None => ctx
-            .conn
-            .prepare_cached("SELECT coalesce(max(seq), 0) + 1 FROM events")?
-            .query_row([], |r| r.get(0))?,
-    };
+    let mut next_seq = next_key(
+        &ctx.conn,
+        ctx.next_event_seq,
+        "SELECT coalesce(max(seq), 0) + 1 FROM events",
+    )?;
+    let mut next_id = next_key(
+        &ctx.conn,
+        ctx.next_delivery_id,
+        "SELECT coalesce(max(id), 0) + 1 FROM deliveries",
+    )?;
     // Prepared at the first ordered delivery: most publishes have none.
     let mut insert_ordered: Option<rusqlite::CachedStatement<'_>> = None;
-    let mut next_id: i64 = match ctx.next_delivery_id {
-        Some(id) => id,
-        None => ctx
-            .conn
-            .prepare_cached("SELECT coalesce(max(id), 0) + 1 FROM deliveries")?
-            .query_row([], |r| r.get(0))?,
-    };
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(events.len());
     let mut new_events: Vec<(i64, &Event)> = Vec::with_capacity(events.len());
     let mut unordered: Vec<NewDelivery<'_>> = Vec::new();
@@ -347,6 +343,21 @@ pub fn publish(
         outcomes,
         handed,
     })
+}
+
+/// The next seq or id the writer gives: `known`, or else the table's largest plus one, which
+/// `max_plus_one` reads.
+fn next_key(
+    conn: &rusqlite::Connection,
+    known: Option<i64>,
+    max_plus_one: &str,
+) -> Result<i64, StoreError> {
+    match known {
+        Some(next) => Ok(next),
+        None => Ok(conn
+            .prepare_cached(max_plus_one)?
+            .query_row([], |r| r.get(0))?),
+    }
 }
 
 /// The statement in `slot`, prepared at its first use: a publish needs some statements only

@@ -869,6 +869,16 @@ mod tests {
         thread.join().expect("writer thread");
     }
 
+    /// A job without savepoint that fails after inserting `x`, though it promised not to.
+    fn breaking_its_promise(
+        x: i64,
+    ) -> impl FnOnce(&mut WriteCtx) -> Result<(), StoreError> + Send + 'static {
+        move |ctx| {
+            insert(ctx, x)?;
+            Err(StoreError::Internal("broken promise".into()))
+        }
+    }
+
     #[tokio::test]
     async fn a_job_without_savepoint_that_fails_after_writing_undoes_its_whole_group() {
         let dir = tempfile::tempdir().expect("dir");
@@ -882,10 +892,7 @@ mod tests {
         let broken = submitted(Box::pin(writer.write_as(
             Answer::AfterFsync,
             Undo::Group,
-            |ctx| {
-                insert(ctx, 3)?;
-                Err::<(), _>(StoreError::Internal("broken promise".into()))
-            },
+            breaking_its_promise(3),
         )))
         .await;
         release.send(()).expect("release");
@@ -917,10 +924,7 @@ mod tests {
         let broken = submitted(Box::pin(writer.write_as(
             Answer::AfterFsync,
             Undo::Group,
-            |ctx| {
-                insert(ctx, 2)?;
-                Err::<(), _>(StoreError::Internal("broken promise".into()))
-            },
+            breaking_its_promise(2),
         )))
         .await;
         release.send(()).expect("release");
