@@ -99,6 +99,104 @@ async fn a_publish_out_of_step_with_the_events_table_fails_whole_and_the_next_is
     store.close().await;
 }
 
+/// Checks that each delivery of `published` has the id the publish answered with; returns
+/// them as (id, target).
+async fn check_answered_ids_are_stored(
+    store: &SqliteStore,
+    published: &[switchboard_store::Published],
+) -> Vec<(String, String)> {
+    let mut answered = Vec::new();
+    for p in published {
+        let record = store.event(p.id.clone()).await.unwrap().expect("stored");
+        let mut stored: Vec<(String, String)> = record
+            .deliveries
+            .iter()
+            .map(|d| (d.id.to_string(), d.target.to_string()))
+            .collect();
+        let mut told: Vec<(String, String)> = p
+            .deliveries
+            .iter()
+            .map(|d| (d.id.to_string(), d.target.to_string()))
+            .collect();
+        stored.sort();
+        told.sort();
+        assert_eq!(stored, told, "the ids the publish answered are the rows'");
+        answered.extend(told);
+    }
+    answered
+}
+
+/// Three events of entities `user-0` to `user-2`, each to `targets`.
+fn overtaking_batch(targets: &[&str]) -> Vec<switchboard_store::NewEvent> {
+    (0..3)
+        .map(|n| {
+            let mut event = conformance::event("crm", "acme", "user.created", T0.plus_ms(n));
+            event.entity_id = Some(format!("user-{n}"));
+            switchboard_store::NewEvent {
+                event,
+                targets: targets.iter().map(|t| conformance::route(t)).collect(),
+            }
+        })
+        .collect()
+}
+
+// A publish holds its unordered deliveries back to insert them together, their ids left to
+// SQLite, unless one inserted at once (ordered, or handed to a waiting consumer) took a
+// larger id meanwhile. In both tests every event's held-back delivery is overtaken.
+
+#[tokio::test]
+async fn deliveries_held_back_keep_their_ids_when_an_ordered_one_overtakes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    conformance::register(&store, "billing", &["*"], 8).await;
+    conformance::register(&store, "hr", &["*"], 8).await;
+    let published = store
+        .publish(overtaking_batch(&["billing", "!hr"]), T0)
+        .await
+        .unwrap();
+    let answered = check_answered_ids_are_stored(&store, &published).await;
+    let expected: Vec<_> = published.iter().map(|p| p.id.clone()).collect();
+    for app in ["billing", "hr"] {
+        let leased = conformance::lease(&store, app, 10, T0.plus_ms(10)).await;
+        let events: Vec<_> = leased.iter().map(|d| d.event.id.clone()).collect();
+        assert_eq!(events, expected, "{app} leases each event once, in order");
+        for d in &leased {
+            assert!(answered.contains(&(d.id.to_string(), app.to_owned())));
+        }
+    }
+    store.close().await;
+}
+
+#[tokio::test]
+async fn deliveries_held_back_keep_their_ids_when_a_handed_one_overtakes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    conformance::register(&store, "billing", &["*"], 8).await;
+    conformance::register(&store, "hr", &["*"], 8).await;
+    let never = std::pin::pin!(std::future::pending());
+    let mut waiting = store.lease_waiting(lease_request(10, T0), Duration::from_secs(10), never);
+    conformance::poll_once(&mut waiting).await;
+    let published = store
+        .publish(overtaking_batch(&["billing", "hr"]), T0)
+        .await
+        .unwrap();
+    let answered = check_answered_ids_are_stored(&store, &published).await;
+    let handed = waiting.await.unwrap();
+    assert_eq!(
+        handed.deliveries.len(),
+        3,
+        "hr's waiting consumer took them"
+    );
+    for d in &handed.deliveries {
+        assert!(answered.contains(&(d.id.to_string(), "hr".to_owned())));
+    }
+    let billing = conformance::lease(&store, "billing", 10, T0.plus_ms(10)).await;
+    let expected: Vec<_> = published.iter().map(|p| p.id.clone()).collect();
+    let events: Vec<_> = billing.iter().map(|d| d.event.id.clone()).collect();
+    assert_eq!(events, expected);
+    store.close().await;
+}
+
 #[tokio::test]
 async fn data_survives_reopening() {
     let dir = tempfile::tempdir().unwrap();

@@ -197,7 +197,7 @@ pub fn publish(
     let mut counters = Counters::default();
     // Event seqs and delivery ids are given here, in publish order, so that the events and
     // the unordered deliveries can be inserted together at the end (see `insert_events`,
-    // `insert_deliveries`); only this thread writes.
+    // `HeldBack`); only this thread writes.
     let mut next_seq = next_key(
         &ctx.conn,
         ctx.next_event_seq,
@@ -212,7 +212,7 @@ pub fn publish(
     let mut insert_ordered: Option<rusqlite::CachedStatement<'_>> = None;
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(events.len());
     let mut new_events: Vec<(i64, &Event)> = Vec::with_capacity(events.len());
-    let mut unordered: Vec<NewDelivery<'_>> = Vec::new();
+    let mut unordered = HeldBack::default();
     // Fresh unordered deliveries for a consumer that is long-polling go to it in flight.
     let mut handoffs = Handoffs::default();
     let mut insert_handed: Option<rusqlite::CachedStatement<'_>> = None;
@@ -222,7 +222,7 @@ pub fn publish(
             // A first use earlier in this batch: it must be in place to answer.
             if !keys_here.insert((event.source.as_str(), key.as_str())) {
                 insert_events(&ctx.conn, &mut new_events)?;
-                insert_deliveries(&ctx.conn, &mut unordered, now)?;
+                unordered.insert(&ctx.conn, now)?;
             }
             if let Some(first) = published_before(ctx, &event.source, key)? {
                 outcomes.push(Outcome::Repeat(first));
@@ -250,6 +250,7 @@ pub fn publish(
                 // before it: inserted at once.
                 Some(key) => {
                     let blocked = has_open(ctx, route.app.as_str(), &key, -1)?;
+                    unordered.overtake();
                     let insert = prepared_once(
                         &mut insert_ordered,
                         &ctx.conn,
@@ -277,6 +278,7 @@ pub fn publish(
                 }
                 None => match handoffs.consumer_for(&mut ctx.parked, route.app.as_str(), now) {
                     Some(hand) => {
+                        unordered.overtake();
                         let insert = prepared_once(
                             &mut insert_handed,
                             &ctx.conn,
@@ -331,7 +333,7 @@ pub fn publish(
     }
     drop((insert_ordered, insert_handed));
     insert_events(&ctx.conn, &mut new_events)?;
-    insert_deliveries(&ctx.conn, &mut unordered, now)?;
+    unordered.insert(&ctx.conn, now)?;
     drop((new_events, unordered));
     ctx.next_event_seq = Some(next_seq);
     ctx.next_delivery_id = Some(next_id);
@@ -383,57 +385,137 @@ struct NewDelivery<'a> {
     channel: i64,
 }
 
-/// Inserts `rows` (and empties it), up to 64 per statement: one statement per row cost a
-/// publish of 100 events 10% more of the writer's time (hotpath, 1 target).
+/// The unordered deliveries a publish holds back to insert them together, up to 64 per
+/// statement (one statement per row cost a publish of 100 events 10% more of the writer's
+/// time, hotpath, 1 target).
+#[derive(Default)]
+struct HeldBack<'a> {
+    rows: Vec<NewDelivery<'a>>,
+    /// Whether a delivery was inserted at once, with a larger id, while these waited.
+    overtaken: bool,
+}
+
+impl<'a> HeldBack<'a> {
+    fn push(&mut self, row: NewDelivery<'a>) {
+        self.rows.push(row);
+    }
+
+    /// The next delivery is inserted at once (ordered, or handed to a consumer).
+    fn overtake(&mut self) {
+        self.overtaken |= !self.rows.is_empty();
+    }
+
+    /// Inserts the deliveries held back. Their ids are left to SQLite, which gives the next
+    /// after the largest (`max + 1`), so the ids the writer gave, unless a delivery inserted
+    /// at once took a larger one meanwhile: then they are written.
+    fn insert(&mut self, conn: &rusqlite::Connection, now: Timestamp) -> Result<(), StoreError> {
+        let ids = match self.overtaken {
+            true => Ids::Written,
+            false => Ids::LeftToSqlite,
+        };
+        insert_deliveries(conn, &self.rows, now, ids)?;
+        self.rows.clear();
+        self.overtaken = false;
+        Ok(())
+    }
+}
+
+/// Who gives the ids of the rows a multi-row statement inserts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ids {
+    /// The statement writes them. A multi-row statement that writes a rowid makes SQLite keep
+    /// a statement journal, a copy of every page it changes in case a later row fails (3.6%
+    /// of the writer's instructions for the deliveries', 3.8% for the events', hotpath).
+    Written,
+    /// SQLite gives `max + 1` onwards, and the statement is `OR FAIL` (a failure keeps the
+    /// rows before it; the job then fails after its changes and its group rolls back): no
+    /// journal. The last id given is checked against the writer's (see
+    /// `WriteCtx::next_event_seq`).
+    LeftToSqlite,
+}
+
+/// Checks that SQLite gave the last row of a statement `expected`, as the writer did.
+fn check_last_rowid(
+    conn: &rusqlite::Connection,
+    what: &str,
+    expected: i64,
+) -> Result<(), StoreError> {
+    match conn.last_insert_rowid() {
+        given if given == expected => Ok(()),
+        given => Err(StoreError::Internal(format!(
+            "{what} out of step: SQLite gave {given}, the writer {expected}"
+        ))),
+    }
+}
+
+/// Inserts `rows`, up to 64 per statement, their ids written or left to SQLite.
 fn insert_deliveries(
     conn: &rusqlite::Connection,
-    rows: &mut Vec<NewDelivery<'_>>,
+    rows: &[NewDelivery<'_>],
     now: Timestamp,
+    ids: Ids,
 ) -> Result<(), StoreError> {
-    static INSERT: std::sync::LazyLock<MultiRow> = std::sync::LazyLock::new(|| {
+    /// One row's values from parameter `p` on (`?1` is the time, shared).
+    fn values(p: usize) -> String {
+        format!(
+            "?{}, ?{}, ?{}, ?{}, 0, ?1, ?1, ?1, ?{}",
+            p,
+            p + 1,
+            p + 2,
+            p + 3,
+            p + 4
+        )
+    }
+    static WRITTEN: std::sync::LazyLock<MultiRow> = std::sync::LazyLock::new(|| {
         MultiRow::new(
             "INSERT INTO deliveries (id, event_seq, target, tenant, source, status, \
              available_at, created_at, updated_at, channel)",
             1,
             6,
-            |p| {
-                format!(
-                    "(?{}, ?{}, ?{}, ?{}, ?{}, 0, ?1, ?1, ?1, ?{})",
-                    p,
-                    p + 1,
-                    p + 2,
-                    p + 3,
-                    p + 4,
-                    p + 5
-                )
-            },
+            |p| format!("(?{p}, {})", values(p + 1)),
         )
     });
-    INSERT.insert(
+    static LEFT_TO_SQLITE: std::sync::LazyLock<MultiRow> = std::sync::LazyLock::new(|| {
+        MultiRow::new(
+            "INSERT OR FAIL INTO deliveries (event_seq, target, tenant, source, status, \
+             available_at, created_at, updated_at, channel)",
+            1,
+            5,
+            |p| format!("({})", values(p)),
+        )
+    });
+    let statement = match ids {
+        Ids::Written => &WRITTEN,
+        Ids::LeftToSqlite => &LEFT_TO_SQLITE,
+    };
+    statement.insert(
         conn,
         rows,
         |stmt| stmt.raw_bind_parameter(1, now.millis()),
         |stmt, p, row| {
-            stmt.raw_bind_parameter(p, row.id)?;
-            stmt.raw_bind_parameter(p + 1, row.seq)?;
-            stmt.raw_bind_parameter(p + 2, row.target)?;
-            stmt.raw_bind_parameter(p + 3, row.tenant)?;
-            stmt.raw_bind_parameter(p + 4, row.source)?;
-            stmt.raw_bind_parameter(p + 5, row.channel)
+            let p = match ids {
+                Ids::Written => {
+                    stmt.raw_bind_parameter(p, row.id)?;
+                    p + 1
+                }
+                Ids::LeftToSqlite => p,
+            };
+            stmt.raw_bind_parameter(p, row.seq)?;
+            stmt.raw_bind_parameter(p + 1, row.target)?;
+            stmt.raw_bind_parameter(p + 2, row.tenant)?;
+            stmt.raw_bind_parameter(p + 3, row.source)?;
+            stmt.raw_bind_parameter(p + 4, row.channel)
         },
     )?;
-    rows.clear();
-    Ok(())
+    match (ids, rows.last()) {
+        (Ids::LeftToSqlite, Some(last)) => check_last_rowid(conn, "delivery ids", last.id),
+        _ => Ok(()),
+    }
 }
 
-/// Inserts `rows` (and empties it), up to 64 per statement, as `insert_deliveries`. Their
-/// seqs are not written but left to SQLite, which gives the next after the largest
-/// (`max + 1`): the seqs the writer gave, as long as it keeps in step with the table (see
-/// `WriteCtx::next_event_seq`), which is checked. A rowid written in a multi-row statement,
-/// or a constraint that aborts it, makes SQLite keep a statement journal, a copy of every
-/// page the statement changes, in case a later row fails (3.8% of the writer's instructions,
-/// hotpath). `OR FAIL` keeps the rows before a failure instead; the job then fails after its
-/// changes, and the writer rolls its group back as a whole.
+/// Inserts `rows` (and empties it), up to 64 per statement, their seqs left to SQLite
+/// (see [`Ids::LeftToSqlite`]): the writer keeps in step with the table (see
+/// `WriteCtx::next_event_seq`), which is checked.
 fn insert_events(
     conn: &rusqlite::Connection,
     rows: &mut Vec<(i64, &Event)>,
@@ -470,12 +552,7 @@ fn insert_events(
         },
     )?;
     if let Some(&(last, _)) = rows.last() {
-        let given = conn.last_insert_rowid();
-        if given != last {
-            return Err(StoreError::Internal(format!(
-                "event seqs out of step: SQLite gave {given}, the writer {last}"
-            )));
-        }
+        check_last_rowid(conn, "event seqs", last)?;
     }
     rows.clear();
     Ok(())
