@@ -430,7 +430,7 @@ enum Ids {
     /// SQLite gives `max + 1` onwards, and the statement is `OR FAIL` (a failure keeps the
     /// rows before it; the job then fails after its changes and its group rolls back): no
     /// journal. The last id given is checked against the writer's (see
-    /// `WriteCtx::next_event_seq`).
+    /// `WriteCtx::next_delivery_id`, `next_event_seq`).
     LeftToSqlite,
 }
 

@@ -121,10 +121,10 @@ pub struct WriteCtx {
     poisoned: bool,
     /// The id the next published delivery gets, once read: only a publish inserts
     /// deliveries, so `max(id) + 1` is read once and then kept here. A group rolled back
-    /// forgets it (`forget_next_ids`): it is read again, in step with the table.
+    /// forgets it (`forget_next_ids`): it is read again. It must stay the table's
+    /// `max(id) + 1`: SQLite gives most ids (see `HeldBack` in write.rs), checked.
     pub next_delivery_id: Option<i64>,
-    /// The seq the next published event gets, on the same terms. It must be the table's
-    /// `max(seq) + 1`: SQLite gives the seqs (see `insert_events`).
+    /// The seq the next published event gets, on the same terms (see `insert_events`).
     pub next_event_seq: Option<i64>,
     /// The id of each channel (see channel_ids.rs).
     pub channel_ids: ChannelIds,
