@@ -121,7 +121,7 @@ pub struct WriteCtx {
     poisoned: bool,
     /// The id the next published delivery gets, once read: only a publish inserts
     /// deliveries, so `max(id) + 1` is read once and then kept here. A group rolled back
-    /// forgets it (`forget_next_ids`): it is read again. It must stay the table's
+    /// forgets it (`forget_group`): it is read again. It must stay the table's
     /// `max(id) + 1`: SQLite gives most ids (see `HeldBack` in write.rs), checked.
     pub next_delivery_id: Option<i64>,
     /// The seq the next published event gets, on the same terms (see `insert_events`).
@@ -156,10 +156,15 @@ impl WriteCtx {
         FollowUp(self.follow_up.clone())
     }
 
-    /// After a rollback: the next seq and delivery id are read again from the tables, which
-    /// the rolled-back rows have left. Nobody saw those: a publish is answered once durable,
-    /// a lease once committed.
-    fn forget_next_ids(&mut self) {
+    /// After the open group rolled back: drops its counter and deadline changes, undoes its
+    /// ready and in-flight changes, and has the next seq and delivery id read again from the
+    /// tables, which the rolled-back rows have left (nobody saw those: a publish is answered
+    /// once durable, a lease once committed).
+    fn forget_group(&mut self) {
+        self.group_counters.clear();
+        self.group_deadline_changes.discard();
+        self.ready.undo(&mut self.ready_undo);
+        self.in_flight.roll_back();
         self.next_event_seq = None;
         self.next_delivery_id = None;
     }
@@ -629,11 +634,7 @@ fn roll_back_group(ctx: &mut WriteCtx, group: Group) {
     {
         tracing::error!(error = %e, "rolling back the group failed");
     }
-    ctx.group_counters.clear();
-    ctx.group_deadline_changes.discard();
-    ctx.ready.undo(&mut ctx.ready_undo);
-    ctx.in_flight.roll_back();
-    ctx.forget_next_ids();
+    ctx.forget_group();
     let extra = std::mem::take(&mut ctx.group_when_durable);
     for complete in extra
         .into_iter()
@@ -685,12 +686,7 @@ fn commit_group(
             ctx.ready_undo.discard();
             ctx.in_flight.commit();
         }
-        false => {
-            ctx.group_deadline_changes.discard();
-            ctx.ready.undo(&mut ctx.ready_undo);
-            ctx.in_flight.roll_back();
-            ctx.forget_next_ids();
-        }
+        false => ctx.forget_group(),
     }
     metrics::histogram!("switchboard_store_commit_seconds").record(started.elapsed().as_secs_f64());
     metrics::histogram!("switchboard_store_transaction_seconds")
