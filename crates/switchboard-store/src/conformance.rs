@@ -53,6 +53,7 @@ macro_rules! conformance_tests {
             dead_after_max_attempts,
             expired_lease_returns_to_pending,
             stale_lease_cannot_ack,
+            reads_show_a_leased_delivery_in_flight,
             event_query_filters,
             event_query_pages_newest_first,
             event_query_visibility_for_an_app,
@@ -550,6 +551,56 @@ pub async fn idempotency_key_is_per_source(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(all.events.len(), 2);
+}
+
+/// Every read that shows a delivery's state shows a lease as soon as it is answered (the
+/// embedded store keeps it out of the row for a while, see unwritten.rs): each read below
+/// follows a lease of its own.
+pub async fn reads_show_a_leased_delivery_in_flight(store: &dyn Store) {
+    let mut published = Vec::new();
+    for n in 0..4 {
+        let mut ev = event("crm", "acme", "user.created", T0.plus_ms(n));
+        ev.idempotency_key = Some(format!("leased-{n}"));
+        published.push((publish_to(store, ev.clone(), &["hr"]).await.id, ev));
+    }
+    let lease_next = |at: u64| lease(store, "hr", 1, T0.plus_ms(10 + at));
+    assert_eq!(lease_next(0).await.len(), 1);
+    let record = store.event(published[0].0.clone()).await.unwrap().unwrap();
+    let d = &record.deliveries[0];
+    assert_eq!((d.status, d.attempts), (DeliveryStatus::InFlight, 1));
+    assert_eq!(d.lease_expires_at, Some(T0.plus_ms(30_010)));
+
+    assert_eq!(lease_next(1).await.len(), 1);
+    let in_flight = store
+        .events(EventQuery {
+            status: Some(DeliveryStatus::InFlight),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ids: Vec<EventId> = in_flight.events.into_iter().map(|e| e.event.id).collect();
+    assert_eq!(ids, [published[1].0.clone(), published[0].0.clone()]);
+
+    assert_eq!(lease_next(2).await.len(), 1);
+    let open = store
+        .unacknowledged(UnackedQuery {
+            tenant: TenantId::parse("acme").unwrap(),
+            visible_to: None,
+            created_before: T0.plus_ms(10),
+            limit: 10,
+            cursor: None,
+        })
+        .await
+        .unwrap();
+    let states: Vec<DeliveryStatus> = open.items.iter().map(|i| i.delivery.status).collect();
+    use DeliveryStatus::{InFlight, Pending};
+    assert_eq!(states, [InFlight, InFlight, InFlight, Pending]);
+
+    assert_eq!(lease_next(3).await.len(), 1);
+    let again = publish_to(store, published[3].1.clone(), &["hr"]).await;
+    assert!(again.duplicate);
+    assert_eq!(again.deliveries[0].status, InFlight);
 }
 
 pub async fn idempotency_within_one_batch(store: &dyn Store) {

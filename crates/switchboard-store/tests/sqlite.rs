@@ -345,8 +345,9 @@ async fn deliveries_pending_at_an_upgrade_from_schema_7_stay_leasable() {
 /// channel ids) and, for 7, migration 8 (the index of ready deliveries back).
 fn downgrade(dir: &std::path::Path, version: u32) {
     let db = rusqlite::Connection::open(dir.join(switchboard_store::sqlite::DB_FILE)).unwrap();
+    // A closed store's lease log is empty: its leases are written into their rows.
     db.execute_batch(
-        "DROP INDEX deliveries_channel_open; DROP INDEX channels_id;
+        "DROP TABLE lease_log; DROP INDEX deliveries_channel_open; DROP INDEX channels_id;
          ALTER TABLE deliveries DROP COLUMN channel; ALTER TABLE channels DROP COLUMN id;
          CREATE INDEX deliveries_channel_open ON deliveries(tenant, source, target, id)
              WHERE finished_at IS NULL;
@@ -820,6 +821,7 @@ mod counters {
                 (key, figures)
             })
             .collect();
+        store.settle_leases().await.unwrap();
         let recounted = recount(dir.path());
         let in_flight = counted.values().map(|f| f[1]).sum();
         // Every lease ends: each delivery in flight comes back once its deadline passed.
@@ -829,6 +831,7 @@ mod counters {
             .unwrap()
             .count;
         // Every pending delivery is leasable once its retry is due.
+        store.settle_leases().await.unwrap();
         let pending_at_last = recount(dir.path()).values().map(|f| f[0]).sum();
         let mut leased_at_last = 0;
         for a in APPS {
@@ -893,4 +896,107 @@ mod counters {
             prop_assert_eq!(ending.leased_at_last as u64, ending.pending_at_last);
         }
     }
+}
+
+/// A copy of the store's database and WAL files as they are now: what a crash (kill -9)
+/// would leave behind, the committed writes in the WAL included.
+fn crash_image(dir: &std::path::Path) -> tempfile::TempDir {
+    let image = tempfile::tempdir().unwrap();
+    let db = switchboard_store::sqlite::DB_FILE;
+    for name in [db.to_owned(), format!("{db}-wal")] {
+        std::fs::copy(dir.join(&name), image.path().join(&name)).unwrap();
+    }
+    image
+}
+
+/// The status and attempts of delivery `id`'s row, as the database file has it.
+fn row_of(dir: &std::path::Path, id: &switchboard_core::DeliveryId) -> (i64, i64) {
+    let conn = rusqlite::Connection::open(dir.join(switchboard_store::sqlite::DB_FILE)).unwrap();
+    let rowid: i64 = id.as_str().trim_start_matches("dlv_").parse().unwrap();
+    conn.query_row(
+        "SELECT status, attempts FROM deliveries WHERE id = ?1",
+        [rowid],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .unwrap()
+}
+
+/// How many rows the lease log has in the database file.
+fn lease_log_rows(dir: &std::path::Path) -> i64 {
+    let conn = rusqlite::Connection::open(dir.join(switchboard_store::sqlite::DB_FILE)).unwrap();
+    conn.query_row("SELECT count(*) FROM lease_log", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_lease_held_at_a_crash_comes_back_after_its_expiry_on_the_next_attempt() {
+    // An unordered delivery's lease changes no row: the writer keeps it in memory and in the
+    // lease log, which a store opened after a crash writes into the rows (unwritten.rs).
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    conformance::register(&store, "hr", &["*"], 8).await;
+    let ev = conformance::event("crm", "acme", "user.created", T0);
+    let published = conformance::publish_to(&store, ev, &["hr"]).await;
+    let request = |now, lease_ms| LeaseRequest {
+        app: conformance::app("hr"),
+        max: 10,
+        lease_ms,
+        now,
+    };
+    let leased = store.lease(request(T0.plus_ms(1), 1_000)).await.unwrap();
+    assert_eq!(leased.deliveries.len(), 1);
+    let id = leased.deliveries[0].id.clone();
+    assert_eq!(
+        row_of(dir.path(), &id),
+        (0, 0),
+        "the lease is not in the row"
+    );
+    let image = crash_image(dir.path());
+    store.close().await;
+
+    let restarted = SqliteStore::open(image.path()).unwrap();
+    assert_eq!(row_of(image.path(), &id), (1, 1));
+    assert_eq!(lease_log_rows(image.path()), 0);
+    let record = restarted.event(published.id).await.unwrap().unwrap();
+    let d = &record.deliveries[0];
+    assert_eq!(d.status, DeliveryStatus::InFlight);
+    assert_eq!(d.lease_expires_at, Some(T0.plus_ms(1_001)));
+    let early = restarted.lease(request(T0.plus_ms(2), 30_000)).await;
+    assert!(
+        early.unwrap().deliveries.is_empty(),
+        "held until it expires"
+    );
+    let expired = restarted.expire_leases(T0.plus_ms(1_001), 10).await;
+    assert_eq!(expired.unwrap().count, 1);
+    let later = T0.plus_ms(3_600_000);
+    let again = restarted.lease(request(later, 30_000)).await.unwrap();
+    assert_eq!(again.deliveries.len(), 1);
+    assert_eq!(again.deliveries[0].id, id);
+    assert_eq!(again.deliveries[0].attempt, 2);
+    restarted.close().await;
+}
+
+#[tokio::test]
+async fn a_lease_kept_a_second_is_written_by_the_next_lease_which_empties_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    conformance::register(&store, "hr", &["*"], 8).await;
+    let mut ids = Vec::new();
+    for n in 0..2 {
+        let at = T0.plus_ms(n * 1_000);
+        let ev = conformance::event("crm", "acme", "user.created", at);
+        conformance::publish_to(&store, ev, &["hr"]).await;
+        let leased = conformance::lease(&store, "hr", 1, at.plus_ms(1)).await;
+        ids.push(leased[0].id.clone());
+    }
+    assert_eq!(
+        row_of(dir.path(), &ids[0]),
+        (1, 1),
+        "written after a second"
+    );
+    assert_eq!(row_of(dir.path(), &ids[1]), (0, 0), "kept");
+    assert_eq!(lease_log_rows(dir.path()), 1, "only the second lease's");
+    store.close().await;
+    assert_eq!(row_of(dir.path(), &ids[1]), (1, 1), "written on close");
+    assert_eq!(lease_log_rows(dir.path()), 0);
 }

@@ -36,7 +36,7 @@ impl Hasher for RowidHasher {
     }
 }
 
-type ByRowid = BuildHasherDefault<RowidHasher>;
+pub type ByRowid = BuildHasherDefault<RowidHasher>;
 
 /// An in-flight delivery's row, as an ack needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,12 +18,14 @@ mod ready;
 mod recent;
 mod rows;
 mod schema;
+mod unwritten;
 mod write;
 mod writer;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -79,6 +81,8 @@ impl Default for SqliteOptions {
 
 pub struct SqliteStore {
     writer: Writer,
+    /// How many leases the writer keeps with their rows unwritten (see unwritten.rs).
+    unwritten: Arc<AtomicUsize>,
     /// The events published lately, for leases (see recent.rs).
     recent: recent::Recent,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
@@ -135,6 +139,7 @@ fn load_open(conn: &Connection) -> rusqlite::Result<writer::Memory> {
         ready: leasable.finish(),
         channel_ids: channel_ids::ChannelIds::load(conn)?,
         in_flight: flights.into_iter().collect(),
+        unwritten: unwritten::Unwritten::default(),
     })
 }
 
@@ -298,7 +303,15 @@ impl SqliteStore {
             .map_err(|e| {
                 StoreError::Unavailable(format!("cannot open the WAL file: {}", e.kind()))
             })?;
+        let replayed = write::replay_lease_log(&mut conn)?;
+        if replayed > 0 {
+            tracing::info!(
+                leases = replayed,
+                "restored the leases held when the store last stopped"
+            );
+        }
         let memory = load_open(&conn)?;
+        let unwritten = memory.unwritten.committed();
         let (writer, handle) = Writer::spawn(
             conn,
             memory,
@@ -313,6 +326,7 @@ impl SqliteStore {
         .map_err(|e| StoreError::Internal(format!("cannot start the writer: {e}")))?;
         Ok(SqliteStore {
             writer,
+            unwritten,
             writer_thread: Mutex::new(Some(handle)),
             checkpointer: Mutex::new(Some(checkpointer)),
             readers: Arc::new(ReadPool {
@@ -380,6 +394,23 @@ impl SqliteStore {
             true => self.readers.with(f),
             false => self.read(f).await,
         }
+    }
+
+    /// Has the writer write the leases it keeps unwritten into their rows (see
+    /// unwritten.rs), if it keeps any: before a read that shows deliveries' states, and for
+    /// whoever reads the database file itself. A lease committed after this call is not
+    /// waited for: the read may show it as it was before.
+    pub async fn settle_leases(&self) -> Result<()> {
+        if self.unwritten.load(Ordering::Acquire) == 0 {
+            return Ok(());
+        }
+        self.writer
+            .write_as(
+                Answer::AtCommit,
+                Undo::Savepoint,
+                write::write_unwritten_leases,
+            )
+            .await
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T>
@@ -612,15 +643,25 @@ impl Store for SqliteStore {
     }
 
     fn unacknowledged(&self, query: UnackedQuery) -> BoxFuture<'_, Result<DeliveryPage>> {
-        Box::pin(self.read(move |conn| read::unacknowledged(conn, &query)))
+        Box::pin(async move {
+            self.settle_leases().await?;
+            self.read(move |conn| read::unacknowledged(conn, &query))
+                .await
+        })
     }
 
     fn event(&self, id: EventId) -> BoxFuture<'_, Result<Option<EventRecord>>> {
-        Box::pin(self.read(move |conn| read::event(conn, &id)))
+        Box::pin(async move {
+            self.settle_leases().await?;
+            self.read(move |conn| read::event(conn, &id)).await
+        })
     }
 
     fn events(&self, query: EventQuery) -> BoxFuture<'_, Result<EventPage>> {
-        Box::pin(self.read(move |conn| read::events(conn, &query)))
+        Box::pin(async move {
+            self.settle_leases().await?;
+            self.read(move |conn| read::events(conn, &query)).await
+        })
     }
 
     fn channels(&self, query: ChannelQuery) -> BoxFuture<'_, Result<Vec<ChannelStats>>> {
@@ -664,6 +705,10 @@ impl Store for SqliteStore {
 
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
+            // A store closed cleanly leaves its leases in their rows, its lease log empty.
+            if let Err(e) = self.settle_leases().await {
+                tracing::warn!(error = %e, "writing the unwritten leases on close failed");
+            }
             let checkpointer = self.checkpointer.lock().expect("checkpointer lock").take();
             if let Some(c) = checkpointer {
                 let _ = tokio::task::spawn_blocking(move || c.stop()).await;
@@ -750,6 +795,104 @@ mod tests {
             record.deliveries[0].history.len(),
             1,
             "no attempt left behind"
+        );
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn an_ack_in_the_group_of_its_lease_acks_the_lease_kept_unwritten() {
+        // In the group that leased a delivery its in-flight entry is not used (inflight.rs):
+        // an ack there reads the row, which shows the lease only with the writer's memory.
+        use crate::conformance::{self, T0};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(dir.path()).expect("open");
+        conformance::register(&store, "hr", &["*"], 8).await;
+        let ev = conformance::event("crm", "acme", "user.created", T0);
+        let published = conformance::publish_to(&store, ev, &["hr"]).await;
+        let id = published.deliveries[0].id.clone();
+        // Hold the writer, so that the lease and the ack queue up and share the next group.
+        let (running_tx, running) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel::<()>();
+        let mut hold = store
+            .writer
+            .write(move |_| {
+                running_tx.send(()).expect("running");
+                go_rx.recv().expect("go");
+                Ok(())
+            })
+            .boxed();
+        conformance::poll_once(&mut hold).await;
+        running.recv().expect("the hold runs");
+        let request = LeaseRequest {
+            app: conformance::app("hr"),
+            max: 1,
+            lease_ms: 30_000,
+            now: T0.plus_ms(1),
+        };
+        let mut leased = store.lease(request).boxed();
+        conformance::poll_once(&mut leased).await;
+        let ack = AckItem {
+            id: id.clone(),
+            attempt: Some(1),
+            data: None,
+        };
+        let mut acked = store
+            .ack(conformance::app("hr"), vec![ack], T0.plus_ms(2))
+            .boxed();
+        conformance::poll_once(&mut acked).await;
+        go.send(()).expect("go");
+        hold.await.expect("hold");
+        assert_eq!(leased.await.expect("lease").deliveries[0].id, id);
+        assert_eq!(acked.await.expect("ack").len(), 1);
+        let record = store
+            .event(published.id)
+            .await
+            .expect("event")
+            .expect("stored");
+        let d = &record.deliveries[0];
+        assert_eq!(
+            (d.status, d.attempts),
+            (switchboard_core::DeliveryStatus::Acknowledged, 1)
+        );
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn leases_past_the_most_kept_unwritten_write_their_rows() {
+        use crate::conformance::{self, T0};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(dir.path()).expect("open");
+        conformance::register(&store, "hr", &["*"], 8).await;
+        let over = 8;
+        let total = unwritten::MAX_KEPT + over;
+        for batch in 0..total.div_ceil(1_000) {
+            let events: Vec<NewEvent> = (0..1_000.min(total - batch * 1_000))
+                .map(|_| NewEvent {
+                    event: conformance::event("crm", "acme", "user.created", T0),
+                    targets: vec![conformance::route("hr")],
+                })
+                .collect();
+            store.publish(events, T0).await.expect("publish");
+        }
+        let request = LeaseRequest {
+            app: conformance::app("hr"),
+            max: total as u32,
+            lease_ms: 30_000,
+            now: T0.plus_ms(1),
+        };
+        let leased = store.lease(request).await.expect("lease");
+        assert_eq!(leased.deliveries.len(), total);
+        let conn = Connection::open(dir.path().join(DB_FILE)).expect("open the file");
+        let written: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM deliveries WHERE status = 1",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(
+            written, over as i64,
+            "the leases past the bound, written at once"
         );
         store.close().await;
     }

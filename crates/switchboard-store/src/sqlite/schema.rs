@@ -217,6 +217,17 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX deliveries_channel_open;
     CREATE INDEX deliveries_channel_open ON deliveries(channel, id) WHERE finished_at IS NULL;
     "#,
+    // 10: a lease of an unordered delivery is kept in the writer's memory until something
+    // needs its row (see unwritten.rs); this log keeps such leases across a crash: a row per
+    // lease job, replayed into the deliveries on open.
+    r#"
+    CREATE TABLE lease_log (
+        id         INTEGER PRIMARY KEY,
+        leased_at  INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        rows       BLOB NOT NULL        -- (delivery id, attempt) pairs, unwritten::pack
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

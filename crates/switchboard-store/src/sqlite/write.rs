@@ -16,6 +16,7 @@ use super::handoff::{self, Handoffs, Parked};
 use super::multirow::MultiRow;
 use super::ready::Pending;
 use super::rows::{self, delivery_id, delivery_rowid, join_targets, load_app, subscriptions_json};
+use super::unwritten::{self, Lease};
 use super::writer::WriteCtx;
 use crate::{
     AckItem, AlertChange, AppUpdate, DeadFilter, DeliveryChange, DeliveryState, Expired,
@@ -580,10 +581,16 @@ fn published_before(
             "SELECT id, target, status FROM deliveries WHERE event_seq = ?1 ORDER BY target",
         )?
         .query_map([seq], |r| {
+            let rowid = r.get(0)?;
+            // A lease kept unwritten: in flight, though its row says pending.
+            let status = match ctx.unwritten.get(rowid) {
+                Some(_) => DeliveryStatus::InFlight,
+                None => rows::status(r.get(2)?)?,
+            };
             Ok(DeliveryState {
-                id: delivery_id(r.get(0)?),
+                id: delivery_id(rowid),
                 target: rows::app_id(&r.get::<_, String>(1)?)?,
-                status: rows::status(r.get(2)?)?,
+                status,
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -592,6 +599,75 @@ fn published_before(
         duplicate: true,
         deliveries,
     }))
+}
+
+/// Writes a lease into its delivery's row: `?1` the row, `?2` the attempt, `?3` when the
+/// lease ends, `?4` when it began. Changes nothing unless the row is pending, unblocked, on
+/// the attempt before.
+const LEASE_ROW: &str = "UPDATE deliveries SET status = 1, attempts = ?2, lease_expires_at = ?3, \
+     leased_at = ?4, updated_at = ?4 WHERE id = ?1 AND status = 0 AND blocked = 0 \
+     AND attempts = ?2 - 1";
+
+/// Writes `lease` into the row of delivery `rowid`, which must show the attempt before.
+fn write_lease(conn: &rusqlite::Connection, rowid: i64, lease: &Lease) -> Result<(), StoreError> {
+    let changed = conn.prepare_cached(LEASE_ROW)?.execute(params![
+        rowid,
+        lease.attempt,
+        lease.expires_at,
+        lease.leased_at
+    ])?;
+    match changed {
+        1 => Ok(()),
+        _ => Err(StoreError::Internal(format!(
+            "the lease of delivery {rowid} on attempt {} disagreed with its row",
+            lease.attempt
+        ))),
+    }
+}
+
+/// Writes the lease of delivery `rowid` into its row if it is kept unwritten: before the
+/// row is read.
+fn write_unwritten(ctx: &mut WriteCtx, rowid: i64) -> Result<(), StoreError> {
+    match ctx.unwritten.take(rowid) {
+        Some(lease) => write_lease(&ctx.conn, rowid, &lease),
+        None => Ok(()),
+    }
+}
+
+/// Writes every lease kept unwritten into its row and empties the lease log (see
+/// unwritten.rs).
+pub fn write_unwritten_leases(ctx: &mut WriteCtx) -> Result<(), StoreError> {
+    for (rowid, lease) in ctx.unwritten.drain() {
+        write_lease(&ctx.conn, rowid, &lease)?;
+    }
+    ctx.conn
+        .prepare_cached("DELETE FROM lease_log")?
+        .execute([])?;
+    Ok(())
+}
+
+/// On open, before anything reads the deliveries: writes the leases of the lease log into
+/// their rows, oldest first, and empties it. A logged lease whose row moved on since (acked,
+/// failed, leased again and written) no longer matches its row and changes nothing. Returns
+/// how many it wrote.
+pub fn replay_lease_log(conn: &mut rusqlite::Connection) -> Result<usize, StoreError> {
+    let tx = conn.transaction()?;
+    let logged: Vec<(i64, i64, Vec<u8>)> = tx
+        .prepare("SELECT leased_at, expires_at, rows FROM lease_log ORDER BY id")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut written = 0;
+    for (leased_at, expires_at, packed) in logged {
+        let pairs = unwritten::unpack(&packed)
+            .ok_or_else(|| StoreError::Internal("a lease log row is not a packing".into()))?;
+        let mut stmt = tx.prepare_cached(LEASE_ROW)?;
+        for (rowid, attempt) in pairs {
+            written += stmt.execute(params![rowid, attempt, expires_at, leased_at])?;
+        }
+    }
+    tx.execute("DELETE FROM lease_log", [])?;
+    tx.commit()?;
+    Ok(written)
 }
 
 /// What a lease changed: the deliveries it took, in order, without their events (kept in
@@ -614,6 +690,9 @@ pub fn lease(
 ) -> Result<LeasedRows, StoreError> {
     let now = req.now.millis();
     let expires = req.now.plus_ms(req.lease_ms);
+    if ctx.unwritten.due(now) {
+        write_unwritten_leases(ctx)?;
+    }
     // A lease is answered before its fsync (`Answer::AtCommit`): it hands out only events
     // whose publish is on disk; the others' publishers wake the consumers once it is.
     let durable_seq = ctx.durable_seq();
@@ -622,13 +701,13 @@ pub fn lease(
     // fails (see schema migration 5). What the lease needs of the row is in its ready entry
     // (see ready.rs), so the row is changed without being read first (reading it cost a lease
     // 29% more writer instructions, hotpath; one `UPDATE … RETURNING` per row 87% more: each runs
-    // as a trigger program into a temporary table). The entry says the row is pending, on
-    // that attempt: the conditions only make sure.
-    let mut set_leased = ctx.conn.prepare_cached(
-        "UPDATE deliveries SET status = 1, attempts = ?2, lease_expires_at = ?3, leased_at = ?4, \
-         updated_at = ?4 WHERE id = ?1 AND status = 0 AND blocked = 0 AND attempts = ?5",
-    )?;
+    // as a trigger program into a temporary table). An unordered delivery's row is not
+    // changed at all yet, up to a bound: its lease is kept unwritten and logged (see
+    // unwritten.rs). The
+    // entry says the row is pending, on that attempt: the conditions only make sure.
+    let mut set_leased = ctx.conn.prepare_cached(LEASE_ROW)?;
     let mut rows = Vec::with_capacity(req.max.min(1024) as usize);
+    let mut logged: Vec<(i64, u32)> = Vec::new();
     let mut counters = Counters::default();
     for (available_at, rowid, p) in ctx.ready.leasable(slot, req.now, durable_seq) {
         if rows.len() >= req.max as usize {
@@ -636,8 +715,20 @@ pub fn lease(
         }
         ctx.ready_changes.remove(slot, available_at, rowid);
         let attempt = p.attempts + 1;
-        let changed =
-            set_leased.execute(params![rowid, attempt, expires.millis(), now, p.attempts])?;
+        let keep = !p.ordered && ctx.unwritten.len() < unwritten::MAX_KEPT;
+        let changed = match keep {
+            false => set_leased.execute(params![rowid, attempt, expires.millis(), now])?,
+            true => {
+                let lease = Lease {
+                    attempt,
+                    leased_at: now,
+                    expires_at: expires.millis(),
+                };
+                ctx.unwritten.insert(rowid, lease);
+                logged.push((rowid, attempt));
+                1
+            }
+        };
         if changed == 0 {
             debug_assert!(
                 false,
@@ -666,6 +757,13 @@ pub fn lease(
         }
     }
     drop(set_leased);
+    if !logged.is_empty() {
+        ctx.conn
+            .prepare_cached(
+                "INSERT INTO lease_log (leased_at, expires_at, rows) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![now, expires.millis(), unwritten::pack(logged)])?;
+    }
     // When an app last consumed matters to the second, not the millisecond: write it at most
     // once a second, so empty long-polls stay read-only transactions (no fsync).
     let written = ctx.consumed_written.get(req.app.as_str()).copied();
@@ -778,15 +876,17 @@ impl Held {
 }
 
 /// Loads a delivery of `app`; another app's delivery is reported exactly like a missing one.
-fn held(ctx: &WriteCtx, app: Option<&AppId>, id: &DeliveryId) -> Result<Held, StoreError> {
+fn held(ctx: &mut WriteCtx, app: Option<&AppId>, id: &DeliveryId) -> Result<Held, StoreError> {
     match held_row(ctx, delivery_rowid(id)?)? {
         Some(h) if app.is_none_or(|a| a.as_str() == h.target) => Ok(h),
         _ => Err(StoreError::UnknownDelivery(id.clone())),
     }
 }
 
-/// The delivery with row id `rowid`, as [`Held`], if there is one.
-fn held_row(ctx: &WriteCtx, rowid: i64) -> Result<Option<Held>, StoreError> {
+/// The delivery with row id `rowid`, as [`Held`], if there is one; its lease written first
+/// if it was kept unwritten.
+fn held_row(ctx: &mut WriteCtx, rowid: i64) -> Result<Option<Held>, StoreError> {
+    write_unwritten(ctx, rowid)?;
     Ok(ctx
         .conn
         .prepare_cached(HELD_BY_ROWID)?
@@ -848,6 +948,8 @@ struct Acking {
     order_key: Option<String>,
     lease_expires_at: Option<Timestamp>,
     data: Option<String>,
+    /// Its lease, if kept unwritten: the ack writes it too.
+    unwritten: Option<Lease>,
 }
 
 /// Counts an ack of a delivery of the channel (tenant, source, target).
@@ -912,6 +1014,7 @@ pub fn ack(
                 order_key: None,
                 lease_expires_at: Some(Timestamp(f.lease_expires_at)),
                 data: item.data,
+                unwritten: ctx.unwritten.take(rowid),
             });
             continue;
         }
@@ -921,7 +1024,12 @@ pub fn ack(
             Some(r) if rows::text(r, 0)? == app.as_str() => r,
             _ => return Err(StoreError::UnknownDelivery(item.id)),
         };
-        let (status, attempts) = (rows::status(r.get(1)?)?, r.get(2)?);
+        // A lease kept unwritten: the row still shows it pending on the attempt before.
+        let unwritten = ctx.unwritten.take(rowid);
+        let (status, attempts, lease_expires_at) = match unwritten {
+            Some(l) => (DeliveryStatus::InFlight, l.attempt, Some(l.expires_at)),
+            None => (rows::status(r.get(1)?)?, r.get(2)?, r.get(9)?),
+        };
         let repeated =
             status == DeliveryStatus::Acknowledged && item.attempt.is_none_or(|a| a == attempts);
         if repeated {
@@ -945,8 +1053,9 @@ pub fn ack(
         checked.push(Acking {
             row,
             order_key: r.get(5)?,
-            lease_expires_at: r.get::<_, Option<i64>>(9)?.map(Timestamp),
+            lease_expires_at: lease_expires_at.map(Timestamp),
             data: item.data,
+            unwritten,
         });
     }
     drop(lookup);
@@ -955,6 +1064,12 @@ pub fn ack(
         "UPDATE deliveries SET status = 2, ack_data = ?2, acked_at = ?3, updated_at = ?3, \
          finished_at = ?3, lease_expires_at = NULL WHERE id = ?1 AND status = 1 AND attempts = ?4",
     )?;
+    // The same with the lease kept unwritten: one change of the row for both.
+    let mut set_leased_acked = ctx.conn.prepare_cached(
+        "UPDATE deliveries SET status = 2, attempts = ?4, leased_at = ?5, ack_data = ?2, \
+         acked_at = ?3, updated_at = ?3, finished_at = ?3, lease_expires_at = NULL \
+         WHERE id = ?1 AND status = 0 AND attempts = ?4 - 1",
+    )?;
     let mut acked = Vec::with_capacity(checked.len());
     let mut ordered: Vec<String> = Vec::new();
     for Acking {
@@ -962,9 +1077,19 @@ pub fn ack(
         order_key,
         lease_expires_at,
         data,
+        unwritten,
     } in checked
     {
-        let changed = set_acked.execute(params![row.rowid, data, now.millis(), row.attempt])?;
+        let changed = match unwritten {
+            None => set_acked.execute(params![row.rowid, data, now.millis(), row.attempt])?,
+            Some(lease) => set_leased_acked.execute(params![
+                row.rowid,
+                data,
+                now.millis(),
+                row.attempt,
+                lease.leased_at
+            ])?,
+        };
         if changed == 0 {
             debug_assert!(false, "delivery {} was not in flight to ack", row.rowid);
             // A bug: the job fails, and if it changed rows already, so does its group.
@@ -980,7 +1105,7 @@ pub fn ack(
         ordered.extend(order_key);
         acked.push(row);
     }
-    drop(set_acked);
+    drop((set_acked, set_leased_acked));
     for key in ordered {
         release_next(ctx, app.as_str(), &key, now)?;
     }
@@ -1141,7 +1266,14 @@ pub fn expire_leases(
     // and one that is stale (the row no longer in flight until then) is only dropped.
     let mut expired = Vec::new();
     let mut walked = 0;
-    for (deadline, rowid) in ctx.deadlines.due(now) {
+    // Taken out first: reading a row may write its lease (see `held_row`). Twice the limit,
+    // so a few stale entries do not end the job early; the next job walks on.
+    let due: Vec<(Timestamp, i64)> = ctx
+        .deadlines
+        .due(now)
+        .take(limit.saturating_mul(2))
+        .collect();
+    for (deadline, rowid) in due {
         if expired.len() == limit {
             break;
         }

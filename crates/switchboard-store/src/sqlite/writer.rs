@@ -39,6 +39,7 @@ use super::handoff;
 use super::idle;
 use super::inflight::{self, InFlight};
 use super::ready::{self, Ready};
+use super::unwritten::Unwritten;
 use crate::StoreError;
 
 /// At most this many jobs share one transaction.
@@ -73,6 +74,8 @@ pub struct Memory {
     pub channel_ids: ChannelIds,
     /// What an ack needs of its deliveries in flight.
     pub in_flight: InFlight,
+    /// The leases whose rows are not written (none: the log is replayed on open).
+    pub unwritten: Unwritten,
 }
 
 /// What a job may use: the write connection and the writer's random source.
@@ -132,6 +135,8 @@ pub struct WriteCtx {
     pub in_flight: InFlight,
     /// Changes to `in_flight` of the running job; kept for the group if the job succeeds.
     pub flight_changes: inflight::Changes,
+    /// The leases whose rows are not written yet (unwritten.rs), as of the running job.
+    pub unwritten: Unwritten,
 }
 
 impl WriteCtx {
@@ -165,6 +170,7 @@ impl WriteCtx {
         self.group_deadline_changes.discard();
         self.ready.undo(&mut self.ready_undo);
         self.in_flight.roll_back();
+        self.unwritten.roll_back();
         self.next_event_seq = None;
         self.next_delivery_id = None;
     }
@@ -181,6 +187,7 @@ impl WriteCtx {
                     .apply(&mut self.ready_changes, &mut self.ready_undo);
                 self.in_flight.keep(&mut self.flight_changes);
                 self.group_when_durable.append(&mut self.job_when_durable);
+                self.unwritten.end_job(true);
             }
             false => {
                 self.job_counters.clear();
@@ -188,6 +195,7 @@ impl WriteCtx {
                 self.ready_changes.discard();
                 self.flight_changes.discard();
                 self.job_when_durable.clear();
+                self.unwritten.end_job(false);
             }
         }
     }
@@ -283,6 +291,7 @@ impl Writer {
             ready,
             channel_ids,
             in_flight,
+            unwritten,
         } = memory;
         let ctx = WriteCtx {
             conn,
@@ -309,6 +318,7 @@ impl Writer {
             channel_ids,
             in_flight,
             flight_changes: inflight::Changes::default(),
+            unwritten,
         };
         let handle = std::thread::Builder::new()
             .name("switchboard-writer".into())
@@ -685,6 +695,7 @@ fn commit_group(
             ctx.deadlines.apply(&mut ctx.group_deadline_changes);
             ctx.ready_undo.discard();
             ctx.in_flight.commit();
+            ctx.unwritten.commit();
         }
         false => ctx.forget_group(),
     }
