@@ -194,9 +194,24 @@ impl DeliveryId {
     }
 
     /// The id of a store's delivery number `n`: `dlv_` and the number (valid by construction,
-    /// so not checked: both stores make one per delivery they hand out).
-    pub fn numbered(n: u64) -> Self {
-        DeliveryId(format!("dlv_{n}"))
+    /// so not checked: both stores make one per delivery they hand out, several per event,
+    /// so without the formatting machinery, which was 6% of the HTTP workers' instructions
+    /// in the full cycle).
+    pub fn numbered(mut n: u64) -> Self {
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let mut id = String::with_capacity(4 + digits.len() - start);
+        id.push_str("dlv_");
+        id.extend(digits[start..].iter().map(|&d| char::from(d)));
+        DeliveryId(id)
     }
 
     /// The number behind an id [`numbered`](Self::numbered) made; `None` for any other id.
@@ -288,6 +303,11 @@ mod tests {
         let id = DeliveryId::numbered(42);
         assert_eq!(id.as_str(), "dlv_42");
         assert_eq!(id.number(), Some(42));
+        for n in [0, 7, 10, 1_000_000, u64::MAX] {
+            let id = DeliveryId::numbered(n);
+            assert_eq!(id.as_str(), format!("dlv_{n}"));
+            assert_eq!(id.number(), Some(n));
+        }
         for other in ["dlv_x", "dlv_", "dlv_-1", "evt_42", "42"] {
             assert_eq!(DeliveryId::parse(other).unwrap().number(), None, "{other}");
         }
