@@ -742,6 +742,29 @@ mod tests {
         stmt.get_status(StatementStatus::RePrepare)
     }
 
+    /// Holds the writer in a job of its own, running once this returns, until `go` is sent:
+    /// what is queued meanwhile waits for it.
+    async fn hold_writer(
+        store: &SqliteStore,
+    ) -> (
+        std::sync::mpsc::Sender<()>,
+        futures_util::future::BoxFuture<'_, Result<()>>,
+    ) {
+        let (running_tx, running) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel::<()>();
+        let mut hold = store
+            .writer
+            .write(move |_| {
+                running_tx.send(()).expect("running");
+                go_rx.recv().expect("go");
+                Ok(())
+            })
+            .boxed();
+        crate::conformance::poll_once(&mut hold).await;
+        running.recv().expect("the hold runs");
+        (go, hold)
+    }
+
     #[tokio::test]
     async fn deliveries_handed_to_a_consumer_that_left_go_back_to_pending() {
         use crate::conformance::{self, T0};
@@ -762,18 +785,7 @@ mod tests {
         let mut publish = conformance::publish_to(&store, ev, &["hr"]).boxed();
         conformance::poll_once(&mut publish).await;
         // Hold the writer after the publish took the consumer, before its group commits.
-        let (running_tx, running) = std::sync::mpsc::channel();
-        let (go, go_rx) = std::sync::mpsc::channel::<()>();
-        let mut hold = store
-            .writer
-            .write(move |_| {
-                running_tx.send(()).expect("running");
-                go_rx.recv().expect("go");
-                Ok(())
-            })
-            .boxed();
-        conformance::poll_once(&mut hold).await;
-        running.recv().expect("the hold runs");
+        let (go, hold) = hold_writer(&store).await;
         // The consumer leaves with the deliveries already on their way to it.
         drop(waiting);
         go.send(()).expect("go");
@@ -811,18 +823,7 @@ mod tests {
         let published = conformance::publish_to(&store, ev, &["hr"]).await;
         let id = published.deliveries[0].id.clone();
         // Hold the writer, so that the lease and the ack queue up and share the next group.
-        let (running_tx, running) = std::sync::mpsc::channel();
-        let (go, go_rx) = std::sync::mpsc::channel::<()>();
-        let mut hold = store
-            .writer
-            .write(move |_| {
-                running_tx.send(()).expect("running");
-                go_rx.recv().expect("go");
-                Ok(())
-            })
-            .boxed();
-        conformance::poll_once(&mut hold).await;
-        running.recv().expect("the hold runs");
+        let (go, hold) = hold_writer(&store).await;
         let request = LeaseRequest {
             app: conformance::app("hr"),
             max: 1,
