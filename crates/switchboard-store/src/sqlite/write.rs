@@ -701,10 +701,10 @@ pub fn lease(
     // fails (see schema migration 5). What the lease needs of the row is in its ready entry
     // (see ready.rs), so the row is changed without being read first (reading it cost a lease
     // 29% more writer instructions, hotpath; one `UPDATE … RETURNING` per row 87% more: each runs
-    // as a trigger program into a temporary table). An unordered delivery's row is not
-    // changed at all yet, up to a bound: its lease is kept unwritten and logged (see
-    // unwritten.rs). The
-    // entry says the row is pending, on that attempt: the conditions only make sure.
+    // as a trigger program into a temporary table). The entry says the row is pending, on
+    // that attempt: the conditions only make sure. An unordered delivery's row is not changed
+    // at all yet, up to a bound: its lease is kept unwritten and logged (see unwritten.rs),
+    // and its row is checked when the lease is written into it.
     let mut set_leased = ctx.conn.prepare_cached(LEASE_ROW)?;
     let mut rows = Vec::with_capacity(req.max.min(1024) as usize);
     let mut logged: Vec<(i64, u32)> = Vec::new();
@@ -716,20 +716,15 @@ pub fn lease(
         ctx.ready_changes.remove(slot, available_at, rowid);
         let attempt = p.attempts + 1;
         let keep = !p.ordered && ctx.unwritten.len() < unwritten::MAX_KEPT;
-        let changed = match keep {
-            false => set_leased.execute(params![rowid, attempt, expires.millis(), now])?,
-            true => {
-                let lease = Lease {
-                    attempt,
-                    leased_at: now,
-                    expires_at: expires.millis(),
-                };
-                ctx.unwritten.insert(rowid, lease);
-                logged.push((rowid, attempt));
-                1
-            }
-        };
-        if changed == 0 {
+        if keep {
+            let lease = Lease {
+                attempt,
+                leased_at: now,
+                expires_at: expires.millis(),
+            };
+            ctx.unwritten.insert(rowid, lease);
+            logged.push((rowid, attempt));
+        } else if set_leased.execute(params![rowid, attempt, expires.millis(), now])? == 0 {
             debug_assert!(
                 false,
                 "ready entry of delivery {rowid} is not its row: {p:?}"

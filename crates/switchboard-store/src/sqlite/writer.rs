@@ -162,7 +162,7 @@ impl WriteCtx {
     }
 
     /// After the open group rolled back: drops its counter and deadline changes, undoes its
-    /// ready and in-flight changes, and has the next seq and delivery id read again from the
+    /// ready, in-flight and kept-lease changes, and has the next seq and delivery id read again from the
     /// tables, which the rolled-back rows have left (nobody saw those: a publish is answered
     /// once durable, a lease once committed).
     fn forget_group(&mut self) {
@@ -175,8 +175,8 @@ impl WriteCtx {
         self.next_delivery_id = None;
     }
 
-    /// Ends a job's counter, deadline, ready and in-flight changes and what it asked to run
-    /// once durable: kept for the group if it succeeded, else dropped.
+    /// Ends a job's counter, deadline, ready, in-flight and kept-lease changes and what it
+    /// asked to run once durable: kept for the group if it succeeded, else dropped.
     fn end_job(&mut self, succeeded: bool) {
         match succeeded {
             true => {
