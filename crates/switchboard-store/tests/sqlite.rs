@@ -21,6 +21,11 @@ async fn sqlite_fixture() -> Fixture {
 
 switchboard_store::conformance_tests!(sqlite_fixture);
 
+/// A connection of the test's own to the store's database file in `dir`.
+fn database(dir: &std::path::Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(dir.join(switchboard_store::sqlite::DB_FILE)).unwrap()
+}
+
 #[tokio::test]
 async fn a_lease_of_remembered_and_forgotten_events_hands_each_its_own() {
     // The store keeps the latest events in memory for leases and reads the others: one
@@ -62,8 +67,7 @@ async fn a_publish_out_of_step_with_the_events_table_fails_whole_and_the_next_is
     conformance::register(&store, "hr", &["*"], 8).await;
     let publish = |n: u64| conformance::event("crm", "acme", "user.created", T0.plus_ms(n));
     conformance::publish_to(&store, publish(0), &["hr"]).await;
-    let behind =
-        rusqlite::Connection::open(dir.path().join(switchboard_store::sqlite::DB_FILE)).unwrap();
+    let behind = database(dir.path());
     behind.busy_timeout(Duration::from_secs(5)).unwrap();
     behind
         .execute(
@@ -344,7 +348,7 @@ async fn deliveries_pending_at_an_upgrade_from_schema_7_stay_leasable() {
 /// version left it: migration 9 undone (the open deliveries' index on channel names, no
 /// channel ids) and, for 7, migration 8 (the index of ready deliveries back).
 fn downgrade(dir: &std::path::Path, version: u32) {
-    let db = rusqlite::Connection::open(dir.join(switchboard_store::sqlite::DB_FILE)).unwrap();
+    let db = database(dir);
     // A closed store's lease log is empty: its leases are written into their rows.
     db.execute_batch(
         "DROP TABLE lease_log; DROP INDEX deliveries_channel_open; DROP INDEX channels_id;
@@ -856,8 +860,7 @@ mod counters {
 
     /// The same figures, counted from the deliveries and attempts themselves.
     fn recount(dir: &std::path::Path) -> BTreeMap<String, Figures> {
-        let conn =
-            rusqlite::Connection::open(dir.join(switchboard_store::sqlite::DB_FILE)).unwrap();
+        let conn = super::database(dir);
         let mut stmt = conn
             .prepare(
                 "SELECT d.tenant || '/' || d.source || '/' || d.target,
@@ -911,20 +914,19 @@ fn crash_image(dir: &std::path::Path) -> tempfile::TempDir {
 
 /// The status and attempts of delivery `id`'s row, as the database file has it.
 fn row_of(dir: &std::path::Path, id: &switchboard_core::DeliveryId) -> (i64, i64) {
-    let conn = rusqlite::Connection::open(dir.join(switchboard_store::sqlite::DB_FILE)).unwrap();
-    let rowid: i64 = id.as_str().trim_start_matches("dlv_").parse().unwrap();
-    conn.query_row(
-        "SELECT status, attempts FROM deliveries WHERE id = ?1",
-        [rowid],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )
-    .unwrap()
+    database(dir)
+        .query_row(
+            "SELECT status, attempts FROM deliveries WHERE id = ?1",
+            [id.number().expect("a numbered id") as i64],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
 }
 
 /// How many rows the lease log has in the database file.
 fn lease_log_rows(dir: &std::path::Path) -> i64 {
-    let conn = rusqlite::Connection::open(dir.join(switchboard_store::sqlite::DB_FILE)).unwrap();
-    conn.query_row("SELECT count(*) FROM lease_log", [], |r| r.get(0))
+    database(dir)
+        .query_row("SELECT count(*) FROM lease_log", [], |r| r.get(0))
         .unwrap()
 }
 
