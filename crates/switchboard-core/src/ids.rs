@@ -2,6 +2,7 @@
 //! A value of these types is always well-formed; parsing is the only way in.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -17,13 +18,21 @@ fn invalid(msg: impl Into<String>) -> InvalidValue {
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-        #[serde(transparent)]
-        pub struct $name(String);
+        ///
+        /// Shared text: a clone is a reference count, not a copy (ids are cloned into every
+        /// delivery, change and reply that names them).
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Arc<str>);
 
         impl $name {
             pub fn as_str(&self) -> &str {
                 &self.0
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
             }
         }
 
@@ -90,7 +99,7 @@ impl AppId {
                 "`{s}` may only contain lowercase letters, digits, `-` and `_`"
             )));
         }
-        Ok(AppId(s.to_owned()))
+        Ok(AppId(s.into()))
     }
 }
 
@@ -110,7 +119,7 @@ impl TenantId {
         if has_space_or_control(s) {
             return Err(invalid("must not contain whitespace or control characters"));
         }
-        Ok(TenantId(s.to_owned()))
+        Ok(TenantId(s.into()))
     }
 }
 
@@ -140,7 +149,7 @@ impl EventType {
                 )));
             }
         }
-        Ok(EventType(s.to_owned()))
+        Ok(EventType(s.into()))
     }
 }
 
@@ -153,7 +162,7 @@ fn has_space_or_control(s: &str) -> bool {
     }
 }
 
-fn parse_opaque_id(s: &str) -> Result<String, InvalidValue> {
+fn check_opaque_id(s: &str) -> Result<(), InvalidValue> {
     if s.is_empty() {
         return Err(invalid("must not be empty"));
     }
@@ -166,12 +175,12 @@ fn parse_opaque_id(s: &str) -> Result<String, InvalidValue> {
     if has_space_or_control(s) {
         return Err(invalid("must not contain whitespace or control characters"));
     }
-    Ok(s.to_owned())
+    Ok(())
 }
 
 impl EventId {
     pub fn parse(s: &str) -> Result<Self, InvalidValue> {
-        parse_opaque_id(s).map(EventId)
+        check_opaque_id(s).map(|()| EventId(s.into()))
     }
 
     /// A new, time-ordered id: `evt_` + 26 Crockford base32 characters encoding 48 bits of
@@ -181,16 +190,16 @@ impl EventId {
         for (i, b) in entropy.iter().enumerate() {
             value |= (*b as u128) << (8 * (9 - i));
         }
-        let mut id = String::with_capacity(4 + 26);
-        id.push_str("evt_");
-        push_base32_128(&mut id, value);
-        EventId(id)
+        let mut id = [0u8; 4 + 26];
+        id[..4].copy_from_slice(b"evt_");
+        put_base32_128(&mut id[4..], value);
+        EventId(ascii(&id).into())
     }
 }
 
 impl DeliveryId {
     pub fn parse(s: &str) -> Result<Self, InvalidValue> {
-        parse_opaque_id(s).map(DeliveryId)
+        check_opaque_id(s).map(|()| DeliveryId(s.into()))
     }
 
     /// The id of a store's delivery number `n`: `dlv_` and the number (valid by construction,
@@ -208,10 +217,11 @@ impl DeliveryId {
                 break;
             }
         }
-        let mut id = String::with_capacity(4 + digits.len() - start);
-        id.push_str("dlv_");
-        id.extend(digits[start..].iter().map(|&d| char::from(d)));
-        DeliveryId(id)
+        let mut id = [0u8; 4 + 20];
+        let len = 4 + digits.len() - start;
+        id[..4].copy_from_slice(b"dlv_");
+        id[4..len].copy_from_slice(&digits[start..]);
+        DeliveryId(ascii(&id[..len]).into())
     }
 
     /// The number behind an id [`numbered`](Self::numbered) made; `None` for any other id.
@@ -223,19 +233,22 @@ impl DeliveryId {
 /// Generic opaque ids given by publishers: idempotency keys, entity, correlation and
 /// causation ids.
 pub fn parse_opaque(s: &str) -> Result<String, InvalidValue> {
-    parse_opaque_id(s)
+    check_opaque_id(s).map(|()| s.to_owned())
 }
 
 const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
-/// Appends `value` as 26 Crockford base32 characters, most significant first.
-fn push_base32_128(out: &mut String, mut value: u128) {
-    let mut digits = [0u8; 26];
-    for slot in digits.iter_mut().rev() {
+/// Writes `value` as 26 Crockford base32 characters, most significant first.
+fn put_base32_128(out: &mut [u8], mut value: u128) {
+    for slot in out[..26].iter_mut().rev() {
         *slot = CROCKFORD[(value & 31) as usize];
         value >>= 5;
     }
-    out.extend(digits.iter().map(|&b| char::from(b)));
+}
+
+/// Text made here of ASCII bytes only.
+fn ascii(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).expect("ids are made of ASCII")
 }
 
 #[cfg(test)]
