@@ -1,6 +1,7 @@
 //! Consume (long-poll lease), ack and nack. The lease loop waits on the app's wake-up, the
 //! next retry time or the deadline, whichever comes first; it never polls on a timer.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,8 @@ use switchboard_store::{AckItem, LeaseRequest, LeasedDelivery, NackItem};
 
 use super::views::EventView;
 use super::{
-    Body, Problems, check_depth, in_range, json_response, parse_json, parse_json_or_default,
+    Body, Problems, check_depth, in_range, json_response, json_response_sized, parse_json,
+    parse_json_or_default,
 };
 use crate::State;
 use crate::auth::Caller;
@@ -120,7 +122,13 @@ pub async fn consume(
             _ = state.shutdown.cancelled() => break Vec::new(),
         }
     };
-    Ok(json_response(StatusCode::OK, &consume_out(&leased)))
+    // An event's fields and a delivery's come to about 300 bytes besides its data.
+    let size: usize = leased.iter().map(|d| d.event.data.len() + 384).sum();
+    Ok(json_response_sized(
+        StatusCode::OK,
+        &consume_out(&leased),
+        size + 32,
+    ))
 }
 
 fn consume_out(leased: &[LeasedDelivery]) -> ConsumeOut<'_> {
@@ -147,7 +155,8 @@ struct AckIn<'a> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AckItemIn<'a> {
-    delivery_id: String,
+    #[serde(borrow)]
+    delivery_id: Cow<'a, str>,
     attempt: Option<u32>,
     #[serde(borrow)]
     data: Option<&'a RawValue>,

@@ -15,7 +15,7 @@ use switchboard_core::routing::route;
 use switchboard_core::{AppId, DeliveryStatus, EventId, EventType, TenantId, Timestamp};
 use switchboard_store::{NewEvent, Published};
 
-use super::{Body, Problems, check_depth, json_response, parse_json};
+use super::{Body, Problems, check_depth, json_response_sized, parse_json};
 use crate::State;
 use crate::auth::Caller;
 use crate::clock;
@@ -334,13 +334,22 @@ pub async fn publish(
         .collect();
     let published = state.store.publish(new_events, now).await?;
     state.observe.published(&source, &kinds, &published, now);
-    let woken: Vec<&AppId> = published
-        .iter()
-        .filter(|p| !p.duplicate)
-        .flat_map(|p| p.deliveries.iter().map(|d| &d.target))
-        .collect();
+    // Each target once (a batch has a few, each named by most of its events).
+    let mut woken: Vec<&AppId> = Vec::new();
+    let fresh = published.iter().filter(|p| !p.duplicate);
+    for target in fresh.flat_map(|p| p.deliveries.iter().map(|d| &d.target)) {
+        if !woken.contains(&target) {
+            woken.push(target);
+        }
+    }
     state.wake.wake(woken);
-    Ok(json_response(StatusCode::CREATED, &reply(&published)))
+    // An event's id and duplicate flag, and each delivery's id, target and status.
+    let size: usize = published.iter().map(|p| 64 + 96 * p.deliveries.len()).sum();
+    Ok(json_response_sized(
+        StatusCode::CREATED,
+        &reply(&published),
+        size + 16,
+    ))
 }
 
 fn reply(published: &[Published]) -> PublishOut<'_> {
