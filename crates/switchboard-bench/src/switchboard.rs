@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use serde::Deserialize;
 use serde::de::IgnoredAny;
-use switchboard_client::{Ack, Client, ConsumeRequest, Delivery, NewApp};
+use switchboard_client::{Ack, Client, ConsumeRequest, NewApp};
 
 use crate::server::{ServerProcess, filesystem_of};
 use crate::target::{EVENT_TYPE, Footprint, TENANT, Target};
@@ -17,6 +18,17 @@ use crate::target::{EVENT_TYPE, Footprint, TENANT, Target};
 pub const ADMIN_KEY: &str = "sb_bench_admin_key";
 /// Lease long enough that no delivery comes back while its consumer is still acking it.
 const LEASE_MS: u64 = 60_000;
+
+/// What the benchmark reads of an event's data: the send time the latency workloads put in
+/// it. The rest is skipped unread, as the peers' consumers scan the body they are given for
+/// it (`sent_ns_in`) and build nothing else of it.
+#[derive(Debug, Deserialize)]
+pub struct Sent {
+    sent_ns: Option<u64>,
+}
+
+/// A delivery as the benchmark's consumers take it (`Client::consume_as`).
+pub type Delivery = switchboard_client::Delivery<Sent>;
 
 /// Where the binary is and where its data directories go.
 #[derive(Debug, Clone)]
@@ -165,7 +177,7 @@ impl Target for Switchboard {
 
     async fn consume(&self, sink: usize, max: u32, wait: Duration) -> Result<Vec<Delivery>> {
         Ok(self.sinks[sink]
-            .consume(&consume_request(max, wait))
+            .consume_as(&consume_request(max, wait))
             .await?)
     }
 
@@ -174,7 +186,7 @@ impl Target for Switchboard {
     }
 
     fn sent_ns(delivery: &Delivery) -> Option<u64> {
-        delivery.event.data.get("sent_ns")?.as_u64()
+        delivery.event.data.sent_ns
     }
 
     fn footprint(&self) -> Footprint {

@@ -233,6 +233,18 @@ impl Client {
     /// `POST /v1/consume` (app key): leases up to `req.max` deliveries, waiting up to
     /// `req.wait_ms` for some to become available. An empty result means none came.
     pub async fn consume(&self, req: &ConsumeRequest) -> Result<Vec<Delivery>, Error> {
+        self.consume_as(req).await
+    }
+
+    /// [`consume`](Self::consume) with each event's `data` read straight into `D` (a struct of
+    /// the fields the consumer needs; `serde::de::IgnoredAny` for none) instead of a JSON
+    /// `Value`. Data that does not fit `D` fails the whole call with [`Error::Decode`], and
+    /// its deliveries come back once their lease expires: use a `D` every publisher's data
+    /// fits, or `Value`.
+    pub async fn consume_as<D: DeserializeOwned>(
+        &self,
+        req: &ConsumeRequest,
+    ) -> Result<Vec<Delivery<D>>, Error> {
         let timeout = Duration::from_millis(req.wait_ms).saturating_add(CONSUME_GRACE);
         let body = encode_json(req)?;
         let (status, bytes) = tokio::time::timeout(
@@ -241,7 +253,7 @@ impl Client {
         )
         .await
         .map_err(|_| Error::Transport(format!("no answer within {} ms", timeout.as_millis())))??;
-        let response: ConsumeResponse = decode(status, &bytes)?;
+        let response: ConsumeResponse<D> = decode(status, &bytes)?;
         Ok(response.deliveries)
     }
 
@@ -260,7 +272,7 @@ impl Client {
 
     /// `POST /v1/deliveries/{id}/extend` (app key): pushes the lease of a delivery this
     /// consumer holds to `lease_ms` from now; returns the new deadline (RFC 3339).
-    pub async fn extend(&self, delivery: &Delivery, lease_ms: u64) -> Result<String, Error> {
+    pub async fn extend<D>(&self, delivery: &Delivery<D>, lease_ms: u64) -> Result<String, Error> {
         #[derive(Serialize)]
         struct Body {
             lease_ms: u64,

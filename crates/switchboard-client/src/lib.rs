@@ -3,7 +3,8 @@
 //! It must not depend on other switchboard crates: applications embed it alone.
 //!
 //! [`Client`] has one method per endpoint; [`Consumer`] runs a long-polling loop that calls
-//! your handler for each delivery and acks (or nacks) the outcome.
+//! your handler for each delivery and acks (or nacks) the outcome. [`Client::consume`] reads
+//! each event's `data` into a JSON `Value`; [`Client::consume_as`] into a type of yours.
 //!
 //! ```no_run
 //! use serde_json::json;

@@ -315,9 +315,11 @@ impl Default for ConsumeRequest {
     }
 }
 
-/// An event as stored by the server.
+/// An event as stored by the server. `D` is what its `data` is read into: a JSON [`Value`]
+/// unless the caller asks for its own type ([`Client::consume_as`](crate::Client::consume_as)),
+/// which skips building a `Value` for data the caller reads once into a struct, or not at all.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct Event {
+pub struct Event<D = Value> {
     /// The event's id.
     pub id: String,
     /// The tenant it belongs to.
@@ -329,9 +331,8 @@ pub struct Event {
     pub source: String,
     /// RFC 3339 time the server accepted the event.
     pub time: String,
-    /// The payload.
-    #[serde(default)]
-    pub data: Value,
+    /// The payload (the server always sends it).
+    pub data: D,
     /// The apps it was addressed to; `None` for every subscriber.
     #[serde(default)]
     pub target: Option<Vec<String>>,
@@ -352,9 +353,9 @@ pub struct Event {
     pub historical: bool,
 }
 
-/// One leased delivery returned by `POST /v1/consume`.
+/// One leased delivery returned by `POST /v1/consume`; `D` as in [`Event`].
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct Delivery {
+pub struct Delivery<D = Value> {
     /// The delivery's id; ack or nack with it.
     pub delivery_id: String,
     /// Which attempt this is, starting at 1.
@@ -362,13 +363,13 @@ pub struct Delivery {
     /// RFC 3339 end of the lease.
     pub lease_expires_at: String,
     /// The event being delivered.
-    pub event: Event,
+    pub event: Event<D>,
 }
 
 #[derive(Deserialize)]
-pub(crate) struct ConsumeResponse {
-    #[serde(default)]
-    pub(crate) deliveries: Vec<Delivery>,
+pub(crate) struct ConsumeResponse<D> {
+    #[serde(default = "Vec::new")]
+    pub(crate) deliveries: Vec<Delivery<D>>,
 }
 
 /// One acknowledgement for `POST /v1/ack`.
@@ -386,7 +387,7 @@ pub struct Ack {
 
 impl Ack {
     /// Acknowledges this attempt of `delivery`, without data.
-    pub fn of(delivery: &Delivery) -> Ack {
+    pub fn of<D>(delivery: &Delivery<D>) -> Ack {
         Ack {
             delivery_id: delivery.delivery_id.clone(),
             attempt: Some(delivery.attempt),
@@ -431,7 +432,7 @@ pub struct Nack {
 
 impl Nack {
     /// Reports this attempt of `delivery` as failed with `error`, retried per the app's backoff.
-    pub fn of(delivery: &Delivery, error: impl Into<String>) -> Nack {
+    pub fn of<D>(delivery: &Delivery<D>, error: impl Into<String>) -> Nack {
         Nack {
             delivery_id: delivery.delivery_id.clone(),
             attempt: Some(delivery.attempt),

@@ -6,11 +6,10 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use switchboard_client::Delivery;
 
 use super::redis_server::{Fsync, RedisServer, version};
 use crate::server::filesystem_of;
-use crate::switchboard::{Batch, Switchboard, SwitchboardConfig};
+use crate::switchboard::{Batch, Delivery, Switchboard, SwitchboardConfig};
 use crate::target::{Footprint, Target};
 
 /// switchboard and the redis-server under it.

@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use serde_json::json;
-use switchboard_client::Delivery;
 
 use super::{
     Job, Options, Outcome, app, events_body, measure, median_of, new_report, pending, publish_all,
 };
-use crate::switchboard::{Batch, Switchboard, SwitchboardConfig};
+use crate::switchboard::{Batch, Delivery, Switchboard, SwitchboardConfig};
 use crate::target::{Footprint, TENANT, Target};
 use crate::workloads::{RunOutcome, Settings, Workload};
 

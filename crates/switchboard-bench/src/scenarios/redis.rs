@@ -12,12 +12,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use serde_json::json;
-use switchboard_client::{Client, Delivery, NewApp};
+use switchboard_client::{Client, NewApp};
 
 use super::{Options, Outcome, measure, median_of, new_report, start_node};
 use crate::peers::redis_server::{Fsync, RedisServer, version};
 use crate::server::{ServerProcess, process_cpu_seconds, process_memory, process_written_bytes};
-use crate::switchboard::{Batch, Switchboard, SwitchboardConfig, acks_of, consume_request};
+use crate::switchboard::{
+    Batch, Delivery, Switchboard, SwitchboardConfig, acks_of, consume_request,
+};
 use crate::target::{EVENT_TYPE, Footprint, Target};
 use crate::workloads::{RunOutcome, Settings, Workload};
 
@@ -118,7 +120,7 @@ impl Target for RedisNodes {
 
     async fn consume(&self, sink: usize, max: u32, wait: Duration) -> Result<Vec<Delivery>> {
         let request = consume_request(max, wait);
-        Ok(self.sinks[sink][self.node()].consume(&request).await?)
+        Ok(self.sinks[sink][self.node()].consume_as(&request).await?)
     }
 
     async fn ack(&self, sink: usize, deliveries: Vec<Delivery>) -> Result<u64> {

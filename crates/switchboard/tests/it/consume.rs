@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use switchboard_client::{
-    Ack, ConsumeRequest, Consumer, DeliveryStatus, HandlerError, Nack, NewApp,
+    Ack, ConsumeRequest, Consumer, DeliveryStatus, HandlerError, Nack, NewApp, NewEvent,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +36,56 @@ async fn a_waiting_consumer_wakes_on_publish() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].event.id, p.id);
     assert_eq!(got[0].attempt, 1);
+    hub.stop().await;
+}
+
+/// The fields of a `user.created` the consumer below reads; the rest of the data is skipped.
+#[derive(Debug, PartialEq, serde::Deserialize)]
+struct UserCreated {
+    user_id: u64,
+    email: String,
+}
+
+#[tokio::test]
+async fn consume_as_reads_each_events_data_into_the_callers_type() {
+    let hub = Hub::start().await;
+    let crm = hub.app("crm", &[]).await;
+    let hr = hub.app("hr", &["user.*"]).await;
+    let data = json!({"user_id": 42, "email": "ada@example.com", "tags": ["a", {"b": null}]});
+    let p = publish(&crm, NewEvent::new("user.created", "acme", data)).await;
+    let got = hr
+        .consume_as::<UserCreated>(&poll(0, 30_000))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].event.id, p.id);
+    let expected = UserCreated {
+        user_id: 42,
+        email: "ada@example.com".into(),
+    };
+    assert_eq!(got[0].event.data, expected);
+    assert_eq!(hr.ack(&[Ack::of(&got[0])]).await.unwrap(), 1);
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn consume_as_a_type_the_data_does_not_fit_fails_and_leaves_the_lease_to_expire() {
+    let hub = Hub::start().await;
+    let crm = hub.app("crm", &[]).await;
+    let hr = hub.app("hr", &["user.*"]).await;
+    publish(&crm, event("user.created", "acme")).await;
+    let err = hr
+        .consume_as::<UserCreated>(&poll(0, 100))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, switchboard_client::Error::Decode(m) if m.contains("user_id")),
+        "{err:?}"
+    );
+    // The lease was taken: the delivery comes back on its next attempt once it expires.
+    let again = hr.consume(&poll(5_000, 30_000)).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempt, 2);
     hub.stop().await;
 }
 
