@@ -1,16 +1,19 @@
 //! `POST /v1/events`: validate, route, store durably, wake the targets' consumers. A
 //! rejected request stores nothing; the 2xx is sent only after the commit.
 
+use std::borrow::Cow;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use axum::extract::State as AxState;
 use axum::http::StatusCode;
 use axum::response::Response;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use switchboard_core::event::Event;
-use switchboard_core::ids::parse_opaque;
+use switchboard_core::ids::{InvalidValue, parse_opaque};
 use switchboard_core::routing::route;
 use switchboard_core::{AppId, DeliveryStatus, EventId, EventType, TenantId, Timestamp};
 use switchboard_store::{NewEvent, Published};
@@ -28,16 +31,21 @@ use crate::error::ApiError;
 struct PublishIn<'a> {
     #[serde(borrow)]
     events: Option<Vec<EventIn<'a>>>,
-    #[serde(rename = "type")]
-    event_type: Option<Value>,
-    tenant: Option<Value>,
+    #[serde(rename = "type", borrow)]
+    event_type: Option<Loose<'a>>,
+    #[serde(borrow)]
+    tenant: Option<Loose<'a>>,
     #[serde(borrow)]
     data: Option<&'a RawValue>,
     target: Option<Value>,
-    id: Option<Value>,
-    entity_id: Option<Value>,
-    correlation_id: Option<Value>,
-    causation_id: Option<Value>,
+    #[serde(borrow)]
+    id: Option<Loose<'a>>,
+    #[serde(borrow)]
+    entity_id: Option<Loose<'a>>,
+    #[serde(borrow)]
+    correlation_id: Option<Loose<'a>>,
+    #[serde(borrow)]
+    causation_id: Option<Loose<'a>>,
 }
 
 impl<'a> PublishIn<'a> {
@@ -59,16 +67,83 @@ impl<'a> PublishIn<'a> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EventIn<'a> {
-    #[serde(rename = "type")]
-    event_type: Option<Value>,
-    tenant: Option<Value>,
+    #[serde(rename = "type", borrow)]
+    event_type: Option<Loose<'a>>,
+    #[serde(borrow)]
+    tenant: Option<Loose<'a>>,
     #[serde(borrow)]
     data: Option<&'a RawValue>,
     target: Option<Value>,
-    id: Option<Value>,
-    entity_id: Option<Value>,
-    correlation_id: Option<Value>,
-    causation_id: Option<Value>,
+    #[serde(borrow)]
+    id: Option<Loose<'a>>,
+    #[serde(borrow)]
+    entity_id: Option<Loose<'a>>,
+    #[serde(borrow)]
+    correlation_id: Option<Loose<'a>>,
+    #[serde(borrow)]
+    causation_id: Option<Loose<'a>>,
+}
+
+/// A field that must be a string, read without copying it (unless it has escapes): the
+/// string fields of every event were parsed into `Value`s first, two to four allocations per
+/// event. Any other JSON is kept only as "not a string", which is all its problem says.
+enum Loose<'a> {
+    Str(Cow<'a, str>),
+    NotAString,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Loose<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(LooseVisitor(PhantomData))
+    }
+}
+
+struct LooseVisitor<'a>(PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> Visitor<'de> for LooseVisitor<'a> {
+    type Value = Loose<'a>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Loose<'a>, E> {
+        Ok(Loose::Str(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Loose<'a>, E> {
+        Ok(Loose::Str(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Loose<'a>, E> {
+        Ok(Loose::Str(Cow::Owned(v)))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Loose<'a>, E> {
+        Ok(Loose::NotAString)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Loose<'a>, E> {
+        Ok(Loose::NotAString)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Loose<'a>, E> {
+        Ok(Loose::NotAString)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Loose<'a>, E> {
+        Ok(Loose::NotAString)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Loose<'a>, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Loose::NotAString)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Loose<'a>, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Loose::NotAString)
+    }
 }
 
 impl EventIn<'_> {
@@ -121,18 +196,18 @@ impl From<Field> for String {
     }
 }
 
-fn string<'v>(p: &mut Problems, field: Field, v: &'v Option<Value>) -> Option<&'v str> {
+fn string<'v>(p: &mut Problems, field: Field, v: &'v Option<Loose<'_>>) -> Option<&'v str> {
     match v {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s),
-        Some(_) => {
+        None => None,
+        Some(Loose::Str(s)) => Some(s),
+        Some(Loose::NotAString) => {
             p.add(field, "must be a string");
             None
         }
     }
 }
 
-fn opaque(p: &mut Problems, field: Field, v: &Option<Value>) -> Option<String> {
+fn opaque(p: &mut Problems, field: Field, v: &Option<Loose<'_>>) -> Option<String> {
     let s = string(p, field, v)?;
     p.check(field, parse_opaque(s))
 }
@@ -145,6 +220,40 @@ struct Shared<'a> {
     limits: &'a crate::Limits,
 }
 
+/// The type and tenant of the events validated so far, reused when the next names the same
+/// (the events of a batch mostly do): an id shared instead of checked and copied again.
+#[derive(Default)]
+struct Repeats {
+    event_type: Last<EventType>,
+    tenant: Last<TenantId>,
+}
+
+struct Last<T>(Option<T>);
+
+impl<T> Default for Last<T> {
+    fn default() -> Self {
+        Last(None)
+    }
+}
+
+impl<T: Clone + AsRef<str>> Last<T> {
+    /// `text` parsed, or the last value parsed when it was the same text.
+    fn parse(
+        &mut self,
+        text: &str,
+        parse: impl FnOnce(&str) -> Result<T, InvalidValue>,
+    ) -> Result<T, InvalidValue> {
+        match &self.0 {
+            Some(last) if last.as_ref() == text => Ok(last.clone()),
+            _ => {
+                let parsed = parse(text)?;
+                self.0 = Some(parsed.clone());
+                Ok(parsed)
+            }
+        }
+    }
+}
+
 /// Validates one event (the `index`th of a batch); problems are named `type`, `tenant`... or
 /// `events[{index}].type`... `entropy` is the random part of its id.
 fn validate(
@@ -152,6 +261,7 @@ fn validate(
     index: Option<usize>,
     input: &EventIn<'_>,
     shared: &Shared<'_>,
+    repeats: &mut Repeats,
     entropy: [u8; 10],
 ) -> Option<Event> {
     let Shared {
@@ -163,14 +273,14 @@ fn validate(
     let before = p.0.len();
     let f = |name: &'static str| Field { index, name };
     let event_type = match string(p, f("type"), &input.event_type) {
-        Some(t) => p.check(f("type"), EventType::parse(t)),
+        Some(t) => p.check(f("type"), repeats.event_type.parse(t, EventType::parse)),
         None => {
             p.add(f("type"), "is required: an event type like `user.created`");
             None
         }
     };
     let tenant = match string(p, f("tenant"), &input.tenant) {
-        Some(t) => p.check(f("tenant"), TenantId::parse(t)),
+        Some(t) => p.check(f("tenant"), repeats.tenant.parse(t, TenantId::parse)),
         None => {
             p.add(f("tenant"), "is required: the tenant the event belongs to");
             None
@@ -304,13 +414,15 @@ pub async fn publish(
     // The ids' random part for the whole request from one call to the OS, not one per event.
     let mut entropy = vec![0u8; 10 * inputs.len()];
     getrandom::fill(&mut entropy).expect("the OS random source works");
+    let mut repeats = Repeats::default();
     let events: Vec<Event> = inputs
         .iter()
         .zip(entropy.chunks_exact(10))
         .enumerate()
         .filter_map(|(i, (input, random))| {
             let random: [u8; 10] = random.try_into().expect("chunks of 10");
-            validate(&mut p, batch.then_some(i), input, &shared, random)
+            let index = batch.then_some(i);
+            validate(&mut p, index, input, &shared, &mut repeats, random)
         })
         .collect();
     p.into_result()?;

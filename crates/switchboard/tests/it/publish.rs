@@ -135,6 +135,41 @@ async fn a_batch_is_stored_in_order() {
 }
 
 #[tokio::test]
+async fn each_event_of_a_batch_keeps_its_own_type_and_tenant() {
+    let hub = Hub::start().await;
+    let crm = hub.app("crm", &[]).await;
+    hub.app("hr", &["user.*"]).await;
+    // Repeats, changes and an escaped spelling of the same text (`\u0061` is `a`).
+    let batch = br#"{"events":[
+        {"type":"user.created","tenant":"acme","data":{}},
+        {"type":"user.created","tenant":"acme","data":{}},
+        {"type":"user.deleted","tenant":"globex","data":{}},
+        {"type":"user.created","tenant":"\u0061cme","data":{}},
+        {"type":"user.created","tenant":"acme\/eu","data":{}}]}"#
+        .to_vec();
+    let published = crm.publish_json(batch).await.unwrap();
+    let expected = [
+        ("user.created", "acme"),
+        ("user.created", "acme"),
+        ("user.deleted", "globex"),
+        ("user.created", "acme"),
+        ("user.created", "acme/eu"),
+    ];
+    assert_eq!(published.len(), expected.len());
+    for (p, (ty, tenant)) in published.iter().zip(expected) {
+        let stored = lookup(&crm, &p.id).await;
+        assert_eq!(
+            (
+                stored.event.event_type.as_str(),
+                stored.event.tenant.as_str()
+            ),
+            (ty, tenant)
+        );
+    }
+    hub.stop().await;
+}
+
+#[tokio::test]
 async fn events_already_in_json_are_published_as_sent() {
     let hub = Hub::start().await;
     let crm = hub.app("crm", &[]).await;
