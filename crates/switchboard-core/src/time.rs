@@ -51,7 +51,7 @@ impl Timestamp {
     /// The RFC 3339 form written into `buf` without the formatting machinery (responses
     /// carry several timestamps per delivery); `None` for a year outside 0–9999, which
     /// `Display` writes the slow way.
-    fn rfc3339(self, buf: &mut [u8; 24]) -> Option<&str> {
+    pub fn rfc3339(self, buf: &mut [u8; 24]) -> Option<&str> {
         let (y, m, d, h, mi, s, ms) = parts(self);
         if !(0..=9999).contains(&y) {
             return None;

@@ -11,11 +11,10 @@ use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use switchboard_core::{DeliveryId, DeliveryStatus, Timestamp};
-use switchboard_store::{AckItem, LeaseRequest, LeasedDelivery, NackItem};
+use switchboard_store::{AckItem, LeaseRequest, NackItem};
 
-use super::views::EventView;
 use super::{
-    Body, Problems, check_depth, in_range, json_response, json_response_sized, parse_json,
+    Body, Problems, check_depth, hot, in_range, json_bytes, json_response, parse_json,
     parse_json_or_default,
 };
 use crate::State;
@@ -33,19 +32,6 @@ struct ConsumeIn {
 
 const DEFAULT_MAX: u64 = 10;
 const DEFAULT_LEASE_MS: u64 = 30_000;
-
-#[derive(Serialize)]
-struct LeasedView<'a> {
-    delivery_id: &'a str,
-    attempt: u32,
-    lease_expires_at: Timestamp,
-    event: EventView<'a>,
-}
-
-#[derive(Serialize)]
-struct ConsumeOut<'a> {
-    deliveries: Vec<LeasedView<'a>>,
-}
 
 pub async fn consume(
     AxState(state): AxState<Arc<State>>,
@@ -122,27 +108,7 @@ pub async fn consume(
             _ = state.shutdown.cancelled() => break Vec::new(),
         }
     };
-    // An event's fields and a delivery's come to about 300 bytes besides its data.
-    let size: usize = leased.iter().map(|d| d.event.data.len() + 384).sum();
-    Ok(json_response_sized(
-        StatusCode::OK,
-        &consume_out(&leased),
-        size + 32,
-    ))
-}
-
-fn consume_out(leased: &[LeasedDelivery]) -> ConsumeOut<'_> {
-    ConsumeOut {
-        deliveries: leased
-            .iter()
-            .map(|d| LeasedView {
-                delivery_id: d.id.as_str(),
-                attempt: d.attempt,
-                lease_expires_at: d.lease_expires_at,
-                event: EventView::of(&d.event),
-            })
-            .collect(),
-    }
+    Ok(json_bytes(StatusCode::OK, hot::consume_reply(&leased)))
 }
 
 #[derive(Deserialize)]

@@ -4,6 +4,7 @@
 mod apps;
 mod consume;
 mod dead_letters;
+mod hot;
 mod inspect;
 mod keys;
 mod publish;
@@ -132,12 +133,29 @@ pub fn json_depth(json: &str) -> usize {
     max
 }
 
+/// How many `{` and `[` `json` holds, 32 bytes at a time so that the compiler makes it a few
+/// vector instructions per block (a byte-by-byte filter and count was 8 instructions a byte,
+/// 7% of the HTTP workers' work in the full cycle).
+fn opening_brackets(json: &[u8]) -> usize {
+    // `{` is 0x7B and `[` 0x5B: they differ only in 0x20.
+    let opening = |b: u8| u8::from(b | 0x20 == b'{');
+    let mut blocks = json.chunks_exact(32);
+    let mut n = 0;
+    for block in &mut blocks {
+        n += usize::from(block.iter().map(|&b| opening(b)).sum::<u8>());
+    }
+    n + blocks
+        .remainder()
+        .iter()
+        .map(|&b| usize::from(opening(b)))
+        .sum::<usize>()
+}
+
 /// Refuses `data` nested deeper than the `max_data_depth` limit.
 pub fn check_depth(p: &mut Problems, field: impl Into<String>, json: &str, max: usize) {
     // Each level opens a bracket: text with no more brackets than the limit (the usual
     // event) cannot nest deeper, so only counting them is needed, not the scan.
-    let brackets = json.bytes().filter(|b| matches!(b, b'{' | b'[')).count();
-    if brackets <= max {
+    if opening_brackets(json.as_bytes()) <= max {
         return;
     }
     let depth = json_depth(json);
@@ -151,31 +169,25 @@ pub fn check_depth(p: &mut Problems, field: impl Into<String>, json: &str, max: 
 
 /// Serializes `body` as the JSON reply with `status`.
 pub fn json_response(status: StatusCode, body: &impl serde::Serialize) -> axum::response::Response {
-    json_response_sized(status, body, 128)
-}
-
-/// [`json_response`] into a buffer of `capacity` bytes to start with: a reply the handler
-/// can size (a consume's, a publish's) is written without growing its buffer a dozen times,
-/// each a copy and, past 1 KiB, a walk of malloc's free lists.
-pub fn json_response_sized(
-    status: StatusCode,
-    body: &impl serde::Serialize,
-    capacity: usize,
-) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let mut bytes = Vec::with_capacity(capacity);
-    match serde_json::to_writer(&mut bytes, body) {
-        Ok(()) => (
-            status,
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
-            bytes,
-        )
-            .into_response(),
+    match serde_json::to_vec(body) {
+        Ok(bytes) => json_bytes(status, bytes),
         Err(e) => {
             tracing::error!(error = %e, "reply serialization failed");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
+}
+
+/// A reply of JSON written already (see hot.rs).
+pub fn json_bytes(status: StatusCode, bytes: Vec<u8>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        bytes,
+    )
+        .into_response()
 }
 
 /// The raw request body, with a body-size rejection turned into our error shape.
@@ -373,5 +385,22 @@ mod tests {
         // Brackets inside strings count for nothing, however many.
         let shallow = format!(r#"{{"a":"{}"}}"#, "[{".repeat(50));
         assert!(depth_problems(&shallow, 3).is_empty());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn opening_brackets_counts_every_brace_and_bracket(
+            bytes in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(b'{'),
+                    proptest::strategy::Just(b'['),
+                    proptest::num::u8::ANY,
+                ],
+                0..300,
+            )
+        ) {
+            let naive = bytes.iter().filter(|b| matches!(b, b'{' | b'[')).count();
+            proptest::prop_assert_eq!(opening_brackets(&bytes), naive);
+        }
     }
 }

@@ -8,17 +8,17 @@ use std::sync::Arc;
 use axum::extract::State as AxState;
 use axum::http::StatusCode;
 use axum::response::Response;
+use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use switchboard_core::event::Event;
 use switchboard_core::ids::{InvalidValue, parse_opaque};
 use switchboard_core::routing::route;
-use switchboard_core::{AppId, DeliveryStatus, EventId, EventType, TenantId, Timestamp};
-use switchboard_store::{NewEvent, Published};
+use switchboard_core::{AppId, EventId, EventType, TenantId, Timestamp};
+use switchboard_store::NewEvent;
 
-use super::{Body, Problems, check_depth, json_response_sized, parse_json};
+use super::{Body, Problems, check_depth, hot, json_bytes, parse_json};
 use crate::State;
 use crate::auth::Caller;
 use crate::clock;
@@ -157,25 +157,6 @@ impl EventIn<'_> {
             && self.correlation_id.is_none()
             && self.causation_id.is_none()
     }
-}
-
-#[derive(Serialize)]
-struct PublishedView<'a> {
-    id: &'a EventId,
-    duplicate: bool,
-    deliveries: Vec<DeliveryStateView<'a>>,
-}
-
-#[derive(Serialize)]
-struct DeliveryStateView<'a> {
-    delivery_id: &'a str,
-    target: &'a AppId,
-    status: DeliveryStatus,
-}
-
-#[derive(Serialize)]
-pub struct PublishOut<'a> {
-    events: Vec<PublishedView<'a>>,
 }
 
 /// The name of an event's field in a problem: `type`, or `events[3].type` in a batch. Built
@@ -455,32 +436,8 @@ pub async fn publish(
         }
     }
     state.wake.wake(woken);
-    // An event's id and duplicate flag, and each delivery's id, target and status.
-    let size: usize = published.iter().map(|p| 64 + 96 * p.deliveries.len()).sum();
-    Ok(json_response_sized(
+    Ok(json_bytes(
         StatusCode::CREATED,
-        &reply(&published),
-        size + 16,
+        hot::publish_reply(&published),
     ))
-}
-
-fn reply(published: &[Published]) -> PublishOut<'_> {
-    PublishOut {
-        events: published
-            .iter()
-            .map(|p| PublishedView {
-                id: &p.id,
-                duplicate: p.duplicate,
-                deliveries: p
-                    .deliveries
-                    .iter()
-                    .map(|d| DeliveryStateView {
-                        delivery_id: d.id.as_str(),
-                        target: &d.target,
-                        status: d.status,
-                    })
-                    .collect(),
-            })
-            .collect(),
-    }
 }
