@@ -13,6 +13,7 @@ use switchboard_core::{
 use super::channel_ids::ChannelIds;
 use super::counters::{Counters, HOUR, MINUTE};
 use super::handoff::{self, Handoffs, Parked};
+use super::inflight::ByRowid;
 use super::multirow::MultiRow;
 use super::ready::Pending;
 use super::rows::{self, delivery_id, delivery_rowid, join_targets, load_app, subscriptions_json};
@@ -137,7 +138,7 @@ pub struct PublishedRows {
     events: Vec<NewEvent>,
     outcomes: Vec<Outcome>,
     /// The deliveries handed to a waiting consumer: in flight from their insert.
-    handed: HashSet<i64>,
+    handed: HashSet<i64, ByRowid>,
 }
 
 /// What became of one published event.
@@ -339,7 +340,7 @@ pub fn publish(
     ctx.next_event_seq = Some(next_seq);
     ctx.next_delivery_id = Some(next_id);
     ctx.counted(counters, now);
-    let handed: HashSet<i64> = handoffs.rowids().collect();
+    let handed: HashSet<i64, ByRowid> = handoffs.rowids().collect();
     handoffs.answer_when_durable(ctx, now);
     Ok(PublishedRows {
         events,
@@ -971,7 +972,11 @@ pub fn ack(
     // Every item is checked before the first change: the job runs without a savepoint (see
     // `Undo::Group`), and one bad item fails the whole request. Counting as it checks is
     // safe: a failed job's counters are never written.
-    let mut seen = HashSet::with_capacity(acks.len());
+    // Row ids a client named, hashed unkeyed all the same: each must be a delivery of the
+    // caller's app or the request fails there, and there are at most `max_acks` of them, so
+    // ids picked to collide cost their own app one slow request at worst.
+    let mut seen: HashSet<i64, ByRowid> =
+        HashSet::with_capacity_and_hasher(acks.len(), ByRowid::default());
     let mut checked: Vec<Acking> = Vec::with_capacity(acks.len());
     let mut counters = Counters::default();
     let mut lookup = ctx.conn.prepare_cached(
