@@ -7,6 +7,7 @@
 
 use switchboard_core::Timestamp;
 use switchboard_core::event::Event;
+use switchboard_core::ids::decimal;
 use switchboard_store::{LeasedDelivery, Published};
 
 /// `POST /v1/consume`'s reply: `{"deliveries":[{"delivery_id", "attempt",
@@ -89,18 +90,8 @@ impl Out {
         self.0.push(b'"');
     }
 
-    fn number(&mut self, mut n: u64) {
-        let mut digits = [0u8; 20];
-        let mut start = digits.len();
-        loop {
-            start -= 1;
-            digits[start] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        self.raw(&digits[start..]);
+    fn number(&mut self, n: u64) {
+        self.raw(decimal(n, &mut [0; 20]));
     }
 
     fn time(&mut self, t: Timestamp) {
