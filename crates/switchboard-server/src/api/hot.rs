@@ -245,11 +245,12 @@ mod tests {
     }
 
     /// Text for the opaque fields: mostly plain, sometimes with quotes, backslashes, control
-    /// characters past the first 32 bytes, and non-ASCII.
+    /// characters (before or past the first 32 bytes), DEL (which JSON leaves as it is) and
+    /// non-ASCII.
     fn text() -> impl Strategy<Value = String> {
         prop_oneof![
             "[a-z0-9_.-]{1,40}",
-            "[a-z]{0,40}[\"\\\\\u{0}-\u{1f}é€😀/]{1,3}[a-z]{0,10}",
+            "[a-z]{0,40}[\"\\\\\u{0}-\u{1f}\u{7f}é€😀/]{1,3}[a-z]{0,10}",
         ]
     }
 
