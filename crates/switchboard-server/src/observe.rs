@@ -252,15 +252,22 @@ impl Observer {
         for ((name, app, ty), n) in count_each(&counted) {
             self.count(name, app, ty, n);
         }
-        let acked = changes
-            .iter()
-            .filter(|c| c.status == DeliveryStatus::Acknowledged);
-        for c in acked {
-            let Some(ms) = c.latency_ms else { continue };
-            let make =
-                || histogram!("switchboard_publish_to_ack_seconds", "app" => c.target.to_string());
-            self.latency
-                .with(&c.target, make, |h| h.record(ms as f64 / 1000.0));
+        // An ack's changes are all of one app: its histogram is looked up once per run of
+        // one target, not once per delivery.
+        let mut last: Option<(&AppId, Histogram)> = None;
+        for c in changes {
+            let (DeliveryStatus::Acknowledged, Some(ms)) = (c.status, c.latency_ms) else {
+                continue;
+            };
+            let histogram = match &last {
+                Some((target, h)) if *target == &c.target => h,
+                _ => {
+                    let make = || histogram!("switchboard_publish_to_ack_seconds", "app" => c.target.to_string());
+                    let h = self.latency.with(&c.target, make, Histogram::clone);
+                    &last.insert((&c.target, h)).1
+                }
+            };
+            histogram.record(ms as f64 / 1000.0);
         }
         if self.feed.receiver_count() == 0 {
             return;
