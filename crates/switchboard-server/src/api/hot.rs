@@ -10,17 +10,16 @@ use switchboard_core::event::Event;
 use switchboard_core::ids::decimal;
 use switchboard_store::{LeasedDelivery, Published};
 
+use super::count_bytes;
+
 /// `POST /v1/consume`'s reply: `{"deliveries":[{"delivery_id", "attempt",
 /// "lease_expires_at", "event": {…}}]}`, each event as [`EventView`](super::views::EventView).
 pub fn consume_reply(leased: &[LeasedDelivery]) -> Vec<u8> {
     // An event's fields and a delivery's come to about 300 bytes besides its data.
     let size: usize = leased.iter().map(|d| d.event.data.len() + 384).sum();
     let mut out = Out(Vec::with_capacity(size + 32));
-    out.raw(b"{\"deliveries\":[");
-    for (i, d) in leased.iter().enumerate() {
-        if i > 0 {
-            out.raw(b",");
-        }
+    out.raw(b"{\"deliveries\":");
+    out.list(leased, |out, d| {
         out.raw(b"{\"delivery_id\":");
         out.string(d.id.as_str());
         out.raw(b",\"attempt\":");
@@ -30,8 +29,8 @@ pub fn consume_reply(leased: &[LeasedDelivery]) -> Vec<u8> {
         out.raw(b",\"event\":");
         out.event(&d.event);
         out.raw(b"}");
-    }
-    out.raw(b"]}");
+    });
+    out.raw(b"}");
     out.0
 }
 
@@ -40,21 +39,15 @@ pub fn consume_reply(leased: &[LeasedDelivery]) -> Vec<u8> {
 pub fn publish_reply(published: &[Published]) -> Vec<u8> {
     let size: usize = published.iter().map(|p| 64 + 96 * p.deliveries.len()).sum();
     let mut out = Out(Vec::with_capacity(size + 16));
-    out.raw(b"{\"events\":[");
-    for (i, p) in published.iter().enumerate() {
-        if i > 0 {
-            out.raw(b",");
-        }
+    out.raw(b"{\"events\":");
+    out.list(published, |out, p| {
         out.raw(b"{\"id\":");
         out.string(p.id.as_str());
         out.raw(match p.duplicate {
-            true => b",\"duplicate\":true,\"deliveries\":[",
-            false => b",\"duplicate\":false,\"deliveries\":[",
+            true => b",\"duplicate\":true,\"deliveries\":",
+            false => b",\"duplicate\":false,\"deliveries\":",
         });
-        for (j, d) in p.deliveries.iter().enumerate() {
-            if j > 0 {
-                out.raw(b",");
-            }
+        out.list(&p.deliveries, |out, d| {
             out.raw(b"{\"delivery_id\":");
             out.string(d.id.as_str());
             out.raw(b",\"target\":");
@@ -62,10 +55,10 @@ pub fn publish_reply(published: &[Published]) -> Vec<u8> {
             out.raw(b",\"status\":");
             out.string(d.status.as_str());
             out.raw(b"}");
-        }
-        out.raw(b"]}");
-    }
-    out.raw(b"]}");
+        });
+        out.raw(b"}");
+    });
+    out.raw(b"}");
     out.0
 }
 
@@ -88,6 +81,18 @@ impl Out {
         self.0.push(b'"');
         self.0.extend_from_slice(s.as_bytes());
         self.0.push(b'"');
+    }
+
+    /// `items` as a JSON array, each written by `each`.
+    fn list<T>(&mut self, items: &[T], mut each: impl FnMut(&mut Out, &T)) {
+        self.raw(b"[");
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                self.raw(b",");
+            }
+            each(self, item);
+        }
+        self.raw(b"]");
     }
 
     fn number(&mut self, n: u64) {
@@ -127,14 +132,8 @@ impl Out {
         self.raw(b",\"data\":");
         self.raw(e.data.as_bytes());
         if let Some(targets) = &e.named_targets {
-            self.raw(b",\"target\":[");
-            for (i, t) in targets.iter().enumerate() {
-                if i > 0 {
-                    self.raw(b",");
-                }
-                self.string(t.as_str());
-            }
-            self.raw(b"]");
+            self.raw(b",\"target\":");
+            self.list(targets, |out, t| out.string(t.as_str()));
         }
         self.optional(b",\"idempotency_key\":", e.idempotency_key.as_deref());
         self.optional(b",\"entity_id\":", e.entity_id.as_deref());
@@ -147,17 +146,9 @@ impl Out {
     }
 }
 
-/// Whether JSON needs any byte of `s` escaped: a control character, `"` or `\`. Counted 32
-/// bytes at a time so the compiler makes it a few vector instructions per block.
+/// Whether JSON needs any byte of `s` escaped: a control character, `"` or `\`.
 fn needs_escaping(s: &[u8]) -> bool {
-    let escaped = |b: u8| u8::from(b < 0x20 || b == b'"' || b == b'\\');
-    let mut blocks = s.chunks_exact(32);
-    for block in &mut blocks {
-        if block.iter().map(|&b| escaped(b)).sum::<u8>() > 0 {
-            return true;
-        }
-    }
-    blocks.remainder().iter().any(|&b| escaped(b) > 0)
+    count_bytes(s, |b| b < 0x20 || b == b'"' || b == b'\\') > 0
 }
 
 #[cfg(test)]
