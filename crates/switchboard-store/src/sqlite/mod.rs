@@ -3,6 +3,7 @@
 //! blocking thread pool. Durable on reply: the writer's syncer fsyncs the WAL after each group
 //! commit before anyone is answered (see writer.rs).
 
+mod borrowed;
 mod channel_ids;
 mod checkpoint;
 mod counters;

@@ -2,8 +2,9 @@
 //! pays SQLite's per-statement cost (binding, cursors, halting) once per chunk instead of once
 //! per row. Knows nothing of the tables it inserts into.
 
-use rusqlite::{CachedStatement, Connection};
+use rusqlite::Connection;
 
+use super::borrowed::{Borrowed, Params};
 use crate::StoreError;
 
 /// The row counts of the statements, largest first: any number of rows is a sum of them.
@@ -39,13 +40,15 @@ impl MultiRow {
     }
 
     /// Inserts `rows`: `bind_shared` binds the shared parameters of each statement,
-    /// `bind(stmt, first, row)` a row's own from `first`.
-    pub fn insert<R>(
-        &self,
+    /// `bind(params, first, row)` a row's own from `first`. The statements are `statements`'
+    /// (see borrowed.rs): the rows' text is bound where it lies.
+    pub fn insert<'p, R>(
+        &'static self,
         conn: &Connection,
-        rows: &[R],
-        bind_shared: impl Fn(&mut CachedStatement<'_>) -> rusqlite::Result<()>,
-        bind: impl Fn(&mut CachedStatement<'_>, usize, &R) -> rusqlite::Result<()>,
+        statements: &mut Borrowed,
+        rows: &'p [R],
+        bind_shared: impl Fn(&mut Params<'p>),
+        bind: impl Fn(&mut Params<'p>, usize, &'p R),
     ) -> Result<(), StoreError> {
         let mut rest = rows;
         while !rest.is_empty() {
@@ -55,12 +58,12 @@ impl MultiRow {
                 .find(|(n, _)| **n <= rest.len())
                 .expect("1 fits any non-empty rest");
             let (chunk, after) = rest.split_at(*size);
-            let mut stmt = conn.prepare_cached(sql)?;
-            bind_shared(&mut stmt)?;
-            for (r, row) in chunk.iter().enumerate() {
-                bind(&mut stmt, self.shared + 1 + r * self.per_row, row)?;
-            }
-            stmt.raw_execute()?;
+            statements.execute(conn, sql, |params| {
+                bind_shared(params);
+                for (r, row) in chunk.iter().enumerate() {
+                    bind(params, self.shared + 1 + r * self.per_row, row);
+                }
+            })?;
             rest = after;
         }
         Ok(())
@@ -73,21 +76,25 @@ mod tests {
 
     /// Inserts `n` rows through a `MultiRow` with one shared parameter and reads them back.
     fn check_insert(n: i64) {
+        static INSERT: std::sync::LazyLock<MultiRow> = std::sync::LazyLock::new(|| {
+            MultiRow::new("INSERT INTO t (a, b, shared)", 1, 2, |p| {
+                format!("(?{}, ?{}, ?1)", p, p + 1)
+            })
+        });
         let conn = Connection::open_in_memory().expect("open");
         conn.execute_batch("CREATE TABLE t (a INTEGER, b TEXT, shared INTEGER)")
             .expect("create");
-        let insert = MultiRow::new("INSERT INTO t (a, b, shared)", 1, 2, |p| {
-            format!("(?{}, ?{}, ?1)", p, p + 1)
-        });
+        let mut statements = Borrowed::default();
         let rows: Vec<(i64, String)> = (0..n).map(|i| (i, format!("row {i}"))).collect();
-        insert
+        INSERT
             .insert(
                 &conn,
+                &mut statements,
                 &rows,
-                |stmt| stmt.raw_bind_parameter(1, 7),
-                |stmt, p, (a, b)| {
-                    stmt.raw_bind_parameter(p, a)?;
-                    stmt.raw_bind_parameter(p + 1, b.as_str())
+                |params| params.int(1, 7),
+                |params, p, (a, b)| {
+                    params.int(p, *a);
+                    params.text(p + 1, b);
                 },
             )
             .expect("insert");

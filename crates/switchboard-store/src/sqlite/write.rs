@@ -10,6 +10,7 @@ use switchboard_core::{
     AfterFailure, AppId, AppSettings, AttemptOutcome, DeliveryId, DeliveryStatus, Route, Timestamp,
 };
 
+use super::borrowed::Borrowed;
 use super::channel_ids::ChannelIds;
 use super::counters::{Counters, HOUR, MINUTE};
 use super::handoff::{self, Handoffs, Parked};
@@ -223,8 +224,8 @@ pub fn publish(
         if let Some(key) = &event.idempotency_key {
             // A first use earlier in this batch: it must be in place to answer.
             if !keys_here.insert((event.source.as_str(), key.as_str())) {
-                insert_events(&ctx.conn, &mut new_events)?;
-                unordered.insert(&ctx.conn, now)?;
+                insert_events(&ctx.conn, &mut ctx.borrowed, &mut new_events)?;
+                unordered.insert(&ctx.conn, &mut ctx.borrowed, now)?;
             }
             if let Some(first) = published_before(ctx, &event.source, key)? {
                 outcomes.push(Outcome::Repeat(first));
@@ -334,8 +335,8 @@ pub fn publish(
         }
     }
     drop((insert_ordered, insert_handed));
-    insert_events(&ctx.conn, &mut new_events)?;
-    unordered.insert(&ctx.conn, now)?;
+    insert_events(&ctx.conn, &mut ctx.borrowed, &mut new_events)?;
+    unordered.insert(&ctx.conn, &mut ctx.borrowed, now)?;
     drop((new_events, unordered));
     ctx.next_event_seq = Some(next_seq);
     ctx.next_delivery_id = Some(next_id);
@@ -410,12 +411,17 @@ impl<'a> HeldBack<'a> {
     /// Inserts the deliveries held back. Their ids are left to SQLite, which gives the next
     /// after the largest (`max + 1`), so the ids the writer gave, unless a delivery inserted
     /// at once took a larger one meanwhile: then they are written.
-    fn insert(&mut self, conn: &rusqlite::Connection, now: Timestamp) -> Result<(), StoreError> {
+    fn insert(
+        &mut self,
+        conn: &rusqlite::Connection,
+        statements: &mut Borrowed,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
         let ids = match self.overtaken {
             true => Ids::Written,
             false => Ids::LeftToSqlite,
         };
-        insert_deliveries(conn, &self.rows, now, ids)?;
+        insert_deliveries(conn, statements, &self.rows, now, ids)?;
         self.rows.clear();
         self.overtaken = false;
         Ok(())
@@ -453,6 +459,7 @@ fn check_last_rowid(
 /// Inserts `rows`, up to 64 per statement, their ids written or left to SQLite.
 fn insert_deliveries(
     conn: &rusqlite::Connection,
+    statements: &mut Borrowed,
     rows: &[NewDelivery<'_>],
     now: Timestamp,
     ids: Ids,
@@ -492,21 +499,22 @@ fn insert_deliveries(
     };
     statement.insert(
         conn,
+        statements,
         rows,
-        |stmt| stmt.raw_bind_parameter(1, now.millis()),
-        |stmt, p, row| {
+        |params| params.int(1, now.millis()),
+        |params, p, row| {
             let p = match ids {
                 Ids::Written => {
-                    stmt.raw_bind_parameter(p, row.id)?;
+                    params.int(p, row.id);
                     p + 1
                 }
                 Ids::LeftToSqlite => p,
             };
-            stmt.raw_bind_parameter(p, row.seq)?;
-            stmt.raw_bind_parameter(p + 1, row.target)?;
-            stmt.raw_bind_parameter(p + 2, row.tenant)?;
-            stmt.raw_bind_parameter(p + 3, row.source)?;
-            stmt.raw_bind_parameter(p + 4, row.channel)
+            params.int(p, row.seq);
+            params.text(p + 1, row.target);
+            params.text(p + 2, row.tenant);
+            params.text(p + 3, row.source);
+            params.int(p + 4, row.channel);
         },
     )?;
     match (ids, rows.last()) {
@@ -520,6 +528,7 @@ fn insert_deliveries(
 /// `WriteCtx::next_event_seq`), which is checked.
 fn insert_events(
     conn: &rusqlite::Connection,
+    statements: &mut Borrowed,
     rows: &mut Vec<(i64, &Event)>,
 ) -> Result<(), StoreError> {
     static INSERT: std::sync::LazyLock<MultiRow> = std::sync::LazyLock::new(|| {
@@ -536,21 +545,25 @@ fn insert_events(
     });
     INSERT.insert(
         conn,
+        statements,
         rows,
-        |_| Ok(()),
-        |stmt, p, &(_, event)| {
-            stmt.raw_bind_parameter(p, event.id.as_str())?;
-            stmt.raw_bind_parameter(p + 1, event.tenant.as_str())?;
-            stmt.raw_bind_parameter(p + 2, event.event_type.as_str())?;
-            stmt.raw_bind_parameter(p + 3, event.source.as_str())?;
-            stmt.raw_bind_parameter(p + 4, event.time.millis())?;
-            stmt.raw_bind_parameter(p + 5, &event.idempotency_key)?;
-            stmt.raw_bind_parameter(p + 6, event.named_targets.as_deref().map(join_targets))?;
-            stmt.raw_bind_parameter(p + 7, &event.entity_id)?;
-            stmt.raw_bind_parameter(p + 8, &event.correlation_id)?;
-            stmt.raw_bind_parameter(p + 9, &event.causation_id)?;
-            stmt.raw_bind_parameter(p + 10, event.historical)?;
-            stmt.raw_bind_parameter(p + 11, &event.data)
+        |_| {},
+        |params, p, &(_, event)| {
+            params.text(p, event.id.as_str());
+            params.text(p + 1, event.tenant.as_str());
+            params.text(p + 2, event.event_type.as_str());
+            params.text(p + 3, event.source.as_str());
+            params.int(p + 4, event.time.millis());
+            params.opt_text(p + 5, event.idempotency_key.as_deref());
+            match &event.named_targets {
+                Some(targets) => params.owned_text(p + 6, &join_targets(targets)),
+                None => params.opt_text(p + 6, None),
+            }
+            params.opt_text(p + 7, event.entity_id.as_deref());
+            params.opt_text(p + 8, event.correlation_id.as_deref());
+            params.opt_text(p + 9, event.causation_id.as_deref());
+            params.int(p + 10, event.historical.into());
+            params.text(p + 11, &event.data);
         },
     )?;
     if let Some(&(last, _)) = rows.last() {
@@ -1060,16 +1073,13 @@ pub fn ack(
     }
     drop(lookup);
     // The conditions only make sure: every item was checked in flight on that attempt.
-    let mut set_acked = ctx.conn.prepare_cached(
-        "UPDATE deliveries SET status = 2, ack_data = ?2, acked_at = ?3, updated_at = ?3, \
-         finished_at = ?3, lease_expires_at = NULL WHERE id = ?1 AND status = 1 AND attempts = ?4",
-    )?;
+    const SET_ACKED: &str = "UPDATE deliveries SET status = 2, ack_data = ?2, acked_at = ?3, \
+         updated_at = ?3, finished_at = ?3, lease_expires_at = NULL \
+         WHERE id = ?1 AND status = 1 AND attempts = ?4";
     // The same with the lease kept unwritten: one change of the row for both.
-    let mut set_leased_acked = ctx.conn.prepare_cached(
-        "UPDATE deliveries SET status = 2, attempts = ?4, leased_at = ?5, ack_data = ?2, \
-         acked_at = ?3, updated_at = ?3, finished_at = ?3, lease_expires_at = NULL \
-         WHERE id = ?1 AND status = 0 AND attempts = ?4 - 1",
-    )?;
+    const SET_LEASED_ACKED: &str = "UPDATE deliveries SET status = 2, attempts = ?4, \
+         leased_at = ?5, ack_data = ?2, acked_at = ?3, updated_at = ?3, finished_at = ?3, \
+         lease_expires_at = NULL WHERE id = ?1 AND status = 0 AND attempts = ?4 - 1";
     let mut acked = Vec::with_capacity(checked.len());
     let mut ordered: Vec<String> = Vec::new();
     for Acking {
@@ -1080,16 +1090,19 @@ pub fn ack(
         unwritten,
     } in checked
     {
-        let changed = match unwritten {
-            None => set_acked.execute(params![row.rowid, data, now.millis(), row.attempt])?,
-            Some(lease) => set_leased_acked.execute(params![
-                row.rowid,
-                data,
-                now.millis(),
-                row.attempt,
-                lease.leased_at
-            ])?,
+        let sql = match unwritten {
+            None => SET_ACKED,
+            Some(_) => SET_LEASED_ACKED,
         };
+        let changed = ctx.borrowed.execute(&ctx.conn, sql, |params| {
+            params.int(1, row.rowid);
+            params.opt_text(2, data.as_deref());
+            params.int(3, now.millis());
+            params.int(4, row.attempt.into());
+            if let Some(lease) = &unwritten {
+                params.int(5, lease.leased_at);
+            }
+        })?;
         if changed == 0 {
             debug_assert!(false, "delivery {} was not in flight to ack", row.rowid);
             // A bug: the job fails, and if it changed rows already, so does its group.
@@ -1105,7 +1118,6 @@ pub fn ack(
         ordered.extend(order_key);
         acked.push(row);
     }
-    drop((set_acked, set_leased_acked));
     for key in ordered {
         release_next(ctx, app.as_str(), &key, now)?;
     }

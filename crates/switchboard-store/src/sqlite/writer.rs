@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use switchboard_core::Timestamp;
 
+use super::borrowed::Borrowed;
 use super::channel_ids::ChannelIds;
 use super::checkpoint::{self, WalProgress};
 use super::counters::{Counters, Pending};
@@ -80,6 +81,9 @@ pub struct Memory {
 
 /// What a job may use: the write connection and the writer's random source.
 pub struct WriteCtx {
+    /// The hottest statements, run through SQLite's C API (see borrowed.rs). Declared before
+    /// `conn`: fields drop in order, and a connection closes only once they are finalized.
+    pub borrowed: Borrowed,
     pub conn: Connection,
     pub rng: SplitMix64,
     /// Counter changes of the running job; kept only if the job succeeds.
@@ -294,6 +298,7 @@ impl Writer {
             unwritten,
         } = memory;
         let ctx = WriteCtx {
+            borrowed: Borrowed::default(),
             conn,
             rng: SplitMix64(seed),
             job_counters: Pending::default(),
