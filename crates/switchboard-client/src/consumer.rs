@@ -6,7 +6,9 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use serde::de::DeserializeOwned;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -92,13 +94,32 @@ impl Consumer {
         F: Fn(Delivery) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<Option<Value>, HandlerError>> + Send + 'static,
     {
+        self.run_as(shutdown, handler).await
+    }
+
+    /// [`run`](Self::run) with each event's `data` read into `D` (a struct of the fields the
+    /// handler needs) before its handler runs. A delivery whose data does not fit `D` never
+    /// reaches the handler: it is nacked permanently, with the reason as its error (`data
+    /// does not fit the consumer's type: …`), so it goes to the dead letters, where it can be
+    /// seen and requeued once a consumer that reads it runs. The other deliveries of its batch
+    /// are handled as usual.
+    pub async fn run_as<D, F, Fut>(
+        self,
+        shutdown: CancellationToken,
+        handler: F,
+    ) -> Result<(), Error>
+    where
+        D: DeserializeOwned + Send + 'static,
+        F: Fn(Delivery<D>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Option<Value>, HandlerError>> + Send + 'static,
+    {
         let mut backoff = Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX);
         loop {
             let started = Instant::now();
             let polled = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Ok(()),
-                polled = self.client.consume(&self.request) => polled,
+                polled = self.client.consume_as::<Box<RawValue>>(&self.request) => polled,
             };
             match polled {
                 Ok(deliveries) if deliveries.is_empty() => {
@@ -133,24 +154,40 @@ impl Consumer {
     }
 
     /// Runs the handlers of one batch, then acks and nacks their results.
-    async fn process<F, Fut>(
+    async fn process<D, F, Fut>(
         &self,
-        deliveries: Vec<Delivery>,
+        deliveries: Vec<Delivery<Box<RawValue>>>,
         handler: &F,
         shutdown: &CancellationToken,
     ) where
-        F: Fn(Delivery) -> Fut + Clone + Send + Sync + 'static,
+        D: DeserializeOwned + Send + 'static,
+        F: Fn(Delivery<D>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<Option<Value>, HandlerError>> + Send + 'static,
     {
+        let mut nacks = Vec::new();
+        let typed: Vec<Delivery<D>> = deliveries
+            .into_iter()
+            .filter_map(|d| match read_data(d) {
+                Ok(d) => Some(d),
+                Err(misfit) => {
+                    warn!(
+                        delivery_id = misfit.delivery_id,
+                        error = %misfit.error,
+                        "switchboard delivery's data does not fit the consumer's type"
+                    );
+                    nacks.push(misfit);
+                    None
+                }
+            })
+            .collect();
         let limit = match self.concurrency {
-            0 => deliveries.len(),
+            0 => typed.len(),
             n => n,
         };
-        let mut waiting = deliveries.into_iter();
+        let mut waiting = typed.into_iter();
         let mut running = JoinSet::new();
         let mut owners = HashMap::new();
         let mut acks = Vec::new();
-        let mut nacks = Vec::new();
         loop {
             while running.len() < limit && !shutdown.is_cancelled() {
                 let Some(delivery) = waiting.next() else {
@@ -226,6 +263,34 @@ impl Consumer {
             }
         }
     }
+}
+
+/// `delivery` with its data read into `D`, or the permanent nack of data that does not fit.
+fn read_data<D: DeserializeOwned>(delivery: Delivery<Box<RawValue>>) -> Result<Delivery<D>, Nack> {
+    let Delivery {
+        delivery_id,
+        attempt,
+        lease_expires_at,
+        event,
+    } = delivery;
+    let data = match serde_json::from_str::<D>(event.data.get()) {
+        Ok(data) => data,
+        Err(err) => {
+            return Err(Nack {
+                delivery_id,
+                attempt: Some(attempt),
+                error: format!("data does not fit the consumer's type: {err}"),
+                retry_in_ms: None,
+                permanent: true,
+            });
+        }
+    };
+    Ok(Delivery {
+        delivery_id,
+        attempt,
+        lease_expires_at,
+        event: event.with_data(data),
+    })
 }
 
 /// Runs `call`, retrying transport errors with backoff up to [`SETTLE_TRIES`] times, but not

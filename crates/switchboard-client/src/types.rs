@@ -353,6 +353,27 @@ pub struct Event<D = Value> {
     pub historical: bool,
 }
 
+impl<D> Event<D> {
+    /// The same event with `data` in place of its own (e.g. read into a type of the
+    /// consumer's).
+    pub fn with_data<E>(self, data: E) -> Event<E> {
+        Event {
+            id: self.id,
+            tenant: self.tenant,
+            event_type: self.event_type,
+            source: self.source,
+            time: self.time,
+            data,
+            target: self.target,
+            idempotency_key: self.idempotency_key,
+            entity_id: self.entity_id,
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            historical: self.historical,
+        }
+    }
+}
+
 /// One leased delivery returned by `POST /v1/consume`; `D` as in [`Event`].
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Delivery<D = Value> {

@@ -340,6 +340,58 @@ async fn the_sdk_consumer_acks_ok_and_nacks_errors() {
 }
 
 #[tokio::test]
+async fn a_typed_consumer_dead_letters_data_that_does_not_fit_and_handles_the_rest() {
+    let hub = Hub::start().await;
+    let crm = hub.app("crm", &[]).await;
+    let hr = hub.app("hr", &["user.*"]).await;
+    let fits = json!({"user_id": 7, "email": "ada@example.com", "extra": [1, 2]});
+    let batch = [
+        NewEvent::new("user.created", "acme", fits),
+        NewEvent::new("user.created", "acme", json!({"user_id": "seven"})),
+    ];
+    let published = crm.publish_batch(&batch).await.unwrap();
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+    let shutdown = CancellationToken::new();
+    let consumer = tokio::spawn(Consumer::new(hr.clone()).wait_ms(10_000).run_as(
+        shutdown.clone(),
+        move |d: switchboard_client::Delivery<UserCreated>| {
+            let seen_tx = seen_tx.clone();
+            async move {
+                seen_tx.send(d.event.data).unwrap();
+                Ok(None)
+            }
+        },
+    ));
+    let handled = tokio::time::timeout(Duration::from_secs(30), seen_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        handled,
+        UserCreated {
+            user_id: 7,
+            email: "ada@example.com".into()
+        }
+    );
+    // The batch in progress is settled before `run_as` returns: the fit's ack, the misfit's
+    // nack.
+    shutdown.cancel();
+    consumer.await.unwrap().unwrap();
+    let fit = lookup(&crm, &published[0].id).await.deliveries.remove(0);
+    assert_eq!(fit.status, DeliveryStatus::Acknowledged);
+    let misfit = lookup(&crm, &published[1].id).await.deliveries.remove(0);
+    assert_eq!(misfit.status, DeliveryStatus::Dead);
+    assert_eq!(misfit.attempts, 1, "never retried");
+    let error = misfit.last_error.unwrap_or_default();
+    assert!(
+        error.starts_with("data does not fit the consumer's type: invalid type: string \"seven\""),
+        "{error}"
+    );
+    assert!(seen_rx.try_recv().is_err(), "the handler saw only the fit");
+    hub.stop().await;
+}
+
+#[tokio::test]
 async fn shutdown_ends_a_long_poll_in_progress() {
     let hub = Hub::start().await;
     let hr = hub.app("hr", &["*"]).await;
