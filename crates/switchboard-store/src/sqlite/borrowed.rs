@@ -136,13 +136,28 @@ impl<'p> Params<'p> {
     /// Parameter `i` to `value`, which SQLite reads in place until the execution ends.
     pub fn text(&mut self, i: usize, value: &'p str) {
         // SAFETY: `value` outlives the execution (`'p`), after which the binding is cleared.
+        unsafe { self.bind_text(i, value, ffi::SQLITE_STATIC()) }
+    }
+
+    /// Binds text with `destructor`, SQLite's word on how long `value` lives.
+    ///
+    /// # Safety
+    /// With `SQLITE_STATIC`, `value` must outlive the execution.
+    unsafe fn bind_text(
+        &mut self,
+        i: usize,
+        value: &str,
+        destructor: ffi::sqlite3_destructor_type,
+    ) {
+        // SAFETY: a valid statement; the text and its length are a valid `&str`; how long it
+        // must live is the caller's contract.
         let rc = unsafe {
             ffi::sqlite3_bind_text64(
                 self.stmt.as_ptr(),
                 i as c_int,
                 value.as_ptr().cast(),
                 value.len() as ffi::sqlite3_uint64,
-                ffi::SQLITE_STATIC(),
+                destructor,
                 ffi::SQLITE_UTF8 as u8,
             )
         };
@@ -165,17 +180,7 @@ impl<'p> Params<'p> {
     /// caller does not keep, which are rare on the hot paths.
     pub fn owned_text(&mut self, i: usize, value: &str) {
         // SAFETY: SQLITE_TRANSIENT makes SQLite copy the text before the call returns.
-        let rc = unsafe {
-            ffi::sqlite3_bind_text64(
-                self.stmt.as_ptr(),
-                i as c_int,
-                value.as_ptr().cast(),
-                value.len() as ffi::sqlite3_uint64,
-                ffi::SQLITE_TRANSIENT(),
-                ffi::SQLITE_UTF8 as u8,
-            )
-        };
-        self.check(rc);
+        unsafe { self.bind_text(i, value, ffi::SQLITE_TRANSIENT()) }
     }
 }
 
