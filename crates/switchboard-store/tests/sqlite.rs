@@ -345,10 +345,19 @@ async fn deliveries_pending_at_an_upgrade_from_schema_7_stay_leasable() {
 }
 
 /// Turns the database in `dir` back into schema `version` (8 or 7), as a build of that
-/// version left it: migration 9 undone (the open deliveries' index on channel names, no
-/// channel ids) and, for 7, migration 8 (the index of ready deliveries back).
+/// version left it: migrations 11 (the dead-letter and entity-order indexes on `status`
+/// again), 10 and 9 undone (the open deliveries' index on channel names, no channel ids)
+/// and, for 7, migration 8 (the index of ready deliveries back).
 fn downgrade(dir: &std::path::Path, version: u32) {
     let db = database(dir);
+    db.execute_batch(
+        "DROP INDEX deliveries_dead; DROP INDEX deliveries_order;
+         ALTER TABLE deliveries DROP COLUMN dead_at; ALTER TABLE deliveries DROP COLUMN open_order;
+         CREATE INDEX deliveries_dead ON deliveries(id) WHERE status = 3;
+         CREATE INDEX deliveries_order ON deliveries(target, order_key, id)
+             WHERE order_key IS NOT NULL AND status IN (0, 1);",
+    )
+    .unwrap();
     // A closed store's lease log is empty: its leases are written into their rows.
     db.execute_batch(
         "DROP TABLE lease_log; DROP INDEX deliveries_channel_open; DROP INDEX channels_id;

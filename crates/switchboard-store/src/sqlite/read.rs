@@ -60,7 +60,7 @@ pub struct DeadSql;
 impl DeadSql {
     #[allow(clippy::new_ret_no_self)]
     pub fn new(f: &DeadFilter) -> Sql {
-        let mut q = Sql::new("d.status = 3");
+        let mut q = Sql::new("d.dead_at IS NOT NULL");
         if let Some(tenant) = &f.tenant {
             q.push_arg(" AND d.tenant = ?", tenant.to_string().into());
         }
@@ -737,6 +737,26 @@ mod tests {
             .expect("query")
             .collect::<rusqlite::Result<_>>()
             .expect("plan")
+    }
+
+    #[test]
+    fn dead_letters_are_read_through_their_index() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        super::super::schema::migrate(&mut conn).expect("migrate");
+        let filter = DeadSql::new(&DeadFilter::default());
+        let sql = format!(
+            "SELECT d.id FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE {} \
+             ORDER BY d.id DESC LIMIT 10",
+            filter.sql
+        );
+        let steps = plan(&conn, &sql);
+        assert!(
+            steps
+                .iter()
+                .any(|s| s.contains("USING COVERING INDEX deliveries_dead")
+                    || s.contains("USING INDEX deliveries_dead")),
+            "{steps:?}"
+        );
     }
 
     #[test]

@@ -228,6 +228,23 @@ const MIGRATIONS: &[&str] = &[
         rows       BLOB NOT NULL        -- (delivery id, attempt) pairs, unwritten::pack
     );
     "#,
+    // 11: the dead-letter and per-entity order indexes keyed on columns of their own, which
+    // only a death, a requeue and an ordered delivery's end change: an index whose columns
+    // and condition a statement leaves alone is one SQLite does not open, and the old ones
+    // tested `status`, so every lease and ack opened and checked both.
+    r#"
+    -- when the delivery died; NULL unless it is dead now.
+    ALTER TABLE deliveries ADD COLUMN dead_at INTEGER;
+    UPDATE deliveries SET dead_at = coalesce(finished_at, updated_at) WHERE status = 3;
+    -- order_key while the delivery is open (pending or in flight), else NULL.
+    ALTER TABLE deliveries ADD COLUMN open_order TEXT;
+    UPDATE deliveries SET open_order = order_key WHERE order_key IS NOT NULL AND status IN (0, 1);
+    DROP INDEX deliveries_dead;
+    DROP INDEX deliveries_order;
+    CREATE INDEX deliveries_dead ON deliveries(id) WHERE dead_at IS NOT NULL;
+    CREATE INDEX deliveries_order ON deliveries(target, open_order, id)
+        WHERE open_order IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -279,6 +296,82 @@ mod tests {
         )
         .expect("fill");
         conn
+    }
+
+    #[test]
+    fn migration_11_keys_dead_letters_and_entity_order_on_their_own_columns() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        migrate_to(&mut conn, 10).expect("migrate to 10");
+        // Ordered ('k') pending, in flight, acknowledged and dead; an unordered dead one.
+        conn.execute_batch(
+            "INSERT INTO deliveries (id, event_seq, target, status, attempts, available_at, \
+                 created_at, updated_at, order_key, finished_at) VALUES
+                 (1, 1, 'a', 0, 0, 0, 0, 5, 'k', NULL),
+                 (2, 1, 'a', 1, 1, 0, 0, 6, 'k', NULL),
+                 (3, 1, 'a', 2, 1, 0, 0, 7, 'k', 70),
+                 (4, 1, 'a', 3, 1, 0, 0, 8, 'k', 80),
+                 (5, 1, 'b', 3, 8, 0, 0, 90, NULL, NULL);",
+        )
+        .expect("fill");
+        migrate(&mut conn).expect("migrate");
+        let rows: Vec<(i64, Option<i64>, Option<String>)> = conn
+            .prepare("SELECT id, dead_at, open_order FROM deliveries ORDER BY id")
+            .expect("prepare")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        assert_eq!(
+            rows,
+            vec![
+                (1, None, Some("k".into())), // pending: open
+                (2, None, Some("k".into())), // in flight: open
+                (3, None, None),             // acknowledged
+                (4, Some(80), None),         // dead since it finished
+                (5, Some(90), None),         // dead, unordered, no finish time: its last change
+            ]
+        );
+    }
+
+    /// The statements `UPDATE deliveries` that a lease and an ack run, and the indexes SQLite
+    /// opens for each: never the dead letters' or the entity order's.
+    #[test]
+    fn a_lease_and_an_ack_leave_the_dead_and_order_indexes_alone() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        migrate(&mut conn).expect("migrate");
+        let index_root = |name: &str| -> i64 {
+            conn.query_row(
+                "SELECT rootpage FROM sqlite_schema WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .expect("index")
+        };
+        let dead = index_root("deliveries_dead");
+        let order = index_root("deliveries_order");
+        for sql in [
+            super::super::write::LEASE_ROW,
+            super::super::write::SET_ACKED,
+            super::super::write::SET_LEASED_ACKED,
+        ] {
+            let mut explain = conn.prepare(&format!("EXPLAIN {sql}")).expect("explain");
+            let unbound = std::iter::repeat_n(rusqlite::types::Null, explain.parameter_count());
+            let opened: Vec<i64> = explain
+                .query_map(rusqlite::params_from_iter(unbound), |r| {
+                    Ok((r.get::<_, String>(1)?, r.get::<_, i64>(3)?))
+                })
+                .expect("query")
+                .filter_map(|op| match op {
+                    Ok((code, root)) if code == "OpenWrite" => Some(root),
+                    _ => None,
+                })
+                .collect();
+            assert!(!opened.is_empty(), "{sql}");
+            assert!(
+                !opened.contains(&dead) && !opened.contains(&order),
+                "{sql} opens {opened:?} (dead {dead}, order {order})"
+            );
+        }
     }
 
     #[test]

@@ -91,8 +91,8 @@ fn order_key(route: &Route, event: &Event) -> Option<String> {
 /// than `except`.
 fn has_open(ctx: &WriteCtx, target: &str, key: &str, except: i64) -> Result<bool, StoreError> {
     let mut stmt = ctx.conn.prepare_cached(
-        "SELECT EXISTS (SELECT 1 FROM deliveries WHERE target = ?1 AND order_key = ?2 \
-         AND status IN (0, 1) AND id <> ?3)",
+        "SELECT EXISTS (SELECT 1 FROM deliveries WHERE target = ?1 AND open_order = ?2 \
+         AND id <> ?3)",
     )?;
     Ok(stmt.query_row(params![target, key, except], |r| r.get(0))?)
 }
@@ -109,8 +109,8 @@ fn release_next(
         .conn
         .prepare_cached(
             "UPDATE deliveries SET blocked = 0, available_at = max(available_at, ?3), updated_at = ?3 \
-             WHERE id = (SELECT id FROM deliveries WHERE target = ?1 AND order_key = ?2 \
-                         AND status IN (0, 1) ORDER BY id LIMIT 1) AND blocked = 1 \
+             WHERE id = (SELECT id FROM deliveries WHERE target = ?1 AND open_order = ?2 \
+                         ORDER BY id LIMIT 1) AND blocked = 1 \
              RETURNING id, available_at, event_seq, attempts, channel, created_at, failed_attempts",
         )?
         .query_row(params![target, key, now.millis()], |r| {
@@ -258,8 +258,9 @@ pub fn publish(
                         &mut insert_ordered,
                         &ctx.conn,
                         "INSERT INTO deliveries (id, event_seq, target, tenant, source, \
-                         status, available_at, created_at, updated_at, order_key, blocked, \
-                         channel) VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?6, ?6, ?7, ?8, ?9)",
+                         status, available_at, created_at, updated_at, order_key, open_order, \
+                         blocked, channel) VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?6, ?6, ?7, ?7, \
+                         ?8, ?9)",
                     )?;
                     insert.execute(params![
                         id,
@@ -618,7 +619,7 @@ fn published_before(
 /// Writes a lease into its delivery's row: `?1` the row, `?2` the attempt, `?3` when the
 /// lease ends, `?4` when it began. Changes nothing unless the row is pending, unblocked, on
 /// the attempt before.
-const LEASE_ROW: &str = "UPDATE deliveries SET status = 1, attempts = ?2, lease_expires_at = ?3, \
+pub(super) const LEASE_ROW: &str = "UPDATE deliveries SET status = 1, attempts = ?2, lease_expires_at = ?3, \
      leased_at = ?4, updated_at = ?4 WHERE id = ?1 AND status = 0 AND blocked = 0 \
      AND attempts = ?2 - 1";
 
@@ -975,6 +976,16 @@ fn count_ack(
     c.latencies.push(latency_ms);
 }
 
+/// An ack's change of its row: `?1` the row, `?2` the ack data, `?3` the time, `?4` the
+/// attempt. The conditions only make sure: every item was checked in flight on that attempt.
+pub(super) const SET_ACKED: &str = "UPDATE deliveries SET status = 2, ack_data = ?2, \
+     acked_at = ?3, updated_at = ?3, finished_at = ?3, lease_expires_at = NULL \
+     WHERE id = ?1 AND status = 1 AND attempts = ?4";
+/// The same with the lease kept unwritten (`?5` when it began): one change of the row for both.
+pub(super) const SET_LEASED_ACKED: &str = "UPDATE deliveries SET status = 2, attempts = ?4, \
+     leased_at = ?5, ack_data = ?2, acked_at = ?3, updated_at = ?3, finished_at = ?3, \
+     lease_expires_at = NULL WHERE id = ?1 AND status = 0 AND attempts = ?4 - 1";
+
 /// Runs without a savepoint (`Undo::Group`): it checks every item before its first change.
 pub fn ack(
     ctx: &mut WriteCtx,
@@ -1072,14 +1083,6 @@ pub fn ack(
         });
     }
     drop(lookup);
-    // The conditions only make sure: every item was checked in flight on that attempt.
-    const SET_ACKED: &str = "UPDATE deliveries SET status = 2, ack_data = ?2, acked_at = ?3, \
-         updated_at = ?3, finished_at = ?3, lease_expires_at = NULL \
-         WHERE id = ?1 AND status = 1 AND attempts = ?4";
-    // The same with the lease kept unwritten: one change of the row for both.
-    const SET_LEASED_ACKED: &str = "UPDATE deliveries SET status = 2, attempts = ?4, \
-         leased_at = ?5, ack_data = ?2, acked_at = ?3, updated_at = ?3, finished_at = ?3, \
-         lease_expires_at = NULL WHERE id = ?1 AND status = 0 AND attempts = ?4 - 1";
     let mut acked = Vec::with_capacity(checked.len());
     let mut ordered: Vec<String> = Vec::new();
     for Acking {
@@ -1115,7 +1118,13 @@ pub fn ack(
             ctx.deadline_changes.clear(deadline, row.rowid);
         }
         ctx.flight_changes.clear(row.rowid);
-        ordered.extend(order_key);
+        if let Some(key) = order_key {
+            // No longer its entity's open delivery (the acks above leave that index alone).
+            ctx.conn
+                .prepare_cached("UPDATE deliveries SET open_order = NULL WHERE id = ?1")?
+                .execute([row.rowid])?;
+            ordered.push(key);
+        }
         acked.push(row);
     }
     for key in ordered {
@@ -1200,7 +1209,8 @@ fn fail(
     ctx.conn
         .prepare_cached(
             "UPDATE deliveries SET status = ?2, available_at = ?3, lease_expires_at = NULL, \
-             last_error = ?4, updated_at = ?5, finished_at = ?6, \
+             last_error = ?4, updated_at = ?5, finished_at = ?6, dead_at = ?6, \
+             open_order = CASE WHEN ?6 IS NULL THEN open_order END, \
              failed_attempts = failed_attempts + 1 WHERE id = ?1",
         )?
         .execute(params![
@@ -1401,7 +1411,8 @@ pub fn requeue(ctx: &mut WriteCtx, req: RequeueRequest) -> Result<Requeued, Stor
         ctx.conn
             .prepare_cached(
                 "UPDATE deliveries SET status = 0, budget_base = attempts, available_at = ?2, \
-                 updated_at = ?2, finished_at = NULL, blocked = ?3 WHERE id = ?1",
+                 updated_at = ?2, finished_at = NULL, dead_at = NULL, open_order = order_key, \
+                 blocked = ?3 WHERE id = ?1",
             )?
             .execute(params![rowid, now.millis(), blocked])?;
         if !blocked {
