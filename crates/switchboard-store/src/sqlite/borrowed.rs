@@ -26,7 +26,8 @@ impl Drop for Statement {
     }
 }
 
-/// The prepared statements of one connection, by their text.
+/// The prepared statements of one connection, by their text: every `execute` must be given
+/// that connection.
 ///
 /// Must be dropped before its connection is closed (a connection with statements left
 /// unfinalized fails to close): `WriteCtx` declares it before the connection, and Rust drops
@@ -60,9 +61,15 @@ impl Borrowed {
         // Resets and clears the statement whatever happens from here on.
         let _reset = Reset(stmt);
         bind(&mut params);
-        // SAFETY: `conn` is the connection the statement was prepared on (the caller's
-        // contract, as with rusqlite's cache); the statement is valid until it is finalized.
+        // SAFETY: the statement is valid until it is finalized; its connection is alive, as
+        // `Borrowed` is dropped before it (see the type's documentation).
         let db = unsafe { ffi::sqlite3_db_handle(stmt.as_ptr()) };
+        // One `Borrowed` serves one connection.
+        debug_assert_eq!(
+            db,
+            unsafe { conn.handle() },
+            "statement of another connection"
+        );
         if params.failed != ffi::SQLITE_OK {
             return Err(failure(db, params.failed));
         }
