@@ -236,12 +236,7 @@ mod tests {
     const INSERT: &str = "INSERT INTO t (a, b, c) VALUES (?1, ?2, ?3)";
 
     fn rows(conn: &Connection) -> Vec<(i64, Option<String>, Option<String>)> {
-        conn.prepare("SELECT a, b, c FROM t ORDER BY a")
-            .expect("prepare")
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .expect("query")
-            .collect::<rusqlite::Result<_>>()
-            .expect("rows")
+        crate::sqlite::test_rows::rows(conn, "SELECT a, b, c FROM t ORDER BY a")
     }
 
     #[test]

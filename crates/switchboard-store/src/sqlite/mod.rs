@@ -19,6 +19,8 @@ mod ready;
 mod recent;
 mod rows;
 mod schema;
+#[cfg(test)]
+mod test_rows;
 mod unwritten;
 mod write;
 mod writer;

@@ -275,6 +275,7 @@ fn migrate_to(conn: &mut Connection, target: usize) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sqlite::test_rows::rows;
 
     /// A version-4 database with a delivery in each state and its attempts as version 4 kept
     /// them (a row per attempt, inserted at lease).
@@ -314,13 +315,10 @@ mod tests {
         )
         .expect("fill");
         migrate(&mut conn).expect("migrate");
-        let rows: Vec<(i64, Option<i64>, Option<String>)> = conn
-            .prepare("SELECT id, dead_at, open_order FROM deliveries ORDER BY id")
-            .expect("prepare")
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .expect("query")
-            .collect::<rusqlite::Result<_>>()
-            .expect("rows");
+        let rows: Vec<(i64, Option<i64>, Option<String>)> = rows(
+            &conn,
+            "SELECT id, dead_at, open_order FROM deliveries ORDER BY id",
+        );
         assert_eq!(
             rows,
             vec![
@@ -378,13 +376,10 @@ mod tests {
     fn migration_5_moves_current_attempts_into_the_delivery_row() {
         let mut conn = version_4();
         migrate(&mut conn).expect("migrate");
-        let rows: Vec<(i64, Option<i64>, Option<i64>)> = conn
-            .prepare("SELECT id, leased_at, finished_at FROM deliveries ORDER BY id")
-            .expect("prepare")
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .expect("query")
-            .collect::<rusqlite::Result<_>>()
-            .expect("rows");
+        let rows: Vec<(i64, Option<i64>, Option<i64>)> = rows(
+            &conn,
+            "SELECT id, leased_at, finished_at FROM deliveries ORDER BY id",
+        );
         assert_eq!(
             rows,
             vec![
