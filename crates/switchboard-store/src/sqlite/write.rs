@@ -981,6 +981,11 @@ fn count_ack(
 pub(super) const SET_ACKED: &str = "UPDATE deliveries SET status = 2, ack_data = ?2, \
      acked_at = ?3, updated_at = ?3, finished_at = ?3, lease_expires_at = NULL \
      WHERE id = ?1 AND status = 1 AND attempts = ?4";
+/// The same for an ordered delivery, which stops being its entity's open one (`open_order`;
+/// the other two leave that index alone).
+pub(super) const SET_ORDERED_ACKED: &str = "UPDATE deliveries SET status = 2, ack_data = ?2, \
+     acked_at = ?3, updated_at = ?3, finished_at = ?3, lease_expires_at = NULL, \
+     open_order = NULL WHERE id = ?1 AND status = 1 AND attempts = ?4";
 /// The same with the lease kept unwritten (`?5` when it began): one change of the row for both.
 pub(super) const SET_LEASED_ACKED: &str = "UPDATE deliveries SET status = 2, attempts = ?4, \
      leased_at = ?5, ack_data = ?2, acked_at = ?3, updated_at = ?3, finished_at = ?3, \
@@ -1093,9 +1098,22 @@ pub fn ack(
         unwritten,
     } in checked
     {
-        let sql = match unwritten {
-            None => SET_ACKED,
-            Some(_) => SET_LEASED_ACKED,
+        let sql = match (&unwritten, &order_key) {
+            (None, None) => SET_ACKED,
+            (None, Some(_)) => SET_ORDERED_ACKED,
+            (Some(_), None) => SET_LEASED_ACKED,
+            (Some(_), Some(_)) => {
+                debug_assert!(
+                    false,
+                    "ordered delivery {} with a lease unwritten",
+                    row.rowid
+                );
+                // A bug (only unordered leases are kept unwritten, see `lease`): as below.
+                return Err(StoreError::Internal(format!(
+                    "ordered delivery {} has a lease kept unwritten",
+                    row.rowid
+                )));
+            }
         };
         let changed = ctx.borrowed.execute(&ctx.conn, sql, |params| {
             params.int(1, row.rowid);
@@ -1118,13 +1136,7 @@ pub fn ack(
             ctx.deadline_changes.clear(deadline, row.rowid);
         }
         ctx.flight_changes.clear(row.rowid);
-        if let Some(key) = order_key {
-            // No longer its entity's open delivery (the acks above leave that index alone).
-            ctx.conn
-                .prepare_cached("UPDATE deliveries SET open_order = NULL WHERE id = ?1")?
-                .execute([row.rowid])?;
-            ordered.push(key);
-        }
+        ordered.extend(order_key);
         acked.push(row);
     }
     for key in ordered {
