@@ -345,11 +345,17 @@ async fn deliveries_pending_at_an_upgrade_from_schema_7_stay_leasable() {
 }
 
 /// Turns the database in `dir` back into schema `version` (8 or 7), as a build of that
-/// version left it: migrations 11 (the dead-letter and entity-order indexes on `status`
-/// again), 10 and 9 undone (the open deliveries' index on channel names, no channel ids)
+/// version left it: migrations 12 (the index on `event_seq` again, no delivery ranges on
+/// events), 11 (the dead-letter and entity-order indexes on `status` again), 10 and 9 undone (the open deliveries' index on channel names, no channel ids)
 /// and, for 7, migration 8 (the index of ready deliveries back).
 fn downgrade(dir: &std::path::Path, version: u32) {
     let db = database(dir);
+    db.execute_batch(
+        "CREATE INDEX deliveries_event ON deliveries(event_seq);
+         ALTER TABLE events DROP COLUMN first_delivery;
+         ALTER TABLE events DROP COLUMN last_delivery;",
+    )
+    .unwrap();
     db.execute_batch(
         "DROP INDEX deliveries_dead; DROP INDEX deliveries_order;
          ALTER TABLE deliveries DROP COLUMN dead_at; ALTER TABLE deliveries DROP COLUMN open_order;

@@ -8,7 +8,9 @@ use switchboard_core::{
     AppId, AttemptOutcome, DeliveryStatus, EventId, EventType, TenantId, Timestamp, TypePattern,
 };
 
-use super::rows::{self, APP_COLS, EVENT_COLS, app_from_row, delivery_id, event_from_row};
+use super::rows::{
+    self, APP_COLS, DELIVERIES_OF_EVENT, EVENT_COLS, app_from_row, delivery_id, event_from_row,
+};
 use super::write::AckedRow;
 use crate::{
     DeadFilter, DeadLetterQuery, DeliveryChange, DeliveryPage, DeliveryRecord, EventPage,
@@ -181,11 +183,17 @@ fn with_history(conn: &Connection, row: DeliveryRow) -> Result<Delivery, StoreEr
     Ok(delivery)
 }
 
+/// The deliveries of event `?1`, read by their ids' range.
+fn deliveries_of_sql() -> String {
+    format!(
+        "SELECT {DELIVERY_COLS} FROM events e JOIN deliveries d ON {DELIVERIES_OF_EVENT} \
+         WHERE e.seq = ?1 ORDER BY d.target"
+    )
+}
+
 fn deliveries_of(conn: &Connection, seq: i64) -> Result<Vec<Delivery>, StoreError> {
     let deliveries = conn
-        .prepare_cached(&format!(
-            "SELECT {DELIVERY_COLS} FROM deliveries d WHERE d.event_seq = ?1 ORDER BY d.target"
-        ))?
+        .prepare_cached(&deliveries_of_sql())?
         .query_map([seq], |r| delivery_from_row(r, 0))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     deliveries
@@ -325,7 +333,8 @@ pub fn events(conn: &Connection, q: &EventQuery) -> Result<EventPage, StoreError
     }
     if q.target.is_some() || q.status.is_some() {
         sql.sql
-            .push_str(" AND EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq");
+            .push_str(" AND EXISTS (SELECT 1 FROM deliveries d WHERE ");
+        sql.sql.push_str(DELIVERIES_OF_EVENT);
         if let Some(target) = &q.target {
             sql.push_arg(" AND d.target = ?", target.to_string().into());
         }
@@ -337,7 +346,10 @@ pub fn events(conn: &Connection, q: &EventQuery) -> Result<EventPage, StoreError
     if let Some(app) = &q.visible_to {
         sql.push_arg(" AND (e.source = ?", app.to_string().into());
         sql.push_arg(
-            " OR EXISTS (SELECT 1 FROM deliveries v WHERE v.event_seq = e.seq AND v.target = ?))",
+            &format!(
+                " OR EXISTS (SELECT 1 FROM deliveries d WHERE {DELIVERIES_OF_EVENT} \
+                 AND d.target = ?))"
+            ),
             app.to_string().into(),
         );
     }
@@ -642,11 +654,11 @@ pub fn app_activity(conn: &Connection) -> Result<Vec<AppActivity>, StoreError> {
 pub fn stats(conn: &Connection, q: &StatsQuery) -> Result<Vec<StatsRow>, StoreError> {
     let mut sql = match q.group_by {
         GroupBy::Type => {
-            let mut sql = Sql::new(
+            let mut sql = Sql::new(&format!(
                 "SELECT e.type, count(d.id), coalesce(sum(d.status = 2), 0), \
                  coalesce(sum(d.failed_attempts), 0), coalesce(sum(d.status = 3), 0) \
-                 FROM events e JOIN deliveries d ON d.event_seq = e.seq WHERE 1 = 1",
-            );
+                 FROM events e JOIN deliveries d ON {DELIVERIES_OF_EVENT} WHERE 1 = 1"
+            ));
             tenant_clause(&mut sql, "e.tenant", &q.tenant);
             sql.push_arg(" AND e.time >= ?", q.since.millis().into());
             sql.push_arg(" AND e.time < ?", q.until.millis().into());
@@ -737,6 +749,33 @@ mod tests {
             .expect("query")
             .collect::<rusqlite::Result<_>>()
             .expect("plan")
+    }
+
+    /// With no index on `event_seq` (schema migration 12), an event's deliveries are a range
+    /// of row ids: never a scan of the table.
+    #[test]
+    fn an_events_deliveries_are_read_by_their_range_of_ids() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        super::super::schema::migrate(&mut conn).expect("migrate");
+        let filtered = format!(
+            "SELECT e.seq FROM events e WHERE EXISTS (SELECT 1 FROM deliveries d WHERE \
+             {DELIVERIES_OF_EVENT} AND d.target = ?1) ORDER BY e.seq DESC LIMIT 10"
+        );
+        let joined = format!(
+            "SELECT e.type, count(d.id) FROM events e JOIN deliveries d ON {DELIVERIES_OF_EVENT} \
+             WHERE e.tenant = ?1 AND e.time >= ?2 GROUP BY e.type"
+        );
+        for sql in [deliveries_of_sql(), filtered, joined] {
+            let steps = plan(&conn, &sql);
+            let on_deliveries: Vec<&String> = steps.iter().filter(|s| s.contains(" d ")).collect();
+            assert!(
+                !on_deliveries.is_empty()
+                    && on_deliveries
+                        .iter()
+                        .all(|s| s.contains("INTEGER PRIMARY KEY (rowid>? AND rowid<?)")),
+                "{sql}: {steps:?}"
+            );
+        }
     }
 
     #[test]

@@ -14,6 +14,13 @@ use crate::StoreError;
 pub const EVENT_COLS: &str = "e.seq, e.id, e.tenant, e.type, e.source, e.time, e.idem_key, \
      e.named_targets, e.entity_id, e.correlation_id, e.causation_id, e.historical, e.data";
 
+/// The join condition of event `e` and its deliveries `d`: their ids' range, which the event
+/// row records (schema migration 12; there is no index on `event_seq`), checked against
+/// `event_seq`. The check's `+` keeps the planner from building an automatic index on
+/// `event_seq` (a scan of every delivery) instead of reading the range.
+pub const DELIVERIES_OF_EVENT: &str =
+    "d.id BETWEEN e.first_delivery AND e.last_delivery AND +d.event_seq = e.seq";
+
 fn corrupt(what: &str, value: &str) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(
         0,

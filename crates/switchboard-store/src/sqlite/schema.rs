@@ -245,6 +245,21 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX deliveries_order ON deliveries(target, open_order, id)
         WHERE open_order IS NOT NULL;
     "#,
+    // 12: an event's deliveries found by their ids, not by an index on `event_seq`: a
+    // publish gives an event's deliveries consecutive ids, which the event row now records
+    // (`first_delivery` to `last_delivery`, an empty range when it has none), so every
+    // delivery a publish writes inserts into one B-tree fewer. Reads still check `event_seq`
+    // within the range, so a range that spans another event's rows (none is written so) is
+    // harmless.
+    r#"
+    ALTER TABLE events ADD COLUMN first_delivery INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE events ADD COLUMN last_delivery INTEGER NOT NULL DEFAULT 0;
+    UPDATE events SET first_delivery = r.first, last_delivery = r.last
+        FROM (SELECT event_seq, min(id) AS first, max(id) AS last FROM deliveries
+              GROUP BY event_seq) AS r
+        WHERE r.event_seq = events.seq;
+    DROP INDEX deliveries_event;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -329,6 +344,37 @@ mod tests {
                 (5, Some(90), None),         // dead, unordered, no finish time: its last change
             ]
         );
+    }
+
+    #[test]
+    fn migration_12_records_each_events_deliveries_as_a_range_of_ids() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        migrate_to(&mut conn, 11).expect("migrate to 11");
+        // Event 1 with two deliveries, event 2 with none, event 3 with one.
+        conn.execute_batch(
+            "INSERT INTO events (seq, id, tenant, type, source, time, data) VALUES
+                 (1, 'e1', 't', 'a.b', 's', 0, '{}'),
+                 (2, 'e2', 't', 'a.b', 's', 0, '{}'),
+                 (3, 'e3', 't', 'a.b', 's', 0, '{}');
+             INSERT INTO deliveries (id, event_seq, target, status, available_at, created_at, \
+                 updated_at) VALUES (1, 1, 'a', 0, 0, 0, 0), (2, 1, 'b', 0, 0, 0, 0),
+                 (3, 3, 'a', 0, 0, 0, 0);",
+        )
+        .expect("fill");
+        migrate(&mut conn).expect("migrate");
+        let ranges: Vec<(i64, i64, i64)> = rows(
+            &conn,
+            "SELECT seq, first_delivery, last_delivery FROM events ORDER BY seq",
+        );
+        assert_eq!(ranges, vec![(1, 1, 2), (2, 1, 0), (3, 3, 3)]);
+        let index: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name = 'deliveries_event'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("schema");
+        assert_eq!(index, 0, "the index on event_seq is gone");
     }
 
     /// The statements `UPDATE deliveries` that a lease and an ack run, and the indexes SQLite

@@ -214,7 +214,7 @@ pub fn publish(
     // Prepared at the first ordered delivery: most publishes have none.
     let mut insert_ordered: Option<rusqlite::CachedStatement<'_>> = None;
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(events.len());
-    let mut new_events: Vec<(i64, &Event)> = Vec::with_capacity(events.len());
+    let mut new_events: Vec<EventRow<'_>> = Vec::with_capacity(events.len());
     let mut unordered = HeldBack::default();
     // Fresh unordered deliveries for a consumer that is long-polling go to it in flight.
     let mut handoffs = Handoffs::default();
@@ -234,7 +234,13 @@ pub fn publish(
         }
         let seq = next_seq;
         next_seq += 1;
-        new_events.push((seq, event));
+        // Its deliveries take the next ids, one per target, which its row records.
+        new_events.push(EventRow {
+            seq,
+            event,
+            first_delivery: next_id,
+            last_delivery: next_id + targets.len() as i64 - 1,
+        });
         outcomes.push(Outcome::Stored {
             seq,
             first_delivery: next_id,
@@ -524,22 +530,33 @@ fn insert_deliveries(
     }
 }
 
+/// An event a publish inserts, with its seq and its deliveries' ids.
+struct EventRow<'a> {
+    seq: i64,
+    event: &'a Event,
+    /// Its deliveries are the rows `first_delivery..=last_delivery` (schema migration 12):
+    /// an empty range when it has none.
+    first_delivery: i64,
+    last_delivery: i64,
+}
+
 /// Inserts `rows` (and empties it), up to 64 per statement, their seqs left to SQLite
 /// (see [`Ids::LeftToSqlite`]): the writer keeps in step with the table (see
 /// `WriteCtx::next_event_seq`), which is checked.
 fn insert_events(
     conn: &rusqlite::Connection,
     statements: &mut Borrowed,
-    rows: &mut Vec<(i64, &Event)>,
+    rows: &mut Vec<EventRow<'_>>,
 ) -> Result<(), StoreError> {
     static INSERT: std::sync::LazyLock<MultiRow> = std::sync::LazyLock::new(|| {
         MultiRow::new(
             "INSERT OR FAIL INTO events (id, tenant, type, source, time, idem_key, named_targets, \
-             entity_id, correlation_id, causation_id, historical, data)",
+             entity_id, correlation_id, causation_id, historical, data, first_delivery, \
+             last_delivery)",
             0,
-            12,
+            14,
             |p| {
-                let params: Vec<String> = (p..p + 12).map(|i| format!("?{i}")).collect();
+                let params: Vec<String> = (p..p + 14).map(|i| format!("?{i}")).collect();
                 format!("({})", params.join(", "))
             },
         )
@@ -549,7 +566,8 @@ fn insert_events(
         statements,
         rows,
         |_| {},
-        |params, p, &(_, event)| {
+        |params, p, row| {
+            let event = row.event;
             params.text(p, event.id.as_str());
             params.text(p + 1, event.tenant.as_str());
             params.text(p + 2, event.event_type.as_str());
@@ -565,10 +583,12 @@ fn insert_events(
             params.opt_text(p + 9, event.causation_id.as_deref());
             params.int(p + 10, event.historical.into());
             params.text(p + 11, &event.data);
+            params.int(p + 12, row.first_delivery);
+            params.int(p + 13, row.last_delivery);
         },
     )?;
-    if let Some(&(last, _)) = rows.last() {
-        check_last_rowid(conn, "event seqs", last)?;
+    if let Some(last) = rows.last() {
+        check_last_rowid(conn, "event seqs", last.seq)?;
     }
     rows.clear();
     Ok(())
@@ -592,9 +612,11 @@ fn published_before(
     };
     let deliveries = ctx
         .conn
-        .prepare_cached(
-            "SELECT id, target, status FROM deliveries WHERE event_seq = ?1 ORDER BY target",
-        )?
+        .prepare_cached(&format!(
+            "SELECT d.id, d.target, d.status FROM events e JOIN deliveries d \
+             ON {} WHERE e.seq = ?1 ORDER BY d.target",
+            rows::DELIVERIES_OF_EVENT
+        ))?
         .query_map([seq], |r| {
             let rowid = r.get(0)?;
             // A lease kept unwritten: in flight, though its row says pending.
