@@ -345,11 +345,23 @@ async fn deliveries_pending_at_an_upgrade_from_schema_7_stay_leasable() {
 }
 
 /// Turns the database in `dir` back into schema `version` (8 or 7), as a build of that
-/// version left it: migrations 12 (the index on `event_seq` again, no delivery ranges on
+/// version left it: migrations 13 (acks folded into their rows, the open deliveries' index
+/// again), 12 (the index on `event_seq` again, no delivery ranges on
 /// events), 11 (the dead-letter and entity-order indexes on `status` again), 10 and 9 undone (the open deliveries' index on channel names, no channel ids)
 /// and, for 7, migration 8 (the index of ready deliveries back).
 fn downgrade(dir: &std::path::Path, version: u32) {
     let db = database(dir);
+    db.execute_batch(
+        "DROP VIEW delivery_rows;
+         UPDATE deliveries SET status = 2, attempts = a.attempt,
+             leased_at = coalesce(a.leased_at, deliveries.leased_at), ack_data = a.data,
+             acked_at = a.acked_at, updated_at = a.acked_at, finished_at = a.acked_at,
+             lease_expires_at = NULL
+             FROM acks a WHERE a.id = deliveries.id;
+         DROP TABLE acks; DROP TABLE open_deliveries;
+         CREATE INDEX deliveries_channel_open ON deliveries(channel, id) WHERE finished_at IS NULL;",
+    )
+    .unwrap();
     db.execute_batch(
         "CREATE INDEX deliveries_event ON deliveries(event_seq);
          ALTER TABLE events DROP COLUMN first_delivery;
@@ -706,6 +718,7 @@ mod counters {
         counted: BTreeMap<String, Figures>,
         recounted: BTreeMap<String, Figures>,
         in_flight: u64,
+        open_disagreements: i64,
         expired_at_last: usize,
         pending_at_last: u64,
         leased_at_last: usize,
@@ -842,6 +855,7 @@ mod counters {
             .collect();
         store.settle_leases().await.unwrap();
         let recounted = recount(dir.path());
+        let open_disagreements = open_disagreements(dir.path());
         let in_flight = counted.values().map(|f| f[1]).sum();
         // Every lease ends: each delivery in flight comes back once its deadline passed.
         let expired_at_last = store
@@ -867,10 +881,25 @@ mod counters {
             counted,
             recounted,
             in_flight,
+            open_disagreements,
             expired_at_last,
             pending_at_last,
             leased_at_last,
         }
+    }
+
+    /// Deliveries whose entry among the open ones disagrees with their state: open (pending
+    /// or in flight) without one, or finished with one.
+    fn open_disagreements(dir: &std::path::Path) -> i64 {
+        super::database(dir)
+            .query_row(
+                "SELECT count(*) FROM delivery_rows d WHERE (d.status IN (0, 1)) != \
+                 EXISTS (SELECT 1 FROM open_deliveries o WHERE o.channel = d.channel \
+                 AND o.id = d.id)",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
     }
 
     /// The same figures, counted from the deliveries and attempts themselves.
@@ -883,11 +912,11 @@ mod counters {
                         sum(d.status IN (0, 1) AND EXISTS (SELECT 1 FROM attempts a WHERE a.delivery_id = d.id
                             AND a.outcome IN ('failed', 'timed_out'))),
                         sum(d.status = 3), count(*), sum(d.status = 2),
-                        (SELECT count(*) FROM attempts a JOIN deliveries x ON x.id = a.delivery_id
+                        (SELECT count(*) FROM attempts a JOIN delivery_rows x ON x.id = a.delivery_id
                           WHERE x.tenant = d.tenant AND x.source = d.source AND x.target = d.target
                           AND a.outcome IN ('failed', 'timed_out')),
                         sum(d.status = 2)
-                 FROM deliveries d GROUP BY d.tenant, d.source, d.target",
+                 FROM delivery_rows d GROUP BY d.tenant, d.source, d.target",
             )
             .unwrap();
         stmt.query_map([], |r| {
@@ -910,6 +939,7 @@ mod counters {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             let ending = runtime.block_on(run(ops));
             prop_assert_eq!(ending.counted, ending.recounted);
+            prop_assert_eq!(ending.open_disagreements, 0);
             prop_assert_eq!(ending.expired_at_last as u64, ending.in_flight);
             prop_assert_eq!(ending.leased_at_last as u64, ending.pending_at_last);
         }

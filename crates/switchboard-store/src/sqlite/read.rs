@@ -186,7 +186,7 @@ fn with_history(conn: &Connection, row: DeliveryRow) -> Result<Delivery, StoreEr
 /// The deliveries of event `?1`, read by their ids' range.
 fn deliveries_of_sql() -> String {
     format!(
-        "SELECT {DELIVERY_COLS} FROM events e JOIN deliveries d ON {DELIVERIES_OF_EVENT} \
+        "SELECT {DELIVERY_COLS} FROM events e JOIN delivery_rows d ON {DELIVERIES_OF_EVENT} \
          WHERE e.seq = ?1 ORDER BY d.target"
     )
 }
@@ -333,7 +333,7 @@ pub fn events(conn: &Connection, q: &EventQuery) -> Result<EventPage, StoreError
     }
     if q.target.is_some() || q.status.is_some() {
         sql.sql
-            .push_str(" AND EXISTS (SELECT 1 FROM deliveries d WHERE ");
+            .push_str(" AND EXISTS (SELECT 1 FROM delivery_rows d WHERE ");
         sql.sql.push_str(DELIVERIES_OF_EVENT);
         if let Some(target) = &q.target {
             sql.push_arg(" AND d.target = ?", target.to_string().into());
@@ -402,7 +402,7 @@ fn delivery_page(conn: &Connection, sql: Sql, limit: i64) -> Result<DeliveryPage
 pub fn dead_letters(conn: &Connection, q: &DeadLetterQuery) -> Result<DeliveryPage, StoreError> {
     let filter = DeadSql::new(&q.filter);
     let mut sql = Sql::new(&format!(
-        "SELECT {DELIVERY_COLS}, {EVENT_COLS} FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE {}",
+        "SELECT {DELIVERY_COLS}, {EVENT_COLS} FROM delivery_rows d JOIN events e ON e.seq = d.event_seq WHERE {}",
         filter.sql
     ));
     sql.args = filter.args;
@@ -414,16 +414,18 @@ pub fn dead_letters(conn: &Connection, q: &DeadLetterQuery) -> Result<DeliveryPa
     delivery_page(conn, sql, limit)
 }
 
-/// A page of a channel's open deliveries after a cursor, through the index of open
-/// deliveries by channel id (schema migration 9).
-const OPEN_IN_CHANNEL: &str = "SELECT id FROM deliveries WHERE channel = \
+/// A page of a channel's open deliveries after a cursor, through the table of open
+/// deliveries by channel id (schema migrations 9 and 13).
+const OPEN_IN_CHANNEL: &str = "SELECT o.id FROM open_deliveries o JOIN deliveries d \
+     ON d.id = o.id WHERE o.channel = \
      (SELECT id FROM channels WHERE tenant = ?1 AND source = ?2 AND target = ?3) \
-     AND finished_at IS NULL AND id > ?4 AND created_at <= ?5 ORDER BY id LIMIT ?6";
+     AND o.id > ?4 AND d.created_at <= ?5 ORDER BY o.id LIMIT ?6";
 
-/// When a channel's oldest open delivery was published: one seek of the same index.
-const OLDEST_OPEN_IN_CHANNEL: &str = "SELECT created_at FROM deliveries WHERE channel = \
+/// When a channel's oldest open delivery was published: one seek of the same table.
+const OLDEST_OPEN_IN_CHANNEL: &str = "SELECT d.created_at FROM open_deliveries o \
+     JOIN deliveries d ON d.id = o.id WHERE o.channel = \
      (SELECT id FROM channels WHERE tenant = ?1 AND source = ?2 AND target = ?3) \
-     AND finished_at IS NULL ORDER BY id LIMIT 1";
+     ORDER BY o.id LIMIT 1";
 
 /// The open deliveries of a tenant, oldest first. The one index of open deliveries is per
 /// channel (schema 6), so this merges the first page of each channel that has any (the
@@ -466,8 +468,8 @@ pub fn unacknowledged(conn: &Connection, q: &UnackedQuery) -> Result<DeliveryPag
     ids.sort_unstable();
     let next_cursor = page_cursor(&mut ids, limit, |id| *id);
     let mut row = conn.prepare_cached(&format!(
-        "SELECT {DELIVERY_COLS}, {EVENT_COLS} FROM deliveries d JOIN events e ON e.seq = d.event_seq \
-         WHERE d.id = ?1"
+        "SELECT {DELIVERY_COLS}, {EVENT_COLS} FROM delivery_rows d \
+         JOIN events e ON e.seq = d.event_seq WHERE d.id = ?1"
     ))?;
     let mut items = Vec::with_capacity(ids.len());
     for id in ids {
@@ -657,7 +659,7 @@ pub fn stats(conn: &Connection, q: &StatsQuery) -> Result<Vec<StatsRow>, StoreEr
             let mut sql = Sql::new(&format!(
                 "SELECT e.type, count(d.id), coalesce(sum(d.status = 2), 0), \
                  coalesce(sum(d.failed_attempts), 0), coalesce(sum(d.status = 3), 0) \
-                 FROM events e JOIN deliveries d ON {DELIVERIES_OF_EVENT} WHERE 1 = 1"
+                 FROM events e JOIN delivery_rows d ON {DELIVERIES_OF_EVENT} WHERE 1 = 1"
             ));
             tenant_clause(&mut sql, "e.tenant", &q.tenant);
             sql.push_arg(" AND e.time >= ?", q.since.millis().into());
@@ -758,11 +760,11 @@ mod tests {
         let mut conn = Connection::open_in_memory().expect("open");
         super::super::schema::migrate(&mut conn).expect("migrate");
         let filtered = format!(
-            "SELECT e.seq FROM events e WHERE EXISTS (SELECT 1 FROM deliveries d WHERE \
+            "SELECT e.seq FROM events e WHERE EXISTS (SELECT 1 FROM delivery_rows d WHERE \
              {DELIVERIES_OF_EVENT} AND d.target = ?1) ORDER BY e.seq DESC LIMIT 10"
         );
         let joined = format!(
-            "SELECT e.type, count(d.id) FROM events e JOIN deliveries d ON {DELIVERIES_OF_EVENT} \
+            "SELECT e.type, count(d.id) FROM events e JOIN delivery_rows d ON {DELIVERIES_OF_EVENT} \
              WHERE e.tenant = ?1 AND e.time >= ?2 GROUP BY e.type"
         );
         for sql in [deliveries_of_sql(), filtered, joined] {
@@ -784,7 +786,7 @@ mod tests {
         super::super::schema::migrate(&mut conn).expect("migrate");
         let filter = DeadSql::new(&DeadFilter::default());
         let sql = format!(
-            "SELECT d.id FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE {} \
+            "SELECT d.id FROM delivery_rows d JOIN events e ON e.seq = d.event_seq WHERE {} \
              ORDER BY d.id DESC LIMIT 10",
             filter.sql
         );
@@ -807,7 +809,7 @@ mod tests {
             assert!(
                 steps
                     .iter()
-                    .any(|s| s.contains("USING INDEX deliveries_channel_open (channel=?")),
+                    .any(|s| s.contains("SEARCH o USING PRIMARY KEY (channel=?")),
                 "{sql}: {steps:?}"
             );
             assert!(

@@ -220,6 +220,8 @@ pub fn publish(
     let mut handoffs = Handoffs::default();
     let mut insert_handed: Option<rusqlite::CachedStatement<'_>> = None;
     let mut keys_here: HashSet<(&str, &str)> = HashSet::new();
+    // Every delivery inserted is open: (channel, id), inserted together at the end.
+    let mut opened: Vec<(i64, i64)> = Vec::new();
     for NewEvent { event, targets } in &events {
         if let Some(key) = &event.idempotency_key {
             // A first use earlier in this batch: it must be in place to answer.
@@ -253,6 +255,7 @@ pub fn publish(
                 event.source.as_str(),
                 route.app.as_str(),
             );
+            opened.push((channel, id));
             // Whether it goes straight to a waiting consumer, in flight.
             let handed = match order_key(route, event) {
                 // Whether it waits for an earlier one of its entity depends on the rows
@@ -344,6 +347,7 @@ pub fn publish(
     drop((insert_ordered, insert_handed));
     insert_events(&ctx.conn, &mut ctx.borrowed, &mut new_events)?;
     unordered.insert(&ctx.conn, &mut ctx.borrowed, now)?;
+    insert_open(&ctx.conn, &mut ctx.borrowed, &opened)?;
     drop((new_events, unordered));
     ctx.next_event_seq = Some(next_seq);
     ctx.next_delivery_id = Some(next_id);
@@ -530,6 +534,34 @@ fn insert_deliveries(
     }
 }
 
+/// Inserts (channel, id) pairs into the open deliveries, up to 64 per statement. `OR FAIL`:
+/// a failure keeps the rows before it, and the job fails after its changes and its group rolls
+/// back, so SQLite keeps no statement journal (see [`Ids::LeftToSqlite`]).
+fn insert_open(
+    conn: &rusqlite::Connection,
+    statements: &mut Borrowed,
+    rows: &[(i64, i64)],
+) -> Result<(), StoreError> {
+    static INSERT: std::sync::LazyLock<MultiRow> = std::sync::LazyLock::new(|| {
+        MultiRow::new(
+            "INSERT OR FAIL INTO open_deliveries (channel, id)",
+            0,
+            2,
+            |p| format!("(?{p}, ?{})", p + 1),
+        )
+    });
+    INSERT.insert(
+        conn,
+        statements,
+        rows,
+        |_| {},
+        |params, p, &(channel, id)| {
+            params.int(p, channel);
+            params.int(p + 1, id);
+        },
+    )
+}
+
 /// An event a publish inserts, with its seq and its deliveries' ids.
 struct EventRow<'a> {
     seq: i64,
@@ -613,7 +645,7 @@ fn published_before(
     let deliveries = ctx
         .conn
         .prepare_cached(&format!(
-            "SELECT d.id, d.target, d.status FROM events e JOIN deliveries d \
+            "SELECT d.id, d.target, d.status FROM events e JOIN delivery_rows d \
              ON {} WHERE e.seq = ?1 ORDER BY d.target",
             rows::DELIVERIES_OF_EVENT
         ))?
@@ -849,7 +881,7 @@ struct Held {
 /// A delivery by its row id, with the columns [`held_from_row`] reads.
 const HELD_BY_ROWID: &str = "SELECT d.id, d.tenant, d.source, d.target, d.status, \
      d.attempts, d.budget_base, d.failed_attempts, d.order_key, e.id, e.type, d.leased_at, \
-     d.lease_expires_at, d.event_seq, d.created_at FROM deliveries d \
+     d.lease_expires_at, d.event_seq, d.created_at FROM delivery_rows d \
      JOIN events e ON e.seq = d.event_seq WHERE d.id = ?1";
 
 fn held_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Held> {
@@ -977,6 +1009,8 @@ pub struct AckedRow {
 /// An ack item that passed its checks, with what its change needs.
 struct Acking {
     row: AckedRow,
+    /// Its channel's id: the key of its entry among the open deliveries.
+    channel: i64,
     order_key: Option<String>,
     lease_expires_at: Option<Timestamp>,
     data: Option<String>,
@@ -1000,18 +1034,38 @@ fn count_ack(
 
 /// An ack's change of its row: `?1` the row, `?2` the ack data, `?3` the time, `?4` the
 /// attempt. The conditions only make sure: every item was checked in flight on that attempt.
-pub(super) const SET_ACKED: &str = "UPDATE deliveries SET status = 2, ack_data = ?2, \
-     acked_at = ?3, updated_at = ?3, finished_at = ?3, lease_expires_at = NULL \
-     WHERE id = ?1 AND status = 1 AND attempts = ?4";
-/// The same for an ordered delivery, which stops being its entity's open one (`open_order`;
-/// the other two leave that index alone).
+/// The ack of an unordered delivery: a row of `acks` (schema migration 13), its row left as
+/// it is: `?1` the delivery, `?2` the attempt, `?3` when that attempt began if its lease was
+/// kept unwritten (else NULL: the row says), `?4` now, `?5` the ack data.
+pub(super) const INSERT_ACK: &str = "INSERT INTO acks (id, attempt, leased_at, acked_at, data) \
+     VALUES (?1, ?2, ?3, ?4, ?5)";
+/// The ack of an ordered delivery, which also stops being its entity's open one
+/// (`open_order`): its row changes. `?2` the ack data, `?3` now, `?4` the attempt.
 pub(super) const SET_ORDERED_ACKED: &str = "UPDATE deliveries SET status = 2, ack_data = ?2, \
      acked_at = ?3, updated_at = ?3, finished_at = ?3, lease_expires_at = NULL, \
      open_order = NULL WHERE id = ?1 AND status = 1 AND attempts = ?4";
-/// The same with the lease kept unwritten (`?5` when it began): one change of the row for both.
-pub(super) const SET_LEASED_ACKED: &str = "UPDATE deliveries SET status = 2, attempts = ?4, \
-     leased_at = ?5, ack_data = ?2, acked_at = ?3, updated_at = ?3, finished_at = ?3, \
-     lease_expires_at = NULL WHERE id = ?1 AND status = 0 AND attempts = ?4 - 1";
+/// A delivery stops being open (acknowledged or dead): `?1` its channel, `?2` its id.
+pub(super) const CLOSE_OPEN: &str = "DELETE FROM open_deliveries WHERE channel = ?1 AND id = ?2";
+/// A delivery is open again (requeued): `?1` its channel, `?2` its id.
+const REOPEN: &str = "INSERT INTO open_deliveries (channel, id) VALUES (?1, ?2)";
+
+/// Takes delivery `rowid` of `channel` out of the open deliveries; it must be there.
+fn close_open(ctx: &mut WriteCtx, channel: i64, rowid: i64) -> Result<(), StoreError> {
+    let changed = ctx.borrowed.execute(&ctx.conn, CLOSE_OPEN, |params| {
+        params.int(1, channel);
+        params.int(2, rowid);
+    })?;
+    match changed {
+        1 => Ok(()),
+        _ => {
+            debug_assert!(false, "delivery {rowid} was not open in channel {channel}");
+            // A bug: the job fails, and if it changed rows already, so does its group.
+            Err(StoreError::Internal(format!(
+                "delivery {rowid} was not open in channel {channel}"
+            )))
+        }
+    }
+}
 
 /// Runs without a savepoint (`Undo::Group`): it checks every item before its first change.
 pub fn ack(
@@ -1032,7 +1086,7 @@ pub fn ack(
     let mut counters = Counters::default();
     let mut lookup = ctx.conn.prepare_cached(
         "SELECT target, status, attempts, failed_attempts, created_at, order_key, tenant, source, \
-         event_seq, lease_expires_at FROM deliveries WHERE id = ?1",
+         event_seq, lease_expires_at FROM delivery_rows WHERE id = ?1",
     )?;
     for item in acks {
         let rowid = delivery_rowid(&item.id)?;
@@ -1062,6 +1116,7 @@ pub fn ack(
             };
             checked.push(Acking {
                 row,
+                channel: f.channel,
                 order_key: None,
                 lease_expires_at: Some(Timestamp(f.lease_expires_at)),
                 data: item.data,
@@ -1093,8 +1148,14 @@ pub fn ack(
             Some(DeliveryStatus::Acknowledged)
         );
         let latency_ms = now.since(Timestamp(r.get(4)?));
-        let channel = (rows::text(r, 6)?, rows::text(r, 7)?, app.as_str());
-        count_ack(&mut counters, channel, r.get::<_, u32>(3)? > 0, latency_ms);
+        let (tenant, source) = (rows::text(r, 6)?, rows::text(r, 7)?);
+        let channel = ctx.channel_ids.id(tenant, source, app.as_str());
+        count_ack(
+            &mut counters,
+            (tenant, source, app.as_str()),
+            r.get::<_, u32>(3)? > 0,
+            latency_ms,
+        );
         let row = AckedRow {
             rowid,
             event_seq: r.get(8)?,
@@ -1103,6 +1164,7 @@ pub fn ack(
         };
         checked.push(Acking {
             row,
+            channel,
             order_key: r.get(5)?,
             lease_expires_at: lease_expires_at.map(Timestamp),
             data: item.data,
@@ -1114,45 +1176,59 @@ pub fn ack(
     let mut ordered: Vec<String> = Vec::new();
     for Acking {
         row,
+        channel,
         order_key,
         lease_expires_at,
         data,
         unwritten,
     } in checked
     {
-        let sql = match (&unwritten, &order_key) {
-            (None, None) => SET_ACKED,
-            (None, Some(_)) => SET_ORDERED_ACKED,
-            (Some(_), None) => SET_LEASED_ACKED,
+        // It must be open: for an unordered delivery, whose row the ack leaves as it is, this
+        // is the check that the writer's memory agreed with the tables.
+        close_open(ctx, channel, row.rowid)?;
+        match (&order_key, &unwritten) {
+            (None, _) => {
+                ctx.borrowed.execute(&ctx.conn, INSERT_ACK, |params| {
+                    params.int(1, row.rowid);
+                    params.int(2, row.attempt.into());
+                    // Left unbound (NULL) when the row holds the lease.
+                    if let Some(lease) = &unwritten {
+                        params.int(3, lease.leased_at);
+                    }
+                    params.int(4, now.millis());
+                    params.opt_text(5, data.as_deref());
+                })?;
+            }
+            (Some(_), None) => {
+                let changed = ctx
+                    .borrowed
+                    .execute(&ctx.conn, SET_ORDERED_ACKED, |params| {
+                        params.int(1, row.rowid);
+                        params.opt_text(2, data.as_deref());
+                        params.int(3, now.millis());
+                        params.int(4, row.attempt.into());
+                    })?;
+                if changed == 0 {
+                    debug_assert!(false, "delivery {} was not in flight to ack", row.rowid);
+                    // A bug: the job fails, and if it changed rows already, so does its group.
+                    return Err(StoreError::Internal(format!(
+                        "delivery {} was not in flight on attempt {} to ack",
+                        row.rowid, row.attempt
+                    )));
+                }
+            }
             (Some(_), Some(_)) => {
                 debug_assert!(
                     false,
                     "ordered delivery {} with a lease unwritten",
                     row.rowid
                 );
-                // A bug (only unordered leases are kept unwritten, see `lease`): as below.
+                // A bug (only unordered leases are kept unwritten, see `lease`): as above.
                 return Err(StoreError::Internal(format!(
                     "ordered delivery {} has a lease kept unwritten",
                     row.rowid
                 )));
             }
-        };
-        let changed = ctx.borrowed.execute(&ctx.conn, sql, |params| {
-            params.int(1, row.rowid);
-            params.opt_text(2, data.as_deref());
-            params.int(3, now.millis());
-            params.int(4, row.attempt.into());
-            if let Some(lease) = &unwritten {
-                params.int(5, lease.leased_at);
-            }
-        })?;
-        if changed == 0 {
-            debug_assert!(false, "delivery {} was not in flight to ack", row.rowid);
-            // A bug: the job fails, and if it changed rows already, so does its group.
-            return Err(StoreError::Internal(format!(
-                "delivery {} was not in flight on attempt {} to ack",
-                row.rowid, row.attempt
-            )));
         }
         if let Some(deadline) = lease_expires_at {
             ctx.deadline_changes.clear(deadline, row.rowid);
@@ -1269,6 +1345,8 @@ fn fail(
             c.dead += 1;
             c.died += 1;
             c.failing -= was_failing;
+            let channel = ctx.channel_ids.id(&held.tenant, &held.source, &held.target);
+            close_open(ctx, channel, held.rowid)?;
             finished(ctx, &held.target, held.order_key.as_deref(), now)?;
         }
         Some(at) => {
@@ -1390,7 +1468,7 @@ fn dead_matching(
     q.push_arg(" AND d.id > ?", after.into());
     q.push_arg(" ORDER BY d.id LIMIT ?", (limit as i64).into());
     let sql = format!(
-        "SELECT d.id FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE {}",
+        "SELECT d.id FROM delivery_rows d JOIN events e ON e.seq = d.event_seq WHERE {}",
         q.sql
     );
     let ids = ctx
@@ -1442,13 +1520,17 @@ pub fn requeue(ctx: &mut WriteCtx, req: RequeueRequest) -> Result<Requeued, Stor
             Some(key) => has_open(ctx, &held.target, key, rowid)?,
             None => false,
         };
+        let channel = ctx.channel_ids.id(&held.tenant, &held.source, &held.target);
         ctx.conn
             .prepare_cached(
                 "UPDATE deliveries SET status = 0, budget_base = attempts, available_at = ?2, \
                  updated_at = ?2, finished_at = NULL, dead_at = NULL, open_order = order_key, \
-                 blocked = ?3 WHERE id = ?1",
+                 blocked = ?3, channel = ?4 WHERE id = ?1",
             )?
-            .execute(params![rowid, now.millis(), blocked])?;
+            .execute(params![rowid, now.millis(), blocked, channel])?;
+        ctx.conn
+            .prepare_cached(REOPEN)?
+            .execute(params![channel, rowid])?;
         if !blocked {
             let slot = ctx.ready.slot(&held.target);
             let pending = held.pending(&mut ctx.channel_ids, held.failed_attempts > 0);
