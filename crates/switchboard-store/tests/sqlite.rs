@@ -1024,6 +1024,43 @@ async fn a_lease_held_at_a_crash_comes_back_after_its_expiry_on_the_next_attempt
 }
 
 #[tokio::test]
+async fn an_ack_of_a_logged_lease_stays_acknowledged_after_a_crash() {
+    // The ack is a row of `acks` and leaves the delivery's row pending; the lease log still
+    // holds the lease, and replaying it must not make the row say in flight.
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    conformance::register(&store, "hr", &["*"], 8).await;
+    let ev = conformance::event("crm", "acme", "user.created", T0);
+    let published = conformance::publish_to(&store, ev, &["hr"]).await;
+    let leased = conformance::lease(&store, "hr", 10, T0.plus_ms(1)).await;
+    let id = leased[0].id.clone();
+    let ack = switchboard_store::AckItem {
+        id: id.clone(),
+        attempt: Some(1),
+        data: Some("done".into()),
+    };
+    let acked = store
+        .ack(conformance::app("hr"), vec![ack], T0.plus_ms(5))
+        .await;
+    assert_eq!(acked.unwrap().len(), 1);
+    assert_eq!(lease_log_rows(dir.path()), 1, "the lease is still logged");
+    let image = crash_image(dir.path());
+    store.close().await;
+
+    let restarted = SqliteStore::open(image.path()).unwrap();
+    assert_eq!(row_of(image.path(), &id), (0, 0), "the row never moved on");
+    let record = restarted.event(published.id).await.unwrap().unwrap();
+    let d = &record.deliveries[0];
+    assert_eq!(d.status, DeliveryStatus::Acknowledged);
+    assert_eq!((d.attempts, d.ack_data.as_deref()), (1, Some("done")));
+    let expired = restarted.expire_leases(T0.plus_ms(3_600_000), 10).await;
+    assert_eq!(expired.unwrap().count, 0, "nothing in flight to expire");
+    let again = conformance::lease(&restarted, "hr", 10, T0.plus_ms(3_600_000)).await;
+    assert!(again.is_empty(), "nothing to deliver again");
+    restarted.close().await;
+}
+
+#[tokio::test]
 async fn a_lease_kept_a_second_is_written_by_the_next_lease_which_empties_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path()).unwrap();

@@ -716,9 +716,10 @@ pub fn write_unwritten_leases(ctx: &mut WriteCtx) -> Result<(), StoreError> {
 }
 
 /// On open, before anything reads the deliveries: writes the leases of the lease log into
-/// their rows, oldest first, and empties it. A logged lease whose row moved on since (acked,
-/// failed, leased again and written) no longer matches its row and changes nothing. Returns
-/// how many it wrote.
+/// their rows, oldest first, and empties it. A logged lease whose row moved on since (failed,
+/// leased again and written, acked in its row) no longer matches its row, and one acked in
+/// `acks` (whose row never moved on) is skipped: neither changes anything. Returns how many
+/// it wrote.
 pub fn replay_lease_log(conn: &mut rusqlite::Connection) -> Result<usize, StoreError> {
     let tx = conn.transaction()?;
     let logged: Vec<(i64, i64, Vec<u8>)> = tx
@@ -729,7 +730,9 @@ pub fn replay_lease_log(conn: &mut rusqlite::Connection) -> Result<usize, StoreE
     for (leased_at, expires_at, packed) in logged {
         let pairs = unwritten::unpack(&packed)
             .ok_or_else(|| StoreError::Internal("a lease log row is not a packing".into()))?;
-        let mut stmt = tx.prepare_cached(LEASE_ROW)?;
+        let mut stmt = tx.prepare_cached(&format!(
+            "{LEASE_ROW} AND NOT EXISTS (SELECT 1 FROM acks a WHERE a.id = ?1)"
+        ))?;
         for (rowid, attempt) in pairs {
             written += stmt.execute(params![rowid, attempt, expires_at, leased_at])?;
         }
