@@ -8,10 +8,17 @@
 //! changes only as the table does: a job records its changes ([`Changes`]), kept if the job
 //! succeeds, applied in order once its group commits, and dropped with a rolled-back job or
 //! group. Loaded from the table on open. Must not read or write the database otherwise.
+//!
+//! Entries are grouped by deadline: a lease job gives every delivery it takes the same one,
+//! so a set or a clear finds its group among few and changes a hash set of row ids (a
+//! `BTreeSet` of (deadline, row id) pairs was 2.8% of the writer's instructions in the full
+//! cycle, callgrind).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, HashSet};
 
 use switchboard_core::Timestamp;
+
+use super::inflight::ByRowid;
 
 /// A lease deadline (ms) and the delivery's row id.
 type Entry = (i64, i64);
@@ -19,7 +26,8 @@ type Entry = (i64, i64);
 /// The deadlines of the committed leases, earliest first.
 #[derive(Debug, Default)]
 pub struct Deadlines {
-    entries: BTreeSet<Entry>,
+    /// The row ids leased until each deadline; never an empty set.
+    by_deadline: BTreeMap<i64, HashSet<i64, ByRowid>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -59,9 +67,11 @@ impl Changes {
 /// (deadline, row id).
 impl FromIterator<Entry> for Deadlines {
     fn from_iter<I: IntoIterator<Item = Entry>>(entries: I) -> Deadlines {
-        Deadlines {
-            entries: entries.into_iter().collect(),
+        let mut deadlines = Deadlines::default();
+        for entry in entries {
+            deadlines.set(entry);
         }
+        deadlines
     }
 }
 
@@ -70,22 +80,50 @@ impl Deadlines {
     pub fn apply(&mut self, changes: &mut Changes) {
         for change in changes.changes.drain(..) {
             match change {
-                Change::Set(entry) => self.entries.insert(entry),
-                Change::Clear(entry) => self.entries.remove(&entry),
-            };
+                Change::Set(entry) => self.set(entry),
+                Change::Clear(entry) => self.clear(entry),
+            }
         }
     }
 
-    /// The entries due at `now`, earliest first, as (deadline, row id).
-    pub fn due(&self, now: Timestamp) -> impl Iterator<Item = (Timestamp, i64)> + '_ {
-        self.entries
-            .range(..=(now.millis(), i64::MAX))
-            .map(|&(deadline, rowid)| (Timestamp(deadline), rowid))
+    fn set(&mut self, (deadline, rowid): Entry) {
+        self.by_deadline.entry(deadline).or_default().insert(rowid);
     }
 
-    /// The earliest deadline after the first `skip` entries.
+    fn clear(&mut self, (deadline, rowid): Entry) {
+        let Some(rowids) = self.by_deadline.get_mut(&deadline) else {
+            return;
+        };
+        rowids.remove(&rowid);
+        if rowids.is_empty() {
+            self.by_deadline.remove(&deadline);
+        }
+    }
+
+    /// The entries due at `now`, earliest first (by row id within a deadline), as (deadline,
+    /// row id).
+    pub fn due(&self, now: Timestamp) -> impl Iterator<Item = (Timestamp, i64)> + '_ {
+        self.by_deadline
+            .range(..=now.millis())
+            .flat_map(|(&deadline, rowids)| {
+                let mut sorted: Vec<i64> = rowids.iter().copied().collect();
+                sorted.sort_unstable();
+                sorted
+                    .into_iter()
+                    .map(move |rowid| (Timestamp(deadline), rowid))
+            })
+    }
+
+    /// The earliest deadline after the first `skip` entries (in the order of [`due`](Self::due)).
     pub fn earliest_after(&self, skip: usize) -> Option<Timestamp> {
-        self.entries.iter().nth(skip).map(|&(d, _)| Timestamp(d))
+        let mut skip = skip;
+        for (&deadline, rowids) in &self.by_deadline {
+            match skip.checked_sub(rowids.len()) {
+                Some(rest) => skip = rest,
+                None => return Some(Timestamp(deadline)),
+            }
+        }
+        None
     }
 }
 
@@ -135,6 +173,22 @@ mod tests {
         assert_eq!(deadlines.earliest_after(0), Some(Timestamp(100)));
         assert_eq!(deadlines.earliest_after(3), Some(Timestamp(300)));
         assert_eq!(deadlines.earliest_after(4), None);
+    }
+
+    #[test]
+    fn a_deadline_whose_leases_all_ended_is_forgotten() {
+        let mut deadlines = Deadlines::default();
+        let mut changes = Changes::default();
+        changes.set(Timestamp(10), 1);
+        changes.set(Timestamp(10), 2);
+        changes.set(Timestamp(20), 3);
+        changes.clear(Timestamp(10), 1);
+        changes.clear(Timestamp(10), 2);
+        changes.clear(Timestamp(30), 9); // never set: nothing to clear
+        deadlines.apply(&mut changes);
+        assert_eq!(due_at(&deadlines, 30), vec![(20, 3)]);
+        assert_eq!(deadlines.earliest_after(0), Some(Timestamp(20)));
+        assert_eq!(deadlines.by_deadline.len(), 1, "no empty group is kept");
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod inflight;
 mod keys;
 mod multirow;
 mod pcache;
+mod queue_map;
 mod read;
 mod ready;
 mod recent;

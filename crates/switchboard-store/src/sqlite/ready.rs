@@ -14,11 +14,12 @@
 //! keeps its inverse until the group's commit: a group rolled back is undone. Loaded from
 //! the table on open. Must not read or write the database otherwise.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use switchboard_core::Timestamp;
 
 use super::inflight::Flight;
+use super::queue_map::QueueMap;
 
 /// When a delivery becomes available (ms) and its row id: the lease order.
 type Key = (i64, i64);
@@ -44,8 +45,9 @@ pub struct Pending {
 pub struct Ready {
     /// A target app's slot in `sets`.
     slots: HashMap<Box<str>, usize>,
-    /// Per target app: its entries.
-    sets: Vec<BTreeMap<Key, Pending>>,
+    /// Per target app: its entries (publishes add later ones, leases take the earliest: see
+    /// queue_map.rs).
+    sets: Vec<QueueMap<Key, Pending>>,
 }
 
 /// A target app, as [`Ready::slot`] numbers it.
@@ -152,7 +154,7 @@ impl Ready {
         if let Some(&slot) = self.slots.get(target) {
             return Slot(slot);
         }
-        self.sets.push(BTreeMap::new());
+        self.sets.push(QueueMap::default());
         let slot = self.sets.len() - 1;
         self.slots.insert(target.into(), slot);
         Slot(slot)
@@ -194,8 +196,10 @@ impl Ready {
         now: Timestamp,
         durable_seq: i64,
     ) -> impl Iterator<Item = (Timestamp, i64, Pending)> + '_ {
+        let until = (now.millis(), i64::MAX);
         self.sets[slot.0]
-            .range(..=(now.millis(), i64::MAX))
+            .iter()
+            .take_while(move |&(key, _)| *key <= until)
             .filter(move |&(_, p)| p.seq <= durable_seq)
             .map(|(&(at, rowid), &p)| (Timestamp(at), rowid, p))
     }
