@@ -2,7 +2,7 @@
 //! (`SQLITE_STATIC`) instead of copying it: rusqlite binds every text `SQLITE_TRANSIENT`, a
 //! `malloc`, `memcpy` and `free` per value, and its generic binding costs more than the call
 //! it makes. For the writer's hottest statements only (the publish's inserts, the ack's
-//! update); everything else goes through rusqlite. Knows nothing of the tables.
+//! statements); everything else goes through rusqlite. Knows nothing of the tables.
 //!
 //! Soundness rests on one rule: a binding lives for one [`Borrowed::execute`]. The statement
 //! is reset and its bindings cleared before `execute` returns, whichever way it returns, so

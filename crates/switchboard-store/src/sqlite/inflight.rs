@@ -1,5 +1,5 @@
 //! What an ack needs of the unordered deliveries in flight, kept in the writer's memory so
-//! that an ack changes a delivery's row without reading it first (the read was 6.3k of the
+//! that an ack acts on a delivery without reading its row first (the read was 6.3k of the
 //! writer's 55.7k instructions per event of the full cycle).
 //!
 //! What holds: an entry, if there is one, is its delivery's row as of the last commit: in

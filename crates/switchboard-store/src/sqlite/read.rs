@@ -427,8 +427,8 @@ const OLDEST_OPEN_IN_CHANNEL: &str = "SELECT d.created_at FROM open_deliveries o
      (SELECT id FROM channels WHERE tenant = ?1 AND source = ?2 AND target = ?3) \
      ORDER BY o.id LIMIT 1";
 
-/// The open deliveries of a tenant, oldest first. The one index of open deliveries is per
-/// channel (schema 6), so this merges the first page of each channel that has any (the
+/// The open deliveries of a tenant, oldest first. The table of open deliveries is keyed per
+/// channel (schemas 6, 9 and 13), so this merges the first page of each channel that has any (the
 /// counters say which) by id, then reads the page's rows.
 pub fn unacknowledged(conn: &Connection, q: &UnackedQuery) -> Result<DeliveryPage, StoreError> {
     // One snapshot for the channels, their pages and the rows.

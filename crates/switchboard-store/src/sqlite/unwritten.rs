@@ -5,11 +5,12 @@
 //! here, and each lease job adds one row to the lease log (its deliveries and attempts,
 //! [`pack`]ed), so a crash forgets no lease the writer would not have forgotten anyway (a
 //! lease is answered at its commit, before its fsync). The row is written when something
-//! needs it: an ack writes the lease with the ack in one change; a nack, an extension, an
-//! expiry or a requeue writes it before reading the row; a lease job first writes every
-//! lease kept longer than [`WRITE_AFTER_MS`], which empties the log; reads that show
-//! deliveries first have the writer write them all (`settled` in mod.rs). On open, the log
-//! is replayed into the rows (`replay_lease_log` in write.rs).
+//! needs it: an ack never writes it (its `acks` row records the attempt and when it began,
+//! schema 13); a nack, an extension, an expiry or a requeue writes it before reading the
+//! row; a lease job first writes every lease kept longer than [`WRITE_AFTER_MS`], which
+//! empties the log; reads that show deliveries first have the writer write them all
+//! (`settled` in mod.rs). On open, the log is replayed into the rows (`replay_lease_log` in
+//! write.rs).
 //!
 //! At most [`MAX_KEPT`] leases are kept: beyond, a lease writes its row as before, so that
 //! writing them all stays a bounded job (8,192 rows: about 75M instructions, ~25 ms of the

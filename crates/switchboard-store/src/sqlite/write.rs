@@ -1017,7 +1017,7 @@ struct Acking {
     order_key: Option<String>,
     lease_expires_at: Option<Timestamp>,
     data: Option<String>,
-    /// Its lease, if kept unwritten: the ack writes it too.
+    /// Its lease, if kept unwritten: its `acks` row records when it began.
     unwritten: Option<Lease>,
 }
 
