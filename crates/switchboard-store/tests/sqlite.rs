@@ -619,6 +619,64 @@ async fn a_wake_up_ends_the_wait_and_nothing_is_handed_after_it() {
     store.close().await;
 }
 
+/// Ends the wait it is given to, on its first poll, once a publish to `hr` has run to its
+/// answer, by which time that publish has handed its delivery to the consumer waiting: the
+/// hand-off lands after the wait last looked for one and before it gives up.
+struct WokenAfterAPublish<'a> {
+    store: &'a SqliteStore,
+    published: &'a std::sync::OnceLock<switchboard_store::Published>,
+}
+
+impl std::future::Future for WokenAfterAPublish<'_> {
+    type Output = ();
+
+    fn poll(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        let store = self.store;
+        // Blocks this poll (the test's only task) while a runtime of its own publishes.
+        let published = std::thread::scope(|s| {
+            s.spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let ev = conformance::event("crm", "acme", "user.created", T0.plus_ms(5));
+                runtime.block_on(conformance::publish_to(store, ev, &["hr"]))
+            })
+            .join()
+            .unwrap()
+        });
+        self.published.set(published).expect("polled once");
+        std::task::Poll::Ready(())
+    }
+}
+
+#[tokio::test]
+async fn a_hand_off_that_lands_as_the_wait_ends_reaches_the_consumer() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    conformance::register(&store, "hr", &["*"], 8).await;
+    let published = std::sync::OnceLock::new();
+    let woken = std::pin::pin!(WokenAfterAPublish {
+        store: &store,
+        published: &published,
+    });
+    // Parked (the wake-up is first polled once the lease found nothing), the hand-off not
+    // there yet when the wait looks; the wake-up runs the publish and ends the wait.
+    let left = store
+        .lease_waiting(lease_request(10, T0), Duration::from_secs(3600), woken)
+        .await
+        .unwrap();
+    let published = published.get().expect("the wake-up ran the publish");
+    assert_eq!(
+        published.deliveries[0].status,
+        DeliveryStatus::InFlight,
+        "the publish handed its delivery over"
+    );
+    assert_eq!(left.deliveries.len(), 1, "and the consumer got it");
+    assert_eq!(left.deliveries[0].id, published.deliveries[0].id);
+    store.close().await;
+}
+
 #[tokio::test]
 async fn concurrent_writers_are_grouped_and_all_durable() {
     let dir = tempfile::tempdir().unwrap();

@@ -555,15 +555,15 @@ impl Store for SqliteStore {
                 return Ok(leased);
             }
             // Parked: wait for a publish to hand deliveries over, but no longer than until a
-            // retry becomes ready (the caller leases again then). Giving up drops `handed`: a
-            // publish that took this consumer meanwhile releases what it handed.
+            // retry becomes ready (the caller leases again then).
             let wait = match leased.next_ready_at {
                 Some(ready) => wait.min(std::time::Duration::from_millis(ready.since(now))),
                 None => wait,
             };
+            let mut handed = handed;
             tokio::select! {
                 biased;
-                got = handed => match got {
+                got = &mut handed => return match got {
                     Ok(deliveries) => Ok(Leased {
                         deliveries,
                         next_ready_at: None,
@@ -571,8 +571,20 @@ impl Store for SqliteStore {
                     // The publish that took this consumer failed: nothing was stored.
                     Err(_) => Ok(leased),
                 },
-                _ = woken => Ok(leased),
-                _ = tokio::time::sleep(wait) => Ok(leased),
+                _ = woken => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+            // Giving up. A publish may have handed deliveries over after `handed` was last
+            // polled: dropping it would drop them with it, in flight to no one until their
+            // lease expires. Closed, it refuses any later hand-off (whose publish then
+            // releases what it handed), and keeps one made before.
+            handed.close();
+            match handed.try_recv() {
+                Ok(deliveries) => Ok(Leased {
+                    deliveries,
+                    next_ready_at: None,
+                }),
+                Err(_) => Ok(leased),
             }
         })
     }
