@@ -1035,15 +1035,14 @@ fn count_ack(
     c.latencies.push(latency_ms);
 }
 
-/// An ack's change of its row: `?1` the row, `?2` the ack data, `?3` the time, `?4` the
-/// attempt. The conditions only make sure: every item was checked in flight on that attempt.
 /// The ack of an unordered delivery: a row of `acks` (schema migration 13), its row left as
 /// it is: `?1` the delivery, `?2` the attempt, `?3` when that attempt began if its lease was
 /// kept unwritten (else NULL: the row says), `?4` now, `?5` the ack data.
 pub(super) const INSERT_ACK: &str = "INSERT INTO acks (id, attempt, leased_at, acked_at, data) \
      VALUES (?1, ?2, ?3, ?4, ?5)";
 /// The ack of an ordered delivery, which also stops being its entity's open one
-/// (`open_order`): its row changes. `?2` the ack data, `?3` now, `?4` the attempt.
+/// (`open_order`): its row changes. `?1` the row, `?2` the ack data, `?3` now, `?4` the
+/// attempt; the conditions only make sure (every item was checked in flight on that attempt).
 pub(super) const SET_ORDERED_ACKED: &str = "UPDATE deliveries SET status = 2, ack_data = ?2, \
      acked_at = ?3, updated_at = ?3, finished_at = ?3, lease_expires_at = NULL, \
      open_order = NULL WHERE id = ?1 AND status = 1 AND attempts = ?4";
