@@ -190,6 +190,29 @@ impl EventId {
         for (i, b) in entropy.iter().enumerate() {
             value |= (*b as u128) << (8 * (9 - i));
         }
+        Self::of_value(value)
+    }
+
+    /// The id of a store's event number `seq` (48 bits): the same layout as
+    /// [`generate`](Self::generate), its 80 bits after the milliseconds holding `seq` and 32
+    /// bits of entropy, so a store finds the event from its id alone (see
+    /// [`sequence`](Self::sequence)) and ids of one store sort by (millisecond, seq).
+    pub fn sequenced(unix_ms: i64, seq: u64, entropy: u32) -> Self {
+        let value: u128 = (unix_ms.max(0) as u128 & 0xFFFF_FFFF_FFFF) << 80
+            | (seq as u128 & 0xFFFF_FFFF_FFFF) << 32
+            | entropy as u128;
+        Self::of_value(value)
+    }
+
+    /// The event number a [`sequenced`](Self::sequenced) id holds; for any other id of the
+    /// same form, some number that a store must check against the id it has for it.
+    pub fn sequence(&self) -> Option<u64> {
+        let digits = self.0.strip_prefix("evt_")?;
+        let value = base32_128(digits)?;
+        Some((value >> 32 & 0xFFFF_FFFF_FFFF) as u64)
+    }
+
+    fn of_value(value: u128) -> Self {
         let mut id = [0u8; 4 + 26];
         id[..4].copy_from_slice(b"evt_");
         put_base32_128(&mut id[4..], value);
@@ -253,6 +276,24 @@ fn put_base32_128(out: &mut [u8], mut value: u128) {
     }
 }
 
+/// The value of 26 Crockford base32 digits as [`put_base32_128`] writes them (upper case);
+/// `None` for anything else, or a value past 128 bits.
+fn base32_128(digits: &str) -> Option<u128> {
+    if digits.len() != 26 {
+        return None;
+    }
+    let mut value: u128 = 0;
+    for (i, d) in digits.bytes().enumerate() {
+        let v = CROCKFORD.iter().position(|&c| c == d)? as u128;
+        // The first digit carries only the top 3 bits (26 digits are 130 bits).
+        if i == 0 && v > 7 {
+            return None;
+        }
+        value = value << 5 | v;
+    }
+    Some(value)
+}
+
 /// Text made here of ASCII bytes only.
 fn ascii(bytes: &[u8]) -> &str {
     std::str::from_utf8(bytes).expect("ids are made of ASCII")
@@ -265,6 +306,22 @@ mod tests {
     use super::*;
 
     proptest! {
+        #[test]
+        fn a_sequenced_id_gives_back_its_number_and_sorts_by_time_then_number(
+            ms in 0i64..(1 << 48), seq in 0u64..(1 << 48), entropy in any::<u32>(),
+            later in 1u64..1000,
+        ) {
+            let id = EventId::sequenced(ms, seq, entropy);
+            prop_assert_eq!(id.sequence(), Some(seq));
+            prop_assert!(EventId::parse(id.as_str()).is_ok());
+            let next = EventId::sequenced(ms, (seq + later) & 0xFFFF_FFFF_FFFF, entropy);
+            if seq + later < 1 << 48 {
+                prop_assert!(next.as_str() > id.as_str());
+            }
+            let generated = EventId::generate(ms, entropy.to_be_bytes().repeat(3)[..10].try_into().unwrap());
+            prop_assert_eq!(&generated.as_str()[..14], &id.as_str()[..14], "the same milliseconds");
+        }
+
         #[test]
         fn numbers_are_written_as_format_writes_them(n in any::<u64>()) {
             let mut buf = [0; 20];
@@ -307,6 +364,24 @@ mod tests {
         ] {
             let err = EventType::parse(bad).unwrap_err();
             assert!(err.0.contains("segment"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn only_ids_of_the_generated_form_have_a_sequence() {
+        let id = EventId::sequenced(1_765_000_000_000, 42, 7);
+        assert_eq!(id.as_str().len(), 30);
+        assert_eq!(id.sequence(), Some(42));
+        for other in [
+            "evt_",
+            "evt_0123",
+            "dlv_01KC0000000000000000000000",
+            "evt_81KC0000000000000000000000", // past 128 bits
+            "evt_01kc0000000000000000000000", // lower case: not ours
+            "evt_01KC00000000000000000000IL", // not Crockford
+            "order-42",
+        ] {
+            assert_eq!(EventId::parse(other).unwrap().sequence(), None, "{other}");
         }
     }
 

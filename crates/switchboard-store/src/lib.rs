@@ -64,7 +64,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores events and their deliveries, all or nothing. An event whose idempotency key was
     /// seen before from the same source is not stored again: its first result comes back
-    /// with `duplicate: true`.
+    /// with `duplicate: true`. A store may store an event under an id of its own (the
+    /// embedded one gives ids that hold its event numbers): the result's id is the event's.
     fn publish(
         &self,
         events: Vec<NewEvent>,

@@ -345,12 +345,26 @@ async fn deliveries_pending_at_an_upgrade_from_schema_7_stay_leasable() {
 }
 
 /// Turns the database in `dir` back into schema `version` (8 or 7), as a build of that
-/// version left it: migrations 13 (acks folded into their rows, the open deliveries' index
+/// version left it: migrations 14 (the unique index on event ids again), 13 (acks folded into their rows, the open deliveries' index
 /// again), 12 (the index on `event_seq` again, no delivery ranges on
 /// events), 11 (the dead-letter and entity-order indexes on `status` again), 10 and 9 undone (the open deliveries' index on channel names, no channel ids)
 /// and, for 7, migration 8 (the index of ready deliveries back).
 fn downgrade(dir: &std::path::Path, version: u32) {
     let db = database(dir);
+    db.execute_batch(
+        "CREATE TABLE events_old (
+             seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, tenant TEXT NOT NULL,
+             type TEXT NOT NULL, source TEXT NOT NULL, time INTEGER NOT NULL, idem_key TEXT,
+             named_targets TEXT, entity_id TEXT, correlation_id TEXT, causation_id TEXT,
+             historical INTEGER NOT NULL DEFAULT 0, data TEXT NOT NULL,
+             first_delivery INTEGER NOT NULL DEFAULT 1, last_delivery INTEGER NOT NULL DEFAULT 0);
+         INSERT INTO events_old SELECT * FROM events;
+         DROP TABLE events; DROP TABLE event_ids;
+         ALTER TABLE events_old RENAME TO events;
+         CREATE UNIQUE INDEX events_idem ON events(source, idem_key) WHERE idem_key IS NOT NULL;
+         CREATE INDEX events_tenant ON events(tenant, seq);",
+    )
+    .unwrap();
     db.execute_batch(
         "DROP VIEW delivery_rows;
          UPDATE deliveries SET status = 2, attempts = a.attempt,

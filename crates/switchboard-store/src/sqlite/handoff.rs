@@ -12,8 +12,8 @@
 use std::collections::HashMap;
 
 use rusqlite::params;
-use switchboard_core::Timestamp;
 use switchboard_core::event::Event;
+use switchboard_core::{EventId, Timestamp};
 use tokio::sync::oneshot;
 
 use super::counters::Counters;
@@ -90,15 +90,18 @@ impl Handoffs {
         None
     }
 
-    /// Adds the delivery `rowid` of `event`, inserted in flight, to the consumer's answer.
-    pub fn add(&mut self, hand: Hand, rowid: i64, event: &Event) {
+    /// Adds the delivery `rowid` of `event`, stored as `id`, inserted in flight, to the
+    /// consumer's answer.
+    pub fn add(&mut self, hand: Hand, rowid: i64, event: &Event, id: &EventId) {
         let h = &mut self.handings[hand.0];
         h.rowids.push(rowid);
+        let mut event = event.clone();
+        event.id = id.clone();
         h.deliveries.push(LeasedDelivery {
             id: delivery_id(rowid),
             attempt: 1,
             lease_expires_at: h.expires,
-            event: std::sync::Arc::new(event.clone()),
+            event: std::sync::Arc::new(event),
         });
     }
 

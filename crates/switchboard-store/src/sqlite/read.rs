@@ -209,13 +209,29 @@ fn record(conn: &Connection, seq: i64, event: Event) -> Result<EventRecord, Stor
     })
 }
 
+/// The event `id`: by the seq its id holds (schema migration 14), checked against the row,
+/// else among the ids of the events stored before (`event_ids`).
 pub fn event(conn: &Connection, id: &EventId) -> Result<Option<EventRecord>, StoreError> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {EVENT_COLS} FROM events e WHERE e.id = ?1"
-    ))?;
-    let found = stmt
-        .query_row([id.as_str()], |r| event_from_row(r, 0))
-        .optional()?;
+    let _snapshot = one_read(conn)?;
+    let by_seq = match id.sequence().and_then(|seq| i64::try_from(seq).ok()) {
+        Some(seq) => conn
+            .prepare_cached(&format!(
+                "SELECT {EVENT_COLS} FROM events e WHERE e.seq = ?1 AND e.id = ?2"
+            ))?
+            .query_row(params![seq, id.as_str()], |r| event_from_row(r, 0))
+            .optional()?,
+        None => None,
+    };
+    let found = match by_seq {
+        Some(found) => Some(found),
+        None => conn
+            .prepare_cached(&format!(
+                "SELECT {EVENT_COLS} FROM event_ids x JOIN events e ON e.seq = x.seq \
+                 WHERE x.id = ?1"
+            ))?
+            .query_row([id.as_str()], |r| event_from_row(r, 0))
+            .optional()?,
+    };
     found
         .map(|(seq, event)| record(conn, seq, event))
         .transpose()

@@ -7,7 +7,8 @@ use rusqlite::{OptionalExtension, params};
 use switchboard_core::delivery::{Failure, Transition, after_failure, next_status};
 use switchboard_core::event::{App, Event};
 use switchboard_core::{
-    AfterFailure, AppId, AppSettings, AttemptOutcome, DeliveryId, DeliveryStatus, Route, Timestamp,
+    AfterFailure, AppId, AppSettings, AttemptOutcome, DeliveryId, DeliveryStatus, EventId, Route,
+    Timestamp,
 };
 
 use super::borrowed::Borrowed;
@@ -144,9 +145,13 @@ pub struct PublishedRows {
 
 /// What became of one published event.
 enum Outcome {
-    /// Stored as `seq`; its deliveries' ids follow `first_delivery` in the order of its
-    /// targets.
-    Stored { seq: i64, first_delivery: i64 },
+    /// Stored as `seq` under `id`; its deliveries' ids follow `first_delivery` in the order
+    /// of its targets.
+    Stored {
+        seq: i64,
+        id: EventId,
+        first_delivery: i64,
+    },
     /// It repeats an idempotency key: the first publish's result.
     Repeat(Published),
 }
@@ -157,16 +162,19 @@ impl PublishedRows {
         let mut stored: Vec<(i64, Event)> = Vec::with_capacity(self.events.len());
         let mut published: Vec<Published> = Vec::with_capacity(self.events.len());
         for (new, outcome) in self.events.into_iter().zip(self.outcomes) {
-            let (seq, first_delivery) = match outcome {
+            let (seq, id, first_delivery) = match outcome {
                 Outcome::Repeat(first) => {
                     published.push(first);
                     continue;
                 }
                 Outcome::Stored {
                     seq,
+                    id,
                     first_delivery,
-                } => (seq, first_delivery),
+                } => (seq, id, first_delivery),
             };
+            let mut event = new.event;
+            event.id = id;
             let deliveries: Vec<DeliveryState> = new
                 .targets
                 .into_iter()
@@ -181,11 +189,11 @@ impl PublishedRows {
                 })
                 .collect();
             published.push(Published {
-                id: new.event.id.clone(),
+                id: event.id.clone(),
                 duplicate: false,
                 deliveries,
             });
-            stored.push((seq, new.event));
+            stored.push((seq, event));
         }
         (published, stored)
     }
@@ -236,15 +244,19 @@ pub fn publish(
         }
         let seq = next_seq;
         next_seq += 1;
+        // Its id holds its seq (schema migration 14): the store's, not the one it came with.
+        let event_id = EventId::sequenced(now.millis(), seq as u64, ctx.rng.next_u64() as u32);
         // Its deliveries take the next ids, one per target, which its row records.
         new_events.push(EventRow {
             seq,
+            id: event_id.clone(),
             event,
             first_delivery: next_id,
             last_delivery: next_id + targets.len() as i64 - 1,
         });
         outcomes.push(Outcome::Stored {
             seq,
+            id: event_id.clone(),
             first_delivery: next_id,
         });
         for route in targets {
@@ -313,7 +325,7 @@ pub fn publish(
                         ctx.deadline_changes.set(hand.1, id);
                         let flight = Pending::fresh(seq, channel, now, false).leased(1, hand.1);
                         ctx.flight_changes.set(id, flight);
-                        handoffs.add(hand, id, event);
+                        handoffs.add(hand, id, event, &event_id);
                         true
                     }
                     None => {
@@ -562,9 +574,11 @@ fn insert_open(
     )
 }
 
-/// An event a publish inserts, with its seq and its deliveries' ids.
+/// An event a publish inserts, with its seq, its id and its deliveries' ids.
 struct EventRow<'a> {
     seq: i64,
+    /// The id the store gives it (the event's own is replaced).
+    id: EventId,
     event: &'a Event,
     /// Its deliveries are the rows `first_delivery..=last_delivery` (schema migration 12):
     /// an empty range when it has none.
@@ -600,7 +614,7 @@ fn insert_events(
         |_| {},
         |params, p, row| {
             let event = row.event;
-            params.text(p, event.id.as_str());
+            params.text(p, row.id.as_str());
             params.text(p + 1, event.tenant.as_str());
             params.text(p + 2, event.event_type.as_str());
             params.text(p + 3, event.source.as_str());
