@@ -228,8 +228,6 @@ pub fn publish(
     let mut handoffs = Handoffs::default();
     let mut insert_handed: Option<rusqlite::CachedStatement<'_>> = None;
     let mut keys_here: HashSet<(&str, &str)> = HashSet::new();
-    // Every delivery inserted is open: (channel, id), inserted together at the end.
-    let mut opened: Vec<(i64, i64)> = Vec::new();
     for NewEvent { event, targets } in &events {
         if let Some(key) = &event.idempotency_key {
             // A first use earlier in this batch: it must be in place to answer.
@@ -267,7 +265,8 @@ pub fn publish(
                 event.source.as_str(),
                 route.app.as_str(),
             );
-            opened.push((channel, id));
+            // Open: its entry is inserted with the group's (see `WriteCtx::job_opened`).
+            ctx.job_opened.push((channel, id));
             // Whether it goes straight to a waiting consumer, in flight.
             let handed = match order_key(route, event) {
                 // Whether it waits for an earlier one of its entity depends on the rows
@@ -359,7 +358,6 @@ pub fn publish(
     drop((insert_ordered, insert_handed));
     insert_events(&ctx.conn, &mut ctx.borrowed, &mut new_events)?;
     unordered.insert(&ctx.conn, &mut ctx.borrowed, now)?;
-    insert_open(&ctx.conn, &mut ctx.borrowed, &opened)?;
     drop((new_events, unordered));
     ctx.next_event_seq = Some(next_seq);
     ctx.next_delivery_id = Some(next_id);
@@ -546,10 +544,10 @@ fn insert_deliveries(
     }
 }
 
-/// Inserts (channel, id) pairs into the open deliveries, up to 64 per statement. `OR FAIL`:
-/// a failure keeps the rows before it, and the job fails after its changes and its group rolls
+/// Inserts (channel, id) pairs into the open deliveries, up to 64 per statement (a group's,
+/// before its commit). `OR FAIL`: a failure keeps the rows before it, and the group rolls
 /// back, so SQLite keeps no statement journal (see [`Ids::LeftToSqlite`]).
-fn insert_open(
+pub(super) fn insert_open(
     conn: &rusqlite::Connection,
     statements: &mut Borrowed,
     rows: &[(i64, i64)],

@@ -90,6 +90,13 @@ pub struct WriteCtx {
     job_counters: Pending,
     /// Counter changes of the group's successful jobs, written just before its commit.
     group_counters: Pending,
+    /// Deliveries the running job published, (channel, id): open once it succeeds.
+    pub job_opened: Vec<(i64, i64)>,
+    /// The same of the group's successful jobs, inserted into `open_deliveries` just before
+    /// its commit (one multi-row statement per group, not one per publish: nothing reads or
+    /// changes a delivery's entry before the group that published it is durable, as no
+    /// delivery is handed out before then).
+    group_opened: Vec<(i64, i64)>,
     /// The committed leases' deadlines.
     pub deadlines: Deadlines,
     /// Deadline changes of the running job; kept only if the job succeeds.
@@ -171,6 +178,7 @@ impl WriteCtx {
     /// once durable, a lease once committed).
     fn forget_group(&mut self) {
         self.group_counters.clear();
+        self.group_opened.clear();
         self.group_deadline_changes.discard();
         self.ready.undo(&mut self.ready_undo);
         self.in_flight.roll_back();
@@ -185,6 +193,7 @@ impl WriteCtx {
         match succeeded {
             true => {
                 self.group_counters.merge(&mut self.job_counters);
+                self.group_opened.append(&mut self.job_opened);
                 self.group_deadline_changes
                     .merge(&mut self.deadline_changes);
                 self.ready
@@ -195,6 +204,7 @@ impl WriteCtx {
             }
             false => {
                 self.job_counters.clear();
+                self.job_opened.clear();
                 self.deadline_changes.discard();
                 self.ready_changes.discard();
                 self.flight_changes.discard();
@@ -303,6 +313,8 @@ impl Writer {
             rng: SplitMix64(seed),
             job_counters: Pending::default(),
             group_counters: Pending::default(),
+            job_opened: Vec::new(),
+            group_opened: Vec::new(),
             deadlines,
             deadline_changes: Changes::default(),
             group_deadline_changes: Changes::default(),
@@ -678,7 +690,9 @@ fn commit_group(
     let mut after_fsync = std::mem::take(&mut ctx.group_when_durable);
     after_fsync.extend(answers);
     let started = Instant::now();
-    let flushed = ctx.group_counters.flush(&ctx.conn, &mut ctx.channel_ids);
+    let flushed = super::write::insert_open(&ctx.conn, &mut ctx.borrowed, &ctx.group_opened)
+        .and_then(|()| ctx.group_counters.flush(&ctx.conn, &mut ctx.channel_ids));
+    ctx.group_opened.clear();
     ctx.group_counters.clear();
     let committed = match flushed {
         Ok(()) => match ctx.conn.execute_batch("COMMIT") {
@@ -690,7 +704,7 @@ fn commit_group(
             }
         },
         Err(e) => {
-            tracing::error!(error = %e, "writing the group's counters failed");
+            tracing::error!(error = %e, "writing the group's open deliveries or counters failed");
             let _ = ctx.conn.execute_batch("ROLLBACK");
             false
         }
