@@ -11,8 +11,13 @@ use switchboard_store::sqlite::{SqliteOptions, SqliteStore};
 use switchboard_store::{AckItem, ChannelQuery, EventQuery, ExtendItem, LeaseRequest, Store};
 
 async fn sqlite_fixture() -> Fixture {
+    fixture_with(&SqliteOptions::default())
+}
+
+/// A store in a directory of its own, opened with `options`.
+fn fixture_with(options: &SqliteOptions) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).unwrap();
+    let store = SqliteStore::open_with(dir.path(), options).unwrap();
     Fixture {
         store: Arc::new(store),
         guard: Box::new(dir),
@@ -20,6 +25,22 @@ async fn sqlite_fixture() -> Fixture {
 }
 
 switchboard_store::conformance_tests!(sqlite_fixture);
+
+/// The suite again on a store whose table of open deliveries leaves out only the newest
+/// delivery: its mark moves at nearly every commit, so every read of the open deliveries
+/// sees both the table and the rows above the mark.
+mod with_a_short_open_tail {
+    use super::*;
+
+    async fn fixture() -> Fixture {
+        fixture_with(&SqliteOptions {
+            open_tail: 2,
+            ..SqliteOptions::default()
+        })
+    }
+
+    switchboard_store::conformance_tests!(fixture);
+}
 
 /// A connection of the test's own to the store's database file in `dir`.
 fn database(dir: &std::path::Path) -> rusqlite::Connection {
@@ -345,12 +366,19 @@ async fn deliveries_pending_at_an_upgrade_from_schema_7_stay_leasable() {
 }
 
 /// Turns the database in `dir` back into schema `version` (8 or 7), as a build of that
-/// version left it: migrations 14 (the unique index on event ids again), 13 (acks folded into their rows, the open deliveries' index
+/// version left it: migrations 15 (every open delivery in `open_deliveries` again), 14 (the unique index on event ids again), 13 (acks folded into their rows, the open deliveries' index
 /// again), 12 (the index on `event_seq` again, no delivery ranges on
 /// events), 11 (the dead-letter and entity-order indexes on `status` again), 10 and 9 undone (the open deliveries' index on channel names, no channel ids)
 /// and, for 7, migration 8 (the index of ready deliveries back).
 fn downgrade(dir: &std::path::Path, version: u32) {
     let db = database(dir);
+    db.execute_batch(
+        "INSERT INTO open_deliveries (channel, id) SELECT d.channel, d.id FROM deliveries d \
+         WHERE d.id > (SELECT below FROM open_mark) AND d.finished_at IS NULL \
+         AND NOT EXISTS (SELECT 1 FROM acks a WHERE a.id = d.id);
+         DROP TABLE open_mark;",
+    )
+    .unwrap();
     db.execute_batch(
         "CREATE TABLE events_old (
              seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, tenant TEXT NOT NULL,
@@ -796,9 +824,15 @@ mod counters {
         leased_at_last: usize,
     }
 
-    async fn run(ops: Vec<Op>) -> Ending {
+    /// Runs `ops` on a store whose table of open deliveries may leave out the newest
+    /// `open_tail`.
+    async fn run(ops: Vec<Op>, open_tail: u64) -> Ending {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = SqliteStore::open(dir.path()).unwrap();
+        let options = super::SqliteOptions {
+            open_tail,
+            ..super::SqliteOptions::default()
+        };
+        let mut store = SqliteStore::open_with(dir.path(), &options).unwrap();
         for a in APPS {
             conformance::register(&store, a, &["*"], 3).await;
         }
@@ -879,7 +913,7 @@ mod counters {
                 }
                 Op::Reopen => {
                     store.close().await;
-                    store = SqliteStore::open(dir.path()).unwrap();
+                    store = SqliteStore::open_with(dir.path(), &options).unwrap();
                 }
                 Op::Advance { ms } => {
                     now = now.plus_ms(ms);
@@ -960,14 +994,16 @@ mod counters {
         }
     }
 
-    /// Deliveries whose entry among the open ones disagrees with their state: open (pending
-    /// or in flight) without one, or finished with one.
+    /// Deliveries whose entry among the open ones disagrees with their state: at or below
+    /// the mark, open (pending or in flight) without one, or finished with one; above it,
+    /// any with one.
     fn open_disagreements(dir: &std::path::Path) -> i64 {
         super::database(dir)
             .query_row(
-                "SELECT count(*) FROM delivery_rows d WHERE (d.status IN (0, 1)) != \
-                 EXISTS (SELECT 1 FROM open_deliveries o WHERE o.channel = d.channel \
-                 AND o.id = d.id)",
+                "SELECT count(*) FROM delivery_rows d WHERE \
+                 CASE WHEN d.id <= (SELECT below FROM open_mark) THEN d.status IN (0, 1) \
+                 ELSE 0 END != EXISTS (SELECT 1 FROM open_deliveries o \
+                 WHERE o.channel = d.channel AND o.id = d.id)",
                 [],
                 |r| r.get(0),
             )
@@ -1007,9 +1043,12 @@ mod counters {
         #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
         #[test]
-        fn counters_match_a_recount(ops in prop::collection::vec(op(), 1..60)) {
+        fn counters_match_a_recount(
+            ops in prop::collection::vec(op(), 1..60),
+            open_tail in prop_oneof![Just(0u64), Just(3), Just(8_192)],
+        ) {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            let ending = runtime.block_on(run(ops));
+            let ending = runtime.block_on(run(ops, open_tail));
             prop_assert_eq!(ending.counted, ending.recounted);
             prop_assert_eq!(ending.open_disagreements, 0);
             prop_assert_eq!(ending.expired_at_last as u64, ending.in_flight);
@@ -1155,4 +1194,76 @@ async fn a_lease_kept_a_second_is_written_by_the_next_lease_which_empties_the_lo
     store.close().await;
     assert_eq!(row_of(dir.path(), &ids[1]), (1, 1), "written on close");
     assert_eq!(lease_log_rows(dir.path()), 0);
+}
+
+/// A delivery that dies and is requeued while above the open deliveries' mark (so no entry
+/// changes) gets its entry once the mark passes it, while the later ones, acknowledged at
+/// once, get none: it is still listed among the open ones, the only one.
+#[tokio::test]
+async fn a_delivery_requeued_above_the_mark_gets_its_entry_when_the_mark_passes_it() {
+    use switchboard_store::{DeadFilter, NackItem, RequeueRequest, RequeueSelector, UnackedQuery};
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions {
+        open_tail: 8,
+        ..SqliteOptions::default()
+    };
+    let store = SqliteStore::open_with(dir.path(), &options).unwrap();
+    conformance::register(&store, "hr", &["*"], 8).await;
+    let event = |n| conformance::event("crm", "acme", "user.created", T0.plus_ms(n));
+    let first = conformance::publish_to(&store, event(0), &["hr"]).await;
+    let leased = conformance::lease(&store, "hr", 1, T0.plus_ms(1)).await;
+    let nack = NackItem {
+        id: leased[0].id.clone(),
+        attempt: Some(leased[0].attempt),
+        error: "bad".into(),
+        retry_in_ms: None,
+        permanent: true,
+    };
+    store
+        .nack(conformance::app("hr"), nack, T0.plus_ms(2))
+        .await
+        .unwrap();
+    let requeue = RequeueRequest {
+        selector: RequeueSelector::Filter {
+            filter: DeadFilter::default(),
+            limit: 10,
+        },
+        by: "admin".into(),
+        visible_to: None,
+        now: T0.plus_ms(3),
+    };
+    assert_eq!(store.requeue(requeue).await.unwrap().count, 1);
+    let again = conformance::lease(&store, "hr", 1, T0.plus_ms(4)).await;
+    assert_eq!(again[0].id, leased[0].id);
+    // Enough later deliveries, each acknowledged at once, for the mark to pass the first.
+    for n in 1..=9 {
+        conformance::publish_to(&store, event(n), &["hr"]).await;
+        let leased = conformance::lease(&store, "hr", 1, T0.plus_ms(n)).await;
+        let ack = AckItem {
+            id: leased[0].id.clone(),
+            attempt: Some(leased[0].attempt),
+            data: None,
+        };
+        store
+            .ack(conformance::app("hr"), vec![ack], T0.plus_ms(n))
+            .await
+            .unwrap();
+    }
+    let marked: i64 = database(dir.path())
+        .query_row("SELECT below FROM open_mark", [], |r| r.get(0))
+        .unwrap();
+    assert!(marked >= 1, "the mark passed it: {marked}");
+    let page = store
+        .unacknowledged(UnackedQuery {
+            tenant: switchboard_core::TenantId::parse("acme").unwrap(),
+            visible_to: None,
+            created_before: T0.plus_ms(100),
+            limit: 10,
+            cursor: None,
+        })
+        .await
+        .unwrap();
+    let listed: Vec<_> = page.items.iter().map(|r| r.event.id.clone()).collect();
+    assert_eq!(listed, vec![first.id], "the requeued one, in flight");
+    store.close().await;
 }

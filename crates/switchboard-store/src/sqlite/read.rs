@@ -430,18 +430,45 @@ pub fn dead_letters(conn: &Connection, q: &DeadLetterQuery) -> Result<DeliveryPa
     delivery_page(conn, sql, limit)
 }
 
-/// A page of a channel's open deliveries after a cursor, through the table of open
-/// deliveries by channel id (schema migrations 9 and 13).
+/// A page of a channel's open deliveries with an entry (at or below the mark, see
+/// open_mark.rs) after a cursor: `?1` the channel's id, `?2` the cursor, `?3` the newest
+/// `created_at`, `?4` the limit.
 const OPEN_IN_CHANNEL: &str = "SELECT o.id FROM open_deliveries o JOIN deliveries d \
-     ON d.id = o.id WHERE o.channel = \
-     (SELECT id FROM channels WHERE tenant = ?1 AND source = ?2 AND target = ?3) \
-     AND o.id > ?4 AND d.created_at <= ?5 ORDER BY o.id LIMIT ?6";
+     ON d.id = o.id WHERE o.channel = ?1 AND o.id > ?2 AND d.created_at <= ?3 \
+     ORDER BY o.id LIMIT ?4";
 
-/// When a channel's oldest open delivery was published: one seek of the same table.
-const OLDEST_OPEN_IN_CHANNEL: &str = "SELECT d.created_at FROM open_deliveries o \
-     JOIN deliveries d ON d.id = o.id WHERE o.channel = \
-     (SELECT id FROM channels WHERE tenant = ?1 AND source = ?2 AND target = ?3) \
-     ORDER BY o.id LIMIT 1";
+/// A channel's id and when its oldest open delivery with an entry was published: one seek
+/// of the same table.
+const OLDEST_OPEN_IN_CHANNEL: &str = "SELECT c.id, (SELECT d.created_at FROM open_deliveries o \
+     JOIN deliveries d ON d.id = o.id WHERE o.channel = c.id ORDER BY o.id LIMIT 1) \
+     FROM channels c WHERE c.tenant = ?1 AND c.source = ?2 AND c.target = ?3";
+
+/// An open delivery above the mark: its channel, id and `created_at`.
+struct AboveMark {
+    channel: i64,
+    id: i64,
+    created_at: i64,
+}
+
+/// The open deliveries above the mark, oldest first: at most the tail's length of rows
+/// read (open_mark.rs). Read once per request, in the snapshot of its other reads.
+fn open_above_mark(conn: &Connection) -> Result<Vec<AboveMark>, StoreError> {
+    let sql = format!(
+        "SELECT d.channel, d.id, d.created_at FROM deliveries d WHERE {} ORDER BY d.id",
+        super::open_mark::ABOVE_MARK
+    );
+    let open = conn
+        .prepare_cached(&sql)?
+        .query_map([], |r| {
+            Ok(AboveMark {
+                channel: r.get(0)?,
+                id: r.get(1)?,
+                created_at: r.get(2)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(open)
+}
 
 /// The open deliveries of a tenant, oldest first. The table of open deliveries is keyed per
 /// channel (schemas 6, 9 and 13), so this merges the first page of each channel that has any (the
@@ -454,32 +481,39 @@ pub fn unacknowledged(conn: &Connection, q: &UnackedQuery) -> Result<DeliveryPag
     let visible_to = q.visible_to.as_ref().map(AppId::as_str);
     let channels = conn
         .prepare_cached(
-            "SELECT source, target FROM channels WHERE tenant = ?1 AND pending + in_flight > 0 \
+            "SELECT id FROM channels WHERE tenant = ?1 AND pending + in_flight > 0 \
              AND (?2 IS NULL OR source = ?2 OR target = ?2)",
         )?
-        .query_map(params![tenant, visible_to], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-        })?
+        .query_map(params![tenant, visible_to], |r| r.get::<_, i64>(0))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let after = parse_cursor(&q.cursor)?.unwrap_or(0);
+    let before = q.created_before.millis();
     let limit = q.limit.max(1) as i64;
     let mut open_in = conn.prepare_cached(OPEN_IN_CHANNEL)?;
     let mut ids: Vec<i64> = Vec::new();
-    for (source, target) in &channels {
-        let page = open_in.query_map(
-            params![
-                tenant,
-                source,
-                target,
-                after,
-                q.created_before.millis(),
-                limit + 1
-            ],
-            |r| r.get::<_, i64>(0),
-        )?;
-        for id in page {
-            ids.push(id?);
+    // Read only if a channel's entries do not fill its page: they come before the rest.
+    let mut above_mark: Option<Vec<AboveMark>> = None;
+    for &channel in &channels {
+        let page = open_in
+            .query_map(params![channel, after, before, limit + 1], |r| {
+                r.get::<_, i64>(0)
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let missing = (limit + 1) as usize - page.len();
+        ids.extend(page);
+        if missing == 0 {
+            continue;
         }
+        let above = match &above_mark {
+            Some(above) => above,
+            None => above_mark.insert(open_above_mark(conn)?),
+        };
+        let newer = above
+            .iter()
+            .filter(|d| d.channel == channel && d.id > after && d.created_at <= before)
+            .map(|d| d.id)
+            .take(missing);
+        ids.extend(newer);
     }
     ids.sort_unstable();
     let next_cursor = page_cursor(&mut ids, limit, |id| *id);
@@ -543,6 +577,9 @@ fn tenant_clause(sql: &mut Sql, column: &str, tenant: &Option<TenantId>) {
 }
 
 pub fn channels(conn: &Connection, q: &ChannelQuery) -> Result<Vec<ChannelStats>, StoreError> {
+    // One snapshot: the open deliveries' table and the rows above its mark agree.
+    let snapshot = conn.unchecked_transaction()?;
+    let conn: &Connection = &snapshot;
     let mut out: HashMap<ChannelKey, ChannelStats> = HashMap::new();
     // Gauges.
     let mut sql = Sql::new(
@@ -635,20 +672,50 @@ pub fn channels(conn: &Connection, q: &ChannelQuery) -> Result<Vec<ChannelStats>
     drop(rows_);
 
     // The oldest open delivery of each channel with any (the first published: ids follow
-    // publish order): one index seek each.
+    // publish order): one index seek each, and for a channel with no entry, its first open
+    // delivery above the mark (those are read once, when one needs them).
     let mut oldest = conn.prepare_cached(OLDEST_OPEN_IN_CHANNEL)?;
+    let mut above_mark: Option<HashMap<i64, i64>> = None;
     for (key, c) in out.iter_mut() {
-        if c.pending + c.in_flight > 0 {
-            c.oldest_open_at = oldest
-                .query_row(params![key.0, key.1, key.2], |r| r.get::<_, i64>(0))
-                .optional()?
-                .map(Timestamp);
+        if c.pending + c.in_flight == 0 {
+            continue;
         }
+        let found = oldest
+            .query_row(params![key.0, key.1, key.2], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?))
+            })
+            .optional()?;
+        let (channel, entry) = match found {
+            Some(found) => found,
+            None => continue,
+        };
+        let created_at = match entry {
+            Some(at) => Some(at),
+            None => {
+                let firsts = match &above_mark {
+                    Some(firsts) => firsts,
+                    None => above_mark.insert(oldest_above_mark(conn)?),
+                };
+                firsts.get(&channel).copied()
+            }
+        };
+        c.oldest_open_at = created_at.map(Timestamp);
     }
+    drop(oldest);
     let mut channels: Vec<ChannelStats> = out.into_values().collect();
     channels
         .sort_by(|a, b| (&a.tenant, &a.source, &a.target).cmp(&(&b.tenant, &b.source, &b.target)));
+    // A read: the snapshot ends with its rollback as it drops.
     Ok(channels)
+}
+
+/// When each channel's first open delivery above the mark was published, by channel id.
+fn oldest_above_mark(conn: &Connection) -> Result<HashMap<i64, i64>, StoreError> {
+    let mut firsts = HashMap::new();
+    for d in open_above_mark(conn)? {
+        firsts.entry(d.channel).or_insert(d.created_at);
+    }
+    Ok(firsts)
 }
 
 pub fn app_activity(conn: &Connection) -> Result<Vec<AppActivity>, StoreError> {
@@ -833,5 +900,23 @@ mod tests {
                 "{sql}: {steps:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_open_deliveries_above_the_mark_are_read_from_the_mark_on() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        super::super::schema::migrate(&mut conn).expect("migrate");
+        let sql = format!(
+            "SELECT d.id FROM deliveries d WHERE {}",
+            super::super::open_mark::ABOVE_MARK
+        );
+        let steps = plan(&conn, &sql);
+        assert!(
+            steps
+                .iter()
+                .any(|s| s.contains("SEARCH d USING INTEGER PRIMARY KEY (rowid>?)")),
+            "{steps:?}"
+        );
+        assert!(steps.iter().all(|s| !s.contains("SCAN")), "{steps:?}");
     }
 }

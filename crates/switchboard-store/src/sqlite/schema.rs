@@ -342,6 +342,16 @@ const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX events_idem ON events(source, idem_key) WHERE idem_key IS NOT NULL;
     CREATE INDEX events_tenant ON events(tenant, seq);
     "#,
+    // 15: `open_deliveries` records the open deliveries up to a mark, not the newest ones
+    // (see open_mark.rs): most deliveries are acknowledged before the mark passes them, and
+    // never get an entry. Every delivery before has its entry: the mark starts at the newest.
+    r#"
+    CREATE TABLE open_mark (
+        id    INTEGER PRIMARY KEY CHECK (id = 1),
+        below INTEGER NOT NULL
+    );
+    INSERT INTO open_mark (id, below) SELECT 1, coalesce(max(id), 0) FROM deliveries;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -540,6 +550,35 @@ mod tests {
         assert_eq!((find("evt_a"), find("evt_b")), (Some(10), Some(20)));
         let posing = switchboard_core::EventId::sequenced(0, 2, 0);
         assert_eq!(find(posing.as_str()), None);
+    }
+
+    #[test]
+    fn migration_15_puts_the_mark_at_the_newest_delivery_as_every_open_one_has_its_entry() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        migrate_to(&mut conn, 14).expect("migrate to 14");
+        migrate(&mut conn).expect("migrate an empty database");
+        let empty: i64 = conn
+            .query_row("SELECT below FROM open_mark", [], |r| r.get(0))
+            .expect("mark");
+        assert_eq!(empty, 0);
+
+        let mut conn = Connection::open_in_memory().expect("open");
+        migrate_to(&mut conn, 14).expect("migrate to 14");
+        conn.execute_batch(
+            "INSERT INTO deliveries (id, event_seq, target, status, attempts, available_at, \
+                 created_at, updated_at, channel) VALUES
+                 (1, 1, 'a', 0, 0, 0, 0, 0, 7), (2, 1, 'b', 0, 0, 0, 0, 0, 8);
+             INSERT INTO open_deliveries VALUES (7, 1), (8, 2);",
+        )
+        .expect("fill");
+        migrate(&mut conn).expect("migrate");
+        let mark: Vec<(i64, i64, i64)> = rows(&conn, "SELECT id, below, 0 FROM open_mark");
+        assert_eq!(mark, vec![(1, 2, 0)]);
+        let open: Vec<(i64, i64, i64)> = rows(
+            &conn,
+            "SELECT channel, id, 0 FROM open_deliveries ORDER BY id",
+        );
+        assert_eq!(open, vec![(7, 1, 0), (8, 2, 0)], "entries stay");
     }
 
     /// The statements `UPDATE deliveries` that a lease and an ack run, and the indexes SQLite

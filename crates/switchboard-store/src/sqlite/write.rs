@@ -219,6 +219,13 @@ pub fn publish(
         ctx.next_delivery_id,
         "SELECT coalesce(max(id), 0) + 1 FROM deliveries",
     )?;
+    // A new delivery gets no entry among the open ones: it must be above the mark.
+    if ctx.open_mark.records(next_id) {
+        return Err(StoreError::Internal(format!(
+            "delivery id {next_id} is not above the open deliveries' mark {}",
+            ctx.open_mark.below()
+        )));
+    }
     // Prepared at the first ordered delivery: most publishes have none.
     let mut insert_ordered: Option<rusqlite::CachedStatement<'_>> = None;
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(events.len());
@@ -265,8 +272,6 @@ pub fn publish(
                 event.source.as_str(),
                 route.app.as_str(),
             );
-            // Open: its entry is inserted with the group's (see `WriteCtx::job_opened`).
-            ctx.job_opened.push((channel, id));
             // Whether it goes straight to a waiting consumer, in flight.
             let handed = match order_key(route, event) {
                 // Whether it waits for an earlier one of its entity depends on the rows
@@ -542,34 +547,6 @@ fn insert_deliveries(
         (Ids::LeftToSqlite, Some(last)) => check_last_rowid(conn, "delivery ids", last.id),
         _ => Ok(()),
     }
-}
-
-/// Inserts (channel, id) pairs into the open deliveries, up to 64 per statement (a group's,
-/// before its commit). `OR FAIL`: a failure keeps the rows before it, and the group rolls
-/// back, so SQLite keeps no statement journal (see [`Ids::LeftToSqlite`]).
-pub(super) fn insert_open(
-    conn: &rusqlite::Connection,
-    statements: &mut Borrowed,
-    rows: &[(i64, i64)],
-) -> Result<(), StoreError> {
-    static INSERT: std::sync::LazyLock<MultiRow> = std::sync::LazyLock::new(|| {
-        MultiRow::new(
-            "INSERT OR FAIL INTO open_deliveries (channel, id)",
-            0,
-            2,
-            |p| format!("(?{p}, ?{})", p + 1),
-        )
-    });
-    INSERT.insert(
-        conn,
-        statements,
-        rows,
-        |_| {},
-        |params, p, &(channel, id)| {
-            params.int(p, channel);
-            params.int(p + 1, id);
-        },
-    )
 }
 
 /// An event a publish inserts, with its seq, its id and its deliveries' ids.
@@ -1065,6 +1042,11 @@ const REOPEN: &str = "INSERT INTO open_deliveries (channel, id) VALUES (?1, ?2)"
 
 /// Takes delivery `rowid` of `channel` out of the open deliveries; it must be there.
 fn close_open(ctx: &mut WriteCtx, channel: i64, rowid: i64) -> Result<(), StoreError> {
+    // Above the mark it has no entry (see open_mark.rs).
+    if !ctx.open_mark.records(rowid) {
+        ctx.open_mark.closed(rowid);
+        return Ok(());
+    }
     let changed = ctx.borrowed.execute(&ctx.conn, CLOSE_OPEN, |params| {
         params.int(1, channel);
         params.int(2, rowid);
@@ -1542,9 +1524,14 @@ pub fn requeue(ctx: &mut WriteCtx, req: RequeueRequest) -> Result<Requeued, Stor
                  blocked = ?3, channel = ?4 WHERE id = ?1",
             )?
             .execute(params![rowid, now.millis(), blocked, channel])?;
-        ctx.conn
-            .prepare_cached(REOPEN)?
-            .execute(params![channel, rowid])?;
+        match ctx.open_mark.records(rowid) {
+            true => {
+                ctx.conn
+                    .prepare_cached(REOPEN)?
+                    .execute(params![channel, rowid])?;
+            }
+            false => ctx.open_mark.reopened(rowid),
+        }
         if !blocked {
             let slot = ctx.ready.slot(&held.target);
             let pending = held.pending(&mut ctx.channel_ids, held.failed_attempts > 0);

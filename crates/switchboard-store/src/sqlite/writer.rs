@@ -39,6 +39,7 @@ use super::deadlines::{Changes, Deadlines};
 use super::handoff;
 use super::idle;
 use super::inflight::{self, InFlight};
+use super::open_mark::Mark;
 use super::ready::{self, Ready};
 use super::unwritten::Unwritten;
 use crate::StoreError;
@@ -77,6 +78,8 @@ pub struct Memory {
     pub in_flight: InFlight,
     /// The leases whose rows are not written (none: the log is replayed on open).
     pub unwritten: Unwritten,
+    /// Up to which delivery `open_deliveries` records the open ones.
+    pub open_mark: Mark,
 }
 
 /// What a job may use: the write connection and the writer's random source.
@@ -90,13 +93,9 @@ pub struct WriteCtx {
     job_counters: Pending,
     /// Counter changes of the group's successful jobs, written just before its commit.
     group_counters: Pending,
-    /// Deliveries the running job published, (channel, id): open once it succeeds.
-    pub job_opened: Vec<(i64, i64)>,
-    /// The same of the group's successful jobs, inserted into `open_deliveries` just before
-    /// its commit (one multi-row statement per group, not one per publish: nothing reads or
-    /// changes a delivery's entry before the group that published it is durable, as no
-    /// delivery is handed out before then).
-    group_opened: Vec<(i64, i64)>,
+    /// Up to which delivery `open_deliveries` records the open ones, as of the last commit
+    /// (see open_mark.rs); moved just before a commit.
+    pub open_mark: Mark,
     /// The committed leases' deadlines.
     pub deadlines: Deadlines,
     /// Deadline changes of the running job; kept only if the job succeeds.
@@ -178,11 +177,11 @@ impl WriteCtx {
     /// once durable, a lease once committed).
     fn forget_group(&mut self) {
         self.group_counters.clear();
-        self.group_opened.clear();
         self.group_deadline_changes.discard();
         self.ready.undo(&mut self.ready_undo);
         self.in_flight.roll_back();
         self.unwritten.roll_back();
+        self.open_mark.roll_back();
         self.next_event_seq = None;
         self.next_delivery_id = None;
     }
@@ -193,7 +192,6 @@ impl WriteCtx {
         match succeeded {
             true => {
                 self.group_counters.merge(&mut self.job_counters);
-                self.group_opened.append(&mut self.job_opened);
                 self.group_deadline_changes
                     .merge(&mut self.deadline_changes);
                 self.ready
@@ -201,15 +199,16 @@ impl WriteCtx {
                 self.in_flight.keep(&mut self.flight_changes);
                 self.group_when_durable.append(&mut self.job_when_durable);
                 self.unwritten.end_job(true);
+                self.open_mark.end_job(true);
             }
             false => {
                 self.job_counters.clear();
-                self.job_opened.clear();
                 self.deadline_changes.discard();
                 self.ready_changes.discard();
                 self.flight_changes.discard();
                 self.job_when_durable.clear();
                 self.unwritten.end_job(false);
+                self.open_mark.end_job(false);
             }
         }
     }
@@ -306,6 +305,7 @@ impl Writer {
             channel_ids,
             in_flight,
             unwritten,
+            open_mark,
         } = memory;
         let ctx = WriteCtx {
             borrowed: Borrowed::default(),
@@ -313,8 +313,7 @@ impl Writer {
             rng: SplitMix64(seed),
             job_counters: Pending::default(),
             group_counters: Pending::default(),
-            job_opened: Vec::new(),
-            group_opened: Vec::new(),
+            open_mark,
             deadlines,
             deadline_changes: Changes::default(),
             group_deadline_changes: Changes::default(),
@@ -690,9 +689,15 @@ fn commit_group(
     let mut after_fsync = std::mem::take(&mut ctx.group_when_durable);
     after_fsync.extend(answers);
     let started = Instant::now();
-    let flushed = super::write::insert_open(&ctx.conn, &mut ctx.borrowed, &ctx.group_opened)
-        .and_then(|()| ctx.group_counters.flush(&ctx.conn, &mut ctx.channel_ids));
-    ctx.group_opened.clear();
+    // The mark moves before the counters are written, in the same transaction.
+    let moved_to = ctx
+        .next_delivery_id
+        .and_then(|next| ctx.open_mark.due(next - 1));
+    let flushed = match moved_to {
+        Some(to) => ctx.open_mark.advance(&ctx.conn, to).map(|_| ()),
+        None => Ok(()),
+    }
+    .and_then(|()| ctx.group_counters.flush(&ctx.conn, &mut ctx.channel_ids));
     ctx.group_counters.clear();
     let committed = match flushed {
         Ok(()) => match ctx.conn.execute_batch("COMMIT") {
@@ -715,6 +720,10 @@ fn commit_group(
             ctx.ready_undo.discard();
             ctx.in_flight.commit();
             ctx.unwritten.commit();
+            ctx.open_mark.commit();
+            if let Some(to) = moved_to {
+                ctx.open_mark.moved(to);
+            }
         }
         false => ctx.forget_group(),
     }
