@@ -1267,3 +1267,49 @@ async fn a_delivery_requeued_above_the_mark_gets_its_entry_when_the_mark_passes_
     assert_eq!(listed, vec![first.id], "the requeued one, in flight");
     store.close().await;
 }
+
+/// A read of the open deliveries while many lie above the mark first has the writer move
+/// the mark to the newest one; the read still lists them all, and at rest the next read
+/// has no rows above the mark to read.
+#[tokio::test]
+async fn a_read_of_the_open_deliveries_moves_a_long_tail_under_the_mark() {
+    use switchboard_store::{NewEvent, UnackedQuery};
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    conformance::register(&store, "hr", &["*"], 8).await;
+    let batch: Vec<NewEvent> = (0..1_500)
+        .map(|n| NewEvent {
+            event: conformance::event("crm", "acme", "user.created", T0.plus_ms(n)),
+            targets: vec![conformance::route("hr")],
+        })
+        .collect();
+    store.publish(batch, T0).await.unwrap();
+    let mark = || -> i64 {
+        database(dir.path())
+            .query_row("SELECT below FROM open_mark", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(mark(), 0, "a tail shorter than allowed");
+    let page = store
+        .unacknowledged(UnackedQuery {
+            tenant: switchboard_core::TenantId::parse("acme").unwrap(),
+            visible_to: None,
+            created_before: T0.plus_ms(10_000),
+            limit: 2_000,
+            cursor: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1_500);
+    assert_eq!(mark(), 1_500, "moved to the newest before the read");
+    let channels = store
+        .channels(ChannelQuery {
+            tenant: None,
+            since: Timestamp(0),
+            now: T0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(channels[0].oldest_open_at, Some(T0));
+    store.close().await;
+}

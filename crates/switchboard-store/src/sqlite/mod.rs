@@ -93,6 +93,8 @@ pub struct SqliteStore {
     writer: Writer,
     /// How many leases the writer keeps with their rows unwritten (see unwritten.rs).
     unwritten: Arc<AtomicUsize>,
+    /// How many deliveries lie above the open deliveries' mark (see open_mark.rs).
+    above_mark: Arc<std::sync::atomic::AtomicI64>,
     /// The events published lately, for leases (see recent.rs).
     recent: recent::Recent,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
@@ -330,6 +332,7 @@ impl SqliteStore {
         }
         let memory = load_open(&conn, options.open_tail)?;
         let unwritten = memory.unwritten.committed();
+        let above_mark = memory.open_mark.above();
         let (writer, handle) = Writer::spawn(
             conn,
             memory,
@@ -345,6 +348,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             writer,
             unwritten,
+            above_mark,
             writer_thread: Mutex::new(Some(handle)),
             checkpointer: Mutex::new(Some(checkpointer)),
             readers: Arc::new(ReadPool {
@@ -428,6 +432,18 @@ impl SqliteStore {
                 Undo::Savepoint,
                 write::write_unwritten_leases,
             )
+            .await
+    }
+
+    /// Has the writer move the open deliveries' mark to the newest delivery if many lie
+    /// above it (see open_mark.rs): before a read of the open deliveries, which then reads
+    /// few rows besides the table's entries.
+    async fn settle_open(&self) -> Result<()> {
+        if self.above_mark.load(Ordering::Acquire) <= open_mark::SETTLE_ABOVE {
+            return Ok(());
+        }
+        self.writer
+            .write_as(Answer::AtCommit, Undo::Savepoint, write::settle_open_mark)
             .await
     }
 
@@ -675,6 +691,7 @@ impl Store for SqliteStore {
     fn unacknowledged(&self, query: UnackedQuery) -> BoxFuture<'_, Result<DeliveryPage>> {
         Box::pin(async move {
             self.settle_leases().await?;
+            self.settle_open().await?;
             self.read(move |conn| read::unacknowledged(conn, &query))
                 .await
         })
@@ -695,7 +712,10 @@ impl Store for SqliteStore {
     }
 
     fn channels(&self, query: ChannelQuery) -> BoxFuture<'_, Result<Vec<ChannelStats>>> {
-        Box::pin(self.read(move |conn| read::channels(conn, &query)))
+        Box::pin(async move {
+            self.settle_open().await?;
+            self.read(move |conn| read::channels(conn, &query)).await
+        })
     }
 
     fn app_activity(&self) -> BoxFuture<'_, Result<Vec<AppActivity>>> {

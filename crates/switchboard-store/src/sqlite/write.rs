@@ -731,6 +731,19 @@ pub fn replay_lease_log(conn: &mut rusqlite::Connection) -> Result<usize, StoreE
     Ok(written)
 }
 
+/// Has the group's commit move the open deliveries' mark to the newest delivery (see
+/// open_mark.rs), for a read of the open deliveries that follows.
+pub fn settle_open_mark(ctx: &mut WriteCtx) -> Result<(), StoreError> {
+    let next = next_key(
+        &ctx.conn,
+        ctx.next_delivery_id,
+        "SELECT coalesce(max(id), 0) + 1 FROM deliveries",
+    )?;
+    ctx.next_delivery_id = Some(next);
+    ctx.open_mark.settle();
+    Ok(())
+}
+
 /// What a lease changed: the deliveries it took, in order, without their events (kept in
 /// memory, or read after the commit on a read connection, see [`super::read::events_by_seq`],
 /// so the one writer does not spend its time copying payloads).

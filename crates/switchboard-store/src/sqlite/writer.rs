@@ -720,10 +720,11 @@ fn commit_group(
             ctx.ready_undo.discard();
             ctx.in_flight.commit();
             ctx.unwritten.commit();
-            ctx.open_mark.commit();
             if let Some(to) = moved_to {
                 ctx.open_mark.moved(to);
             }
+            ctx.open_mark
+                .commit(ctx.next_delivery_id.map(|next| next - 1));
         }
         false => ctx.forget_group(),
     }
