@@ -7,12 +7,13 @@
 //! delivery of the full cycle with 3 targets (callgrind). Now a publish writes no entry: the
 //! newest deliveries, above the mark, are found by reading their rows, and the mark moves
 //! up in steps, just before a group's commit, once more than the tail allowed
-//! ([`DEFAULT_TAIL`]) lie above it. A step records the deliveries it passes that are still
-//! open then and leaves the newest half of the tail above it, so each delivery has at least
-//! half a tail's worth of later publishes to be acked in before it can get an entry. An
-//! ack, a death or a requeue changes the entry of a delivery at or below the mark, and
-//! nothing above it. The writer remembers which deliveries above the mark it closed, so a
-//! step reads the rows of the others only.
+//! ([`DEFAULT_TAIL`]) lie above it, at most [`MAX_STEP`] at a time. A step records the
+//! deliveries it passes that are still open then and leaves at least half of the tail above
+//! it, so each delivery has half a tail's worth of later publishes to be acked in before it
+//! can get an entry. An ack, a death or a requeue changes the entry of a delivery at or
+//! below the mark, and nothing above it. The writer remembers which deliveries above the
+//! mark it closed, so a step reads the rows of the others only. What it costs: while nobody
+//! consumes, every delivery is recorded as before, and its row read once more by the step.
 //!
 //! What holds: the mark never passes the newest delivery and only moves up; a delivery's
 //! id is above every mark made before its publish (ids only grow: no delivery row is ever
@@ -37,6 +38,12 @@ use crate::StoreError;
 /// this, none. Reading all of them costs a reader about 10 ms, which [`SETTLE_ABOVE`]
 /// spares it.
 pub const DEFAULT_TAIL: u64 = 32_768;
+
+/// The most deliveries one move passes (unless a reader asked for the newest): a move
+/// records every one it passes that is still open, in the group's transaction, and while
+/// nobody consumes, that is all of them; 4,096 at a time keep that group's commit within a
+/// few milliseconds.
+pub const MAX_STEP: i64 = 4_096;
 
 /// A read of the open deliveries first has the writer move the mark to the newest delivery
 /// when more than this many lie above it (see `settle_open` in mod.rs): at rest, no read
@@ -168,7 +175,8 @@ impl Mark {
     pub fn due(&self, newest: i64) -> Option<i64> {
         match self.settle {
             true => (newest > self.below).then_some(newest),
-            false => (newest - self.below > self.tail).then(|| newest - self.tail / 2),
+            false => (newest - self.below > self.tail)
+                .then(|| (newest - self.tail / 2).min(self.below + MAX_STEP)),
         }
     }
 
@@ -234,6 +242,11 @@ mod tests {
     fn the_mark_moves_once_the_tail_is_longer_than_allowed_and_leaves_half_of_it() {
         assert_eq!(mark(100, 8).due(108), None);
         assert_eq!(mark(100, 8).due(109), Some(105));
+        assert_eq!(
+            mark(0, 32_768).due(100_000),
+            Some(MAX_STEP),
+            "a step at a time"
+        );
         assert_eq!(mark(0, 0).due(0), None);
         assert_eq!(mark(0, 0).due(3), Some(3));
         assert!(mark(100, 8).records(100));
