@@ -97,9 +97,14 @@ impl Out {
             serde_json::to_writer(&mut self.buf, s).expect("writing to a Vec cannot fail");
             return;
         }
-        self.buf.reserve(s.len() + 2);
+        self.quoted(s.as_bytes());
+    }
+
+    /// `text`, which needs no escaping, between quotes.
+    fn quoted(&mut self, text: &[u8]) {
+        self.buf.reserve(text.len() + 2);
         self.buf.push(b'"');
-        self.buf.extend_from_slice(s.as_bytes());
+        self.buf.extend_from_slice(text);
         self.buf.push(b'"');
     }
 
@@ -122,17 +127,16 @@ impl Out {
     fn time(&mut self, t: Timestamp, clock: Clock) {
         match self.times[clock as usize] {
             Some((last, text)) if last == t => {
-                self.buf.push(b'"');
-                self.buf.extend_from_slice(&text);
-                self.buf.push(b'"');
+                self.quoted(&text);
                 return;
             }
             _ => {}
         }
         let mut text = [0; 24];
         match t.rfc3339(&mut text) {
+            // Digits and `-:.TZ`: nothing to escape.
             Some(written) => {
-                self.string(written);
+                self.quoted(written.as_bytes());
                 self.times[clock as usize] = Some((t, text));
             }
             // A year outside 0–9999: written the slow way, as serde does.

@@ -153,11 +153,16 @@ impl Mark {
         }
     }
 
-    /// The group committed: its closings stand, and `newest` is the newest delivery if
-    /// known.
-    pub fn commit(&mut self, newest: Option<i64>) {
+    /// The group committed: its closings stand, the mark is where the group
+    /// [`advance`](Mark::advance)d it if it did (`moved_to`), and `newest` is the newest
+    /// delivery if known.
+    pub fn commit(&mut self, moved_to: Option<i64>, newest: Option<i64>) {
         self.group.clear();
         self.settle = false;
+        if let Some(to) = moved_to {
+            debug_assert!(to >= self.below);
+            self.below = to;
+        }
         if let Some(newest) = newest {
             self.above.store(newest - self.below, Ordering::Release);
         }
@@ -182,10 +187,9 @@ impl Mark {
 
     /// Records the open deliveries between the mark and `to` (`to` from [`Mark::due`]) and
     /// moves the stored mark there, in the open transaction; the mark kept here moves with
-    /// [`Mark::moved`] once that commits. Only the rows of deliveries not remembered
+    /// [`Mark::commit`] once that commits. Only the rows of deliveries not remembered
     /// closed are read: one statement each when they are few, else one for the range.
-    /// Returns how many it recorded.
-    pub fn advance(&mut self, conn: &Connection, to: i64) -> Result<usize, StoreError> {
+    pub fn advance(&mut self, conn: &Connection, to: i64) -> Result<(), StoreError> {
         let passed = to - self.below;
         let unknown: Vec<i64> = (self.below + 1..=to)
             .filter(|id| !self.closed.contains(id))
@@ -220,13 +224,7 @@ impl Mark {
             recorded,
             "the open deliveries' mark moved"
         );
-        Ok(recorded)
-    }
-
-    /// The mark once the group that [`advance`](Mark::advance)d it to `to` committed.
-    pub fn moved(&mut self, to: i64) {
-        debug_assert!(to >= self.below);
-        self.below = to;
+        Ok(())
     }
 }
 

@@ -214,11 +214,7 @@ pub fn publish(
         ctx.next_event_seq,
         "SELECT coalesce(max(seq), 0) + 1 FROM events",
     )?;
-    let mut next_id = next_key(
-        &ctx.conn,
-        ctx.next_delivery_id,
-        "SELECT coalesce(max(id), 0) + 1 FROM deliveries",
-    )?;
+    let mut next_id = next_delivery_id(ctx)?;
     // A new delivery gets no entry among the open ones: it must be above the mark.
     if ctx.open_mark.records(next_id) {
         return Err(StoreError::Internal(format!(
@@ -389,6 +385,15 @@ fn next_key(
             .prepare_cached(max_plus_one)?
             .query_row([], |r| r.get(0))?),
     }
+}
+
+/// The id the next published delivery gets (see `WriteCtx::next_delivery_id`).
+fn next_delivery_id(ctx: &WriteCtx) -> Result<i64, StoreError> {
+    next_key(
+        &ctx.conn,
+        ctx.next_delivery_id,
+        "SELECT coalesce(max(id), 0) + 1 FROM deliveries",
+    )
 }
 
 /// The statement in `slot`, prepared at its first use: a publish needs some statements only
@@ -734,12 +739,7 @@ pub fn replay_lease_log(conn: &mut rusqlite::Connection) -> Result<usize, StoreE
 /// Has the group's commit move the open deliveries' mark to the newest delivery (see
 /// open_mark.rs), for a read of the open deliveries that follows.
 pub fn settle_open_mark(ctx: &mut WriteCtx) -> Result<(), StoreError> {
-    let next = next_key(
-        &ctx.conn,
-        ctx.next_delivery_id,
-        "SELECT coalesce(max(id), 0) + 1 FROM deliveries",
-    )?;
-    ctx.next_delivery_id = Some(next);
+    ctx.next_delivery_id = Some(next_delivery_id(ctx)?);
     ctx.open_mark.settle();
     Ok(())
 }

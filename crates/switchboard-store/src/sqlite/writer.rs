@@ -694,7 +694,7 @@ fn commit_group(
         .next_delivery_id
         .and_then(|next| ctx.open_mark.due(next - 1));
     let flushed = match moved_to {
-        Some(to) => ctx.open_mark.advance(&ctx.conn, to).map(|_| ()),
+        Some(to) => ctx.open_mark.advance(&ctx.conn, to),
         None => Ok(()),
     }
     .and_then(|()| ctx.group_counters.flush(&ctx.conn, &mut ctx.channel_ids));
@@ -720,11 +720,8 @@ fn commit_group(
             ctx.ready_undo.discard();
             ctx.in_flight.commit();
             ctx.unwritten.commit();
-            if let Some(to) = moved_to {
-                ctx.open_mark.moved(to);
-            }
             ctx.open_mark
-                .commit(ctx.next_delivery_id.map(|next| next - 1));
+                .commit(moved_to, ctx.next_delivery_id.map(|next| next - 1));
         }
         false => ctx.forget_group(),
     }
