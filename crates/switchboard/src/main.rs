@@ -84,6 +84,10 @@ struct ServeArgs {
     #[arg(long, env = "SWITCHBOARD_WRITER_SPIN_US",
           default_value_t = DEFAULT_WRITER_SPIN.as_micros() as u64)]
     writer_spin_us: u64,
+    /// Threads that serve HTTP. 0 (the default) picks: on the embedded store, one per core
+    /// but one, left to its writer thread (at least one); on Redis, one per core.
+    #[arg(long, env = "SWITCHBOARD_WORKERS", default_value_t = 0)]
+    workers: usize,
     /// Serve HTTPS with this PEM certificate chain (leaf first); needs --tls-key.
     #[arg(long, env = "SWITCHBOARD_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -234,6 +238,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How many threads serve HTTP (`--workers`). The embedded store's writer is a thread of its
+/// own that is busy whenever the server is: with a worker on every core, the workers and the
+/// writer take turns on the cores, and every write waits for a hand-off between them. On 2
+/// cores one worker took 0.15 ms off the median publish → ack at 1,000 events/s, with the
+/// same full-cycle throughput (BENCHMARKS.md, session 18).
+fn http_workers(args: &ServeArgs) -> usize {
+    if args.workers > 0 {
+        return args.workers;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match args.store.as_str() {
+        "sqlite" => cores.saturating_sub(1).max(1),
+        _ => cores,
+    }
+}
+
 /// The store `--store` names: the embedded SQLite store, or Redis at a URL.
 async fn open_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn Store>> {
     if args.store == "sqlite" {
@@ -291,9 +311,11 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Serve(args) = &cli.command {
+        builder.worker_threads(http_workers(args));
+    }
+    let runtime = builder.enable_all().build()?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Matrix {
