@@ -215,11 +215,25 @@ impl FromRequest<Arc<State>> for Body {
 }
 
 /// Parses a JSON body into `T`, naming what is wrong when it does not fit.
+///
+/// The body is checked to be UTF-8 once, whole, eight bytes at a time; parsed from bytes,
+/// serde_json would check every string and every raw `data` again, one by one (6% of an
+/// HTTP worker's instructions on a full cycle, callgrind).
 pub fn parse_json<'a, T: serde::Deserialize<'a>>(
     bytes: &'a [u8],
     what: &str,
 ) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!(
+                "the body is not a valid {what}: it is not UTF-8 from byte {} on (JSON is UTF-8)",
+                e.valid_up_to()
+            ),
+        )
+    })?;
+    serde_json::from_str(text).map_err(|e| {
         let msg = e.to_string();
         // serde_json appends " at line L column C"; keep it, it helps find the spot.
         ApiError::new(

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 
+use super::inflight::ByText;
 use rusqlite::Connection;
 
 /// A channel's tenant, source and target.
@@ -20,7 +21,7 @@ type Names = (Box<str>, Box<str>, Box<str>);
 #[derive(Debug, Default)]
 pub struct ChannelIds {
     /// By `tenant \x1f source \x1f target` (ids and app names have no control characters).
-    ids: HashMap<String, i64>,
+    ids: HashMap<String, i64, ByText>,
     next: i64,
     /// The key being looked up, reused so that a lookup allocates nothing.
     key: String,

@@ -14,6 +14,7 @@ use switchboard_core::Timestamp;
 use switchboard_core::histogram::bucket_of;
 
 use super::channel_ids::ChannelIds;
+use super::inflight::ByText;
 use crate::StoreError;
 
 pub const MINUTE: i64 = 60_000;
@@ -47,7 +48,7 @@ pub struct Counters {
     /// is allocated only for a channel not seen before. A job of many channels (a batch
     /// across many tenants) indexes them, so it never searches thousands.
     channels: Vec<(Channel, Delta)>,
-    index: HashMap<Channel, usize>,
+    index: HashMap<Channel, usize, ByText>,
     last: usize,
 }
 
@@ -104,7 +105,7 @@ impl Delta {
 /// Counter changes waiting for the commit of the current job or group, by channel and minute.
 #[derive(Debug, Default)]
 pub struct Pending {
-    changes: HashMap<(Channel, i64), Delta>,
+    changes: HashMap<(Channel, i64), Delta, ByText>,
 }
 
 impl Pending {

@@ -17,6 +17,7 @@ use switchboard_core::{EventId, Timestamp};
 use tokio::sync::oneshot;
 
 use super::counters::Counters;
+use super::inflight::ByText;
 use super::ready::Pending;
 use super::rows::{self, delivery_id};
 use super::writer::WriteCtx;
@@ -49,7 +50,7 @@ struct Handing {
 pub struct Handoffs {
     handings: Vec<Handing>,
     /// The handing of each app that can take more.
-    open: HashMap<String, usize>,
+    open: HashMap<String, usize, ByText>,
 }
 
 impl Handoffs {
@@ -58,7 +59,7 @@ impl Handoffs {
     /// consumer of `app` when the one being handed to is full.
     pub fn consumer_for(
         &mut self,
-        parked: &mut HashMap<String, Vec<Parked>>,
+        parked: &mut HashMap<String, Vec<Parked>, ByText>,
         app: &str,
         now: Timestamp,
     ) -> Option<Hand> {

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 
 use switchboard_core::Timestamp;
 
+use super::inflight::ByText;
 use super::inflight::Flight;
 use super::queue_map::QueueMap;
 
@@ -44,7 +45,7 @@ pub struct Pending {
 #[derive(Debug, Default)]
 pub struct Ready {
     /// A target app's slot in `sets`.
-    slots: HashMap<Box<str>, usize>,
+    slots: HashMap<Box<str>, usize, ByText>,
     /// Per target app: its entries (publishes add later ones, leases take the earliest: see
     /// queue_map.rs).
     sets: Vec<QueueMap<Key, Pending>>,

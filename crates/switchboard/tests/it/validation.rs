@@ -130,6 +130,17 @@ async fn malformed_bodies_are_refused() {
             .contains("tenantId"),
         "{reply}"
     );
+    // A byte that is not UTF-8, inside `data`'s text: refused, naming where.
+    let mut latin1 =
+        br#"{"type": "user.created", "tenant": "acme", "data": {"name": "Ren"#.to_vec();
+    let at = latin1.len();
+    latin1.extend_from_slice(b"\xe9\"}}");
+    let reply = check_refused(&crm, "/v1/events", latin1, 400, "invalid_json", None).await;
+    let message = reply["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("not UTF-8 from byte {at}")),
+        "{reply}"
+    );
     let mixed = json!({"events": [], "type": "user.created"});
     check_refused(
         &crm,
