@@ -718,7 +718,8 @@ pub async fn ack_records_data_and_latency(store: &dyn Store) {
 /// A lease and an ack of many deliveries describe each one as its own (the embedded store
 /// reads such descriptions on the calling thread up to 16 rows, on its blocking pool beyond).
 pub async fn many_leased_and_acked_at_once_are_each_described(store: &dyn Store) {
-    let events: Vec<NewEvent> = (0..40)
+    // 70: more rows than one multi-row statement of the embedded store holds (64 + 4 + 1 + 1).
+    let events: Vec<NewEvent> = (0..70)
         .map(|i| {
             let tenant = ["acme", "globex"][i % 2];
             NewEvent {
@@ -745,17 +746,47 @@ pub async fn many_leased_and_acked_at_once_are_each_described(store: &dyn Store)
         leased_events, published,
         "oldest first, each with its event"
     );
-    let acks = leased.iter().map(|d| ack_item(&d.id, 1, None)).collect();
+    // Every third ack carries data, each its own.
+    let data_of = |i: usize| (i % 3 == 0).then(|| format!(r#"{{"n":{i}}}"#));
+    let acks = leased
+        .iter()
+        .enumerate()
+        .map(|(i, d)| ack_item(&d.id, 1, data_of(i).as_deref()))
+        .collect();
     let changes = store.ack(app("hr"), acks, T0.plus_ms(60)).await.unwrap();
     let described: Vec<(DeliveryId, EventId, TenantId, Option<u64>)> = changes
         .into_iter()
         .map(|c| (c.id, c.event_id, c.tenant, c.latency_ms))
         .collect();
     let expected: Vec<(DeliveryId, EventId, TenantId, Option<u64>)> = leased
-        .into_iter()
-        .map(|d| (d.id, d.event.id.clone(), d.event.tenant.clone(), Some(60)))
+        .iter()
+        .map(|d| {
+            (
+                d.id.clone(),
+                d.event.id.clone(),
+                d.event.tenant.clone(),
+                Some(60),
+            )
+        })
         .collect();
     assert_eq!(described, expected);
+    for (i, d) in leased.iter().enumerate() {
+        let record = store.event(d.event.id.clone()).await.unwrap().unwrap();
+        let stored = &record.deliveries[0];
+        assert_eq!(
+            (
+                stored.status,
+                stored.ack_data.clone(),
+                stored.acknowledged_at
+            ),
+            (
+                DeliveryStatus::Acknowledged,
+                data_of(i),
+                Some(T0.plus_ms(60))
+            ),
+            "ack {i}"
+        );
+    }
 }
 
 pub async fn repeated_ack_changes_nothing(store: &dyn Store) {

@@ -597,9 +597,13 @@ mod tests {
         };
         let dead = index_root("deliveries_dead");
         let order = index_root("deliveries_order");
+        let insert_ack = format!(
+            "{} VALUES (?2, ?3, ?4, ?1, ?5)",
+            super::super::write::INSERT_ACKS_HEAD
+        );
         for sql in [
             super::super::write::LEASE_ROW,
-            super::super::write::INSERT_ACK,
+            &insert_ack,
             super::super::write::CLOSE_OPEN,
         ] {
             let mut explain = conn.prepare(&format!("EXPLAIN {sql}")).expect("explain");

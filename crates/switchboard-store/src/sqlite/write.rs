@@ -1037,11 +1037,25 @@ fn count_ack(
     c.latencies.push(latency_ms);
 }
 
-/// The ack of an unordered delivery: a row of `acks` (schema migration 13), its row left as
-/// it is: `?1` the delivery, `?2` the attempt, `?3` when that attempt began if its lease was
-/// kept unwritten (else NULL: the row says), `?4` now, `?5` the ack data.
-pub(super) const INSERT_ACK: &str = "INSERT INTO acks (id, attempt, leased_at, acked_at, data) \
-     VALUES (?1, ?2, ?3, ?4, ?5)";
+/// The acks of unordered deliveries: rows of `acks` (schema migration 13), their deliveries'
+/// rows left as they are. Up to 64 rows per statement (see multirow.rs): `?1` now, then each
+/// row's delivery, attempt, when that attempt began if its lease was kept unwritten (else
+/// NULL: the row says) and the ack data.
+pub(super) const INSERT_ACKS_HEAD: &str =
+    "INSERT INTO acks (id, attempt, leased_at, acked_at, data)";
+static INSERT_ACKS: std::sync::LazyLock<MultiRow> = std::sync::LazyLock::new(|| {
+    MultiRow::new(INSERT_ACKS_HEAD, 1, 4, |p| {
+        format!("(?{p}, ?{}, ?{}, ?1, ?{})", p + 1, p + 2, p + 3)
+    })
+});
+
+/// An `acks` row to insert.
+struct AckRow {
+    rowid: i64,
+    attempt: u32,
+    leased_at: Option<i64>,
+    data: Option<String>,
+}
 /// The ack of an ordered delivery, which also stops being its entity's open one
 /// (`open_order`): its row changes. `?1` the row, `?2` the ack data, `?3` now, `?4` the
 /// attempt; the conditions only make sure (every item was checked in flight on that attempt).
@@ -1183,6 +1197,9 @@ pub fn ack(
     drop(lookup);
     let mut acked = Vec::with_capacity(checked.len());
     let mut ordered: Vec<String> = Vec::new();
+    // The unordered ones' rows go in together after the loop: one statement per 64 rows
+    // instead of one per row.
+    let mut ack_rows: Vec<AckRow> = Vec::with_capacity(checked.len());
     for Acking {
         row,
         channel,
@@ -1196,18 +1213,12 @@ pub fn ack(
         // is the check that the writer's memory agreed with the tables.
         close_open(ctx, channel, row.rowid)?;
         match (&order_key, &unwritten) {
-            (None, _) => {
-                ctx.borrowed.execute(&ctx.conn, INSERT_ACK, |params| {
-                    params.int(1, row.rowid);
-                    params.int(2, row.attempt.into());
-                    // Left unbound (NULL) when the row holds the lease.
-                    if let Some(lease) = &unwritten {
-                        params.int(3, lease.leased_at);
-                    }
-                    params.int(4, now.millis());
-                    params.opt_text(5, data.as_deref());
-                })?;
-            }
+            (None, _) => ack_rows.push(AckRow {
+                rowid: row.rowid,
+                attempt: row.attempt,
+                leased_at: unwritten.as_ref().map(|lease| lease.leased_at),
+                data,
+            }),
             (Some(_), None) => {
                 let changed = ctx
                     .borrowed
@@ -1246,6 +1257,21 @@ pub fn ack(
         ordered.extend(order_key);
         acked.push(row);
     }
+    INSERT_ACKS.insert(
+        &ctx.conn,
+        &mut ctx.borrowed,
+        &ack_rows,
+        |params| params.int(1, now.millis()),
+        |params, p, row| {
+            params.int(p, row.rowid);
+            params.int(p + 1, row.attempt.into());
+            // Left unbound (NULL) when the row holds the lease.
+            if let Some(leased_at) = row.leased_at {
+                params.int(p + 2, leased_at);
+            }
+            params.opt_text(p + 3, row.data.as_deref());
+        },
+    )?;
     for key in ordered {
         release_next(ctx, app.as_str(), &key, now)?;
     }
