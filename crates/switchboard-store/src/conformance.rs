@@ -747,7 +747,7 @@ pub async fn many_leased_and_acked_at_once_are_each_described(store: &dyn Store)
         "oldest first, each with its event"
     );
     // Every third ack carries data, each its own.
-    let data_of = |i: usize| (i % 3 == 0).then(|| format!(r#"{{"n":{i}}}"#));
+    let data_of = |i: usize| i.is_multiple_of(3).then(|| format!(r#"{{"n":{i}}}"#));
     let acks = leased
         .iter()
         .enumerate()
