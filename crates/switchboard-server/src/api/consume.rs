@@ -14,7 +14,7 @@ use switchboard_core::{DeliveryId, DeliveryStatus, Timestamp};
 use switchboard_store::{AckItem, LeaseRequest, NackItem};
 
 use super::{
-    Body, Problems, check_depth, hot, in_range, json_bytes, json_response, parse_json,
+    Body, ItemField, Problems, check_depth, hot, in_range, json_bytes, json_response, parse_json,
     parse_json_or_default,
 };
 use crate::State;
@@ -166,7 +166,11 @@ pub async fn ack(
                 check_depth(&mut p, &field, data.get(), limits.max_data_depth);
             }
             let id = p.check(
-                format!("acks[{i}].delivery_id"),
+                ItemField {
+                    list: "acks",
+                    index: i,
+                    name: Some("delivery_id"),
+                },
                 DeliveryId::parse(&a.delivery_id),
             )?;
             Some(AckItem {

@@ -282,6 +282,25 @@ pub fn query_params(
 #[derive(Default)]
 pub struct Problems(pub Vec<FieldError>);
 
+/// The name of a list item's field in a problem, `acks[3].delivery_id` (or of the item,
+/// `delivery_ids[3]`): built only when a problem is recorded (formatting it for every ack
+/// was 5% of an HTTP worker's instructions in the full cycle).
+#[derive(Clone, Copy)]
+pub struct ItemField {
+    pub list: &'static str,
+    pub index: usize,
+    pub name: Option<&'static str>,
+}
+
+impl From<ItemField> for String {
+    fn from(f: ItemField) -> String {
+        match f.name {
+            Some(name) => format!("{}[{}].{name}", f.list, f.index),
+            None => format!("{}[{}]", f.list, f.index),
+        }
+    }
+}
+
 impl Problems {
     pub fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.0.push(FieldError {

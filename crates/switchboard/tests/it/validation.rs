@@ -229,10 +229,19 @@ async fn bad_consume_ack_and_nack_requests() {
     check_refused(
         &hr,
         "/v1/ack",
-        body(json!({"acks": [{"delivery_id": ""}]})),
+        body(json!({"acks": [{"delivery_id": "dlv_1"}, {"delivery_id": ""}]})),
         400,
         "validation_failed",
-        Some("acks[0].delivery_id"),
+        Some("acks[1].delivery_id"),
+    )
+    .await;
+    check_refused(
+        &hr,
+        "/v1/dead-letters/requeue",
+        body(json!({"delivery_ids": ["dlv_1", "dlv 2"]})),
+        400,
+        "validation_failed",
+        Some("delivery_ids[1]"),
     )
     .await;
     let unknown = Ack {
