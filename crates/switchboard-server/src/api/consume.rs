@@ -156,30 +156,27 @@ pub async fn ack(
         ));
     }
     let mut p = Problems::default();
-    let items: Vec<AckItem> = input
-        .acks
-        .iter()
-        .enumerate()
-        .filter_map(|(i, a)| {
-            if let Some(data) = a.data {
-                let field = format!("acks[{i}].data");
-                check_depth(&mut p, &field, data.get(), limits.max_data_depth);
-            }
-            let id = p.check(
-                ItemField {
-                    list: "acks",
-                    index: i,
-                    name: Some("delivery_id"),
-                },
-                DeliveryId::parse(&a.delivery_id),
-            )?;
-            Some(AckItem {
-                id,
-                attempt: a.attempt,
-                data: a.data.map(|d| d.get().to_owned()),
-            })
-        })
-        .collect();
+    // Filled in place: a `filter_map` would not know the length and grow by copies.
+    let mut items: Vec<AckItem> = Vec::with_capacity(input.acks.len());
+    for (i, a) in input.acks.iter().enumerate() {
+        if let Some(data) = a.data {
+            let field = format!("acks[{i}].data");
+            check_depth(&mut p, &field, data.get(), limits.max_data_depth);
+        }
+        let field = ItemField {
+            list: "acks",
+            index: i,
+            name: Some("delivery_id"),
+        };
+        let Some(id) = p.check(field, DeliveryId::parse(&a.delivery_id)) else {
+            continue;
+        };
+        items.push(AckItem {
+            id,
+            attempt: a.attempt,
+            data: a.data.map(|d| d.get().to_owned()),
+        });
+    }
     p.into_result()?;
     let now = clock::now();
     let changed = state.store.ack(app, items, now).await?;

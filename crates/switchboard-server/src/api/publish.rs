@@ -396,16 +396,20 @@ pub async fn publish(
     let mut entropy = vec![0u8; 10 * inputs.len()];
     getrandom::fill(&mut entropy).expect("the OS random source works");
     let mut repeats = Repeats::default();
-    let events: Vec<Event> = inputs
-        .iter()
-        .zip(entropy.chunks_exact(10))
-        .enumerate()
-        .filter_map(|(i, (input, random))| {
-            let random: [u8; 10] = random.try_into().expect("chunks of 10");
-            let index = batch.then_some(i);
-            validate(&mut p, index, input, &shared, &mut repeats, random)
-        })
-        .collect();
+    // Filled in place: a `filter_map` would not know the length and grow by copies.
+    let mut events: Vec<Event> = Vec::with_capacity(inputs.len());
+    for (i, (input, random)) in inputs.iter().zip(entropy.chunks_exact(10)).enumerate() {
+        let random: [u8; 10] = random.try_into().expect("chunks of 10");
+        let index = batch.then_some(i);
+        events.extend(validate(
+            &mut p,
+            index,
+            input,
+            &shared,
+            &mut repeats,
+            random,
+        ));
+    }
     p.into_result()?;
 
     let new_events: Vec<NewEvent> = events

@@ -392,15 +392,18 @@ impl SqliteStore {
             }
         }
         .into_iter();
-        rows.into_iter()
-            .zip(remembered)
-            .map(|(row, event)| match event {
-                Some(event) => Ok(built(row, event)),
+        // Filled in place: collected into a `Result`, the vector would not know its length
+        // and grow by copies (the ack's changes, 100 at a time in the full cycle).
+        let mut described = Vec::with_capacity(rows.len());
+        for (row, event) in rows.into_iter().zip(remembered) {
+            described.push(match event {
+                Some(event) => built(row, event),
                 None => read
                     .next()
-                    .ok_or_else(|| StoreError::Internal("a row's event was not read".into())),
-            })
-            .collect()
+                    .ok_or_else(|| StoreError::Internal("a row's event was not read".into()))?,
+            });
+        }
+        Ok(described)
     }
 
     /// A read describing what a write handed back, `rows` rows of it: on the calling thread
