@@ -344,7 +344,8 @@ pub fn publish(
                     }
                 },
             };
-            let c = counters.of(
+            let c = counters.of_channel(
+                channel,
                 event.tenant.as_str(),
                 event.source.as_str(),
                 route.app.as_str(),
@@ -816,7 +817,7 @@ pub fn lease(
                 p.channel
             ))
         })?;
-        let c = counters.of(tenant, source, req.app.as_str());
+        let c = counters.of_channel(p.channel, tenant, source, req.app.as_str());
         c.pending -= 1;
         c.in_flight += 1;
         rows.push((rowid, attempt, p.seq));
@@ -1026,11 +1027,12 @@ struct Acking {
 /// Counts an ack of a delivery of the channel (tenant, source, target).
 fn count_ack(
     counters: &mut Counters,
+    channel: i64,
     (tenant, source, target): (&str, &str, &str),
     failing: bool,
     latency_ms: u64,
 ) {
-    let c = counters.of(tenant, source, target);
+    let c = counters.of_channel(channel, tenant, source, target);
     c.in_flight -= 1;
     c.acknowledged += 1;
     c.failing -= failing as i64;
@@ -1127,6 +1129,7 @@ pub fn ack(
             let latency_ms = now.since(Timestamp(f.created_at));
             count_ack(
                 &mut counters,
+                f.channel,
                 (tenant, source, app.as_str()),
                 f.failing,
                 latency_ms,
@@ -1175,6 +1178,7 @@ pub fn ack(
         let channel = ctx.channel_ids.id(tenant, source, app.as_str());
         count_ack(
             &mut counters,
+            channel,
             (tenant, source, app.as_str()),
             r.get::<_, u32>(3)? > 0,
             latency_ms,
