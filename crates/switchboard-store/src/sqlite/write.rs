@@ -1042,9 +1042,11 @@ fn count_ack(
 /// The acks of unordered deliveries: rows of `acks` (schema migration 13), their deliveries'
 /// rows left as they are. Up to 64 rows per statement (see multirow.rs): `?1` now, then each
 /// row's delivery, attempt, when that attempt began if its lease was kept unwritten (else
-/// NULL: the row says) and the ack data.
+/// NULL: the row says) and the ack data. `OR FAIL`, as the deliveries' (see [`Ids`]): a
+/// failure keeps the rows before it and fails the job, whose group then rolls back, so
+/// SQLite keeps no statement journal for the rowids written.
 pub(super) const INSERT_ACKS_HEAD: &str =
-    "INSERT INTO acks (id, attempt, leased_at, acked_at, data)";
+    "INSERT OR FAIL INTO acks (id, attempt, leased_at, acked_at, data)";
 static INSERT_ACKS: std::sync::LazyLock<MultiRow> = std::sync::LazyLock::new(|| {
     MultiRow::new(INSERT_ACKS_HEAD, 1, 4, |p| {
         format!("(?{p}, ?{}, ?{}, ?1, ?{})", p + 1, p + 2, p + 3)
@@ -1058,6 +1060,7 @@ struct AckRow {
     leased_at: Option<i64>,
     data: Option<String>,
 }
+
 /// The ack of an ordered delivery, which also stops being its entity's open one
 /// (`open_order`): its row changes. `?1` the row, `?2` the ack data, `?3` now, `?4` the
 /// attempt; the conditions only make sure (every item was checked in flight on that attempt).
