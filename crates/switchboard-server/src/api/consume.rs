@@ -14,8 +14,8 @@ use switchboard_core::{DeliveryId, DeliveryStatus, Timestamp};
 use switchboard_store::{AckItem, LeaseRequest, NackItem};
 
 use super::{
-    Body, ItemField, Problems, check_depth, hot, in_range, json_bytes, json_response, parse_json,
-    parse_json_or_default,
+    Body, ItemField, Problems, ack_body, check_depth, hot, in_range, json_bytes, json_response,
+    parse_json, parse_json_or_default,
 };
 use crate::State;
 use crate::auth::Caller;
@@ -134,10 +134,23 @@ pub async fn ack(
     Body(body): Body,
 ) -> Result<Response, ApiError> {
     let app = caller.require_app("acking")?.clone();
-    let input: AckIn = parse_json(
-        &body,
-        "ack request (expected {\"acks\": [{\"delivery_id\", \"attempt\"?, \"data\"?}]})",
-    )?;
+    // The common shape read by hand (ack_body.rs), any other by serde, which names problems.
+    let input: AckIn = match ack_body::read(&body) {
+        Some(items) => AckIn {
+            acks: items
+                .into_iter()
+                .map(|i| AckItemIn {
+                    delivery_id: Cow::Borrowed(i.delivery_id),
+                    attempt: i.attempt,
+                    data: None,
+                })
+                .collect(),
+        },
+        None => parse_json(
+            &body,
+            "ack request (expected {\"acks\": [{\"delivery_id\", \"attempt\"?, \"data\"?}]})",
+        )?,
+    };
     let limits = &state.config.limits;
     if input.acks.is_empty() {
         return Err(ApiError::field(

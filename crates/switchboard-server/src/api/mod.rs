@@ -1,6 +1,7 @@
 //! The HTTP surface: routes, the JSON body extractor and shared parsing helpers. Handlers are
 //! thin: parse and validate, call the store, shape the reply.
 
+mod ack_body;
 mod apps;
 mod bytes;
 mod consume;
