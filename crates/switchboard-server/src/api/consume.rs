@@ -178,8 +178,8 @@ pub async fn ack(
         }
         let field = ItemField {
             list: "acks",
-            index: i,
-            name: Some("delivery_id"),
+            index: Some(i),
+            name: "delivery_id",
         };
         let Some(id) = p.check(field, DeliveryId::parse(&a.delivery_id)) else {
             continue;

@@ -14,7 +14,7 @@ use switchboard_store::{DeadFilter, DeadLetterQuery, RequeueRequest, RequeueSele
 
 use super::inspect::DEFAULT_PAGE;
 use super::views::DeliveryRecordView;
-use super::{Body, ItemField, Problems, json_response, page_limit, parse_json, query_params};
+use super::{Body, Problems, json_response, page_limit, parse_json, query_params};
 use crate::State;
 use crate::auth::Caller;
 use crate::clock;
@@ -136,16 +136,7 @@ pub async fn requeue(
             let ids: Vec<DeliveryId> = ids
                 .iter()
                 .enumerate()
-                .filter_map(|(i, id)| {
-                    p.check(
-                        ItemField {
-                            list: "delivery_ids",
-                            index: i,
-                            name: None,
-                        },
-                        DeliveryId::parse(id),
-                    )
-                })
+                .filter_map(|(i, id)| p.check(format!("delivery_ids[{i}]"), DeliveryId::parse(id)))
                 .collect();
             RequeueSelector::Ids(ids)
         }

@@ -18,7 +18,7 @@ use switchboard_core::routing::route;
 use switchboard_core::{AppId, EventId, EventType, TenantId, Timestamp};
 use switchboard_store::NewEvent;
 
-use super::{Body, Problems, check_depth, hot, json_bytes, parse_json};
+use super::{Body, ItemField, Problems, check_depth, hot, json_bytes, parse_json};
 use crate::State;
 use crate::auth::Caller;
 use crate::clock;
@@ -159,25 +159,7 @@ impl EventIn<'_> {
     }
 }
 
-/// The name of an event's field in a problem: `type`, or `events[3].type` in a batch. Built
-/// only when a problem is recorded (formatting names for every event was a quarter of a
-/// batch's handling).
-#[derive(Clone, Copy)]
-struct Field {
-    index: Option<usize>,
-    name: &'static str,
-}
-
-impl From<Field> for String {
-    fn from(f: Field) -> String {
-        match f.index {
-            Some(i) => format!("events[{i}].{}", f.name),
-            None => f.name.to_owned(),
-        }
-    }
-}
-
-fn string<'v>(p: &mut Problems, field: Field, v: &'v Option<Loose<'_>>) -> Option<&'v str> {
+fn string<'v>(p: &mut Problems, field: ItemField, v: &'v Option<Loose<'_>>) -> Option<&'v str> {
     match v {
         None => None,
         Some(Loose::Str(s)) => Some(s),
@@ -188,7 +170,7 @@ fn string<'v>(p: &mut Problems, field: Field, v: &'v Option<Loose<'_>>) -> Optio
     }
 }
 
-fn opaque(p: &mut Problems, field: Field, v: &Option<Loose<'_>>) -> Option<String> {
+fn opaque(p: &mut Problems, field: ItemField, v: &Option<Loose<'_>>) -> Option<String> {
     let s = string(p, field, v)?;
     p.check(field, parse_opaque(s))
 }
@@ -252,7 +234,11 @@ fn validate(
         limits,
     } = *shared;
     let before = p.0.len();
-    let f = |name: &'static str| Field { index, name };
+    let f = |name: &'static str| ItemField {
+        list: "events",
+        index,
+        name,
+    };
     let event_type = match string(p, f("type"), &input.event_type) {
         Some(t) => p.check(f("type"), repeats.event_type.parse(t, EventType::parse)),
         None => {
