@@ -650,8 +650,8 @@ fn handle(
 }
 
 /// Runs a statement of the group's own (`BEGIN IMMEDIATE`, `COMMIT`) from the statement
-/// cache: parsing it again for every group cost a lightly loaded writer ~4k instructions per
-/// commit.
+/// cache: parsing both again for every group cost a lightly loaded writer ~1,200
+/// instructions per commit (1.5% of its instructions, callgrind at 100 events/s).
 fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(drop)
 }
