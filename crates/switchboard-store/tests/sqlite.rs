@@ -1087,6 +1087,37 @@ fn lease_log_rows(dir: &std::path::Path) -> i64 {
 }
 
 #[tokio::test]
+async fn the_wal_is_a_rounds_length_from_the_start_and_a_crash_reads_it_to_its_last_commit() {
+    // The store lengthens the WAL with zeros as it opens (checkpoint.rs, `presize_wal`): the
+    // first commits overwrite the file rather than grow it, and after a crash the zeros past
+    // SQLite's frames read as the end of the log.
+    let dir = tempfile::tempdir().unwrap();
+    let wal_len = |dir: &std::path::Path| {
+        let wal = format!("{}-wal", switchboard_store::sqlite::DB_FILE);
+        std::fs::metadata(dir.join(wal)).unwrap().len()
+    };
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let presized = wal_len(dir.path());
+    assert!(presized >= 16 << 20, "the WAL has {presized} bytes");
+    conformance::register(&store, "hr", &["*"], 8).await;
+    let mut published = Vec::new();
+    for n in 0..50 {
+        let ev = conformance::event("crm", "acme", "user.created", T0.plus_ms(n));
+        published.push(conformance::publish_to(&store, ev, &["hr"]).await.id);
+    }
+    assert_eq!(wal_len(dir.path()), presized, "commits overwrote the zeros");
+    let image = crash_image(dir.path());
+    store.close().await;
+
+    let restarted = SqliteStore::open(image.path()).unwrap();
+    for id in published {
+        let record = restarted.event(id.clone()).await.unwrap();
+        assert!(record.is_some(), "{id} was committed before the crash");
+    }
+    restarted.close().await;
+}
+
+#[tokio::test]
 async fn a_lease_held_at_a_crash_comes_back_after_its_expiry_on_the_next_attempt() {
     // An unordered delivery's lease changes no row: the writer keeps it in memory and in the
     // lease log, which a store opened after a crash writes into the rows (unwritten.rs).

@@ -323,6 +323,10 @@ impl SqliteStore {
             .map_err(|e| {
                 StoreError::Unavailable(format!("cannot open the WAL file: {}", e.kind()))
             })?;
+        let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        checkpoint::presize_wal(&wal, page_size.unsigned_abs()).map_err(|e| {
+            StoreError::Unavailable(format!("cannot lengthen the WAL file: {}", e.kind()))
+        })?;
         let replayed = write::replay_lease_log(&mut conn)?;
         if replayed > 0 {
             tracing::info!(
