@@ -47,6 +47,11 @@ const RESTART_ANYWAY_AT: i64 = 4 * RESTART_AT;
 /// Only for a WAL no connection is writing: zeros go past the end of what SQLite wrote,
 /// which it reads as the end of the log (a frame is valid only with its log's salt and
 /// checksum), as it does the old frames past the end after a restart.
+///
+/// The zeros go one page per write: the kernel caches a file in folios as large as the
+/// writes that made them, and a commit's few small writes dirty whole folios, which the
+/// fdatasync then writes out. Written 1 MiB at a time, the WAL cost 530 KB of disk writes
+/// per event at 1,000 events/s (`/proc/PID/io`, `write_bytes`) instead of 47 KB.
 pub fn presize_wal(wal: &File, page_size: u64) -> std::io::Result<()> {
     const HEADER: u64 = 32;
     const FRAME_HEADER: u64 = 24;
@@ -57,7 +62,7 @@ pub fn presize_wal(wal: &File, page_size: u64) -> std::io::Result<()> {
     }
     let mut file = wal;
     file.seek(SeekFrom::Start(len))?;
-    let zeros = vec![0u8; 1 << 20];
+    let zeros = vec![0u8; page_size as usize];
     let mut at = len;
     while at < target {
         let n = (target - at).min(zeros.len() as u64);
