@@ -2,10 +2,11 @@
 //! per phase, on a real SQLite file with the real writer (group commit and fsync). What the
 //! writer costs per event, to compare builds quickly; not a test and not the benchmark.
 //!
-//! `cargo run --release -p switchboard-store --example hotpath -- [ROUNDS] [TARGETS]`
+//! `cargo run --release -p switchboard-store --example hotpath -- [ROUNDS] [TARGETS] [BATCH] [BATCHES]`
 //!
-//! Each round publishes 1,000 events (10 concurrent batches of 100) to every target, leases
-//! them (up to 1,000 per request) and acks them. It prints, per phase, the wall time, the
+//! Each round publishes 1,000 events (10 concurrent batches of 100, or BATCHES of BATCH) to
+//! every target, leases them (up to 1,000 per request) and acks them. `-- 2000 1 1 1` is a
+//! lightly loaded server: one event at a time, each write a group commit of its own. It prints, per phase, the wall time, the
 //! process's CPU time and the writer thread's own CPU time per event or delivery (from
 //! `/proc/self/task/*/schedstat`); the writer's figure is the one to compare.
 
@@ -15,9 +16,6 @@ use switchboard_core::{AppId, Timestamp};
 use switchboard_store::conformance::{self, event, register};
 use switchboard_store::sqlite::SqliteStore;
 use switchboard_store::{AckItem, LeaseRequest, NewEvent, Store};
-
-const BATCH: usize = 100;
-const BATCHES: usize = 10;
 
 /// CPU time so far of a thread, from its `schedstat` file in /proc (nanoseconds on the CPU).
 fn cpu_of(schedstat: &std::path::Path) -> Duration {
@@ -83,6 +81,8 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let rounds: usize = args.next().map_or(50, |a| a.parse().expect("ROUNDS"));
     let targets: usize = args.next().map_or(1, |a| a.parse().expect("TARGETS"));
+    let batch: usize = args.next().map_or(100, |a| a.parse().expect("BATCH"));
+    let batches: usize = args.next().map_or(10, |a| a.parse().expect("BATCHES"));
     let dir = tempfile::tempdir().expect("temp dir");
     let store = SqliteStore::open(dir.path()).expect("open");
     let sinks: Vec<String> = (1..=targets).map(|i| format!("sink-{i}")).collect();
@@ -101,8 +101,8 @@ async fn main() {
     for _ in 0..rounds {
         now = now.plus_ms(1);
         let t = start(&writer);
-        let batches = (0..BATCHES).map(|_| {
-            let events: Vec<NewEvent> = (0..BATCH)
+        let publishes = (0..batches).map(|_| {
+            let events: Vec<NewEvent> = (0..batch)
                 .map(|_| {
                     let mut ev = event("publisher", "acme", "bench.event", now);
                     ev.data.clone_from(&data);
@@ -114,7 +114,7 @@ async fn main() {
                 .collect();
             store.publish(events, now)
         });
-        for published in futures_util::future::join_all(batches).await {
+        for published in futures_util::future::join_all(publishes).await {
             published.expect("publish");
         }
         publish.add(t, &writer);
@@ -122,7 +122,7 @@ async fn main() {
             let app = AppId::parse(sink).expect("app id");
             let mut leased = Vec::new();
             let t = start(&writer);
-            while leased.len() < BATCH * BATCHES {
+            while leased.len() < batch * batches {
                 let got = store
                     .lease(LeaseRequest {
                         app: app.clone(),
@@ -146,11 +146,11 @@ async fn main() {
                 .collect();
             let t = start(&writer);
             let acked = store.ack(app, items, now).await.expect("ack");
-            assert_eq!(acked.len(), BATCH * BATCHES);
+            assert_eq!(acked.len(), batch * batches);
             ack.add(t, &writer);
         }
     }
-    let events = (rounds * BATCH * BATCHES) as f64;
+    let events = (rounds * batch * batches) as f64;
     let deliveries = events * targets as f64;
     let per = |d: Duration, n: f64| d.as_secs_f64() * 1e6 / n;
     println!(
