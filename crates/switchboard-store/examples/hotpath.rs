@@ -6,9 +6,10 @@
 //!
 //! Each round publishes 1,000 events (10 concurrent batches of 100, or BATCHES of BATCH) to
 //! every target, leases them (up to 1,000 per request) and acks them. `-- 2000 1 1 1` is a
-//! lightly loaded server: one event at a time, each write a group commit of its own. It prints, per phase, the wall time, the
-//! process's CPU time and the writer thread's own CPU time per event or delivery (from
-//! `/proc/self/task/*/schedstat`); the writer's figure is the one to compare.
+//! lightly loaded server: one event at a time, each write a group commit of its own. It
+//! prints, per phase, the wall time, the process's CPU time and the writer thread's own CPU
+//! time per event or delivery (from `/proc/self/task/*/schedstat`); the writer's figure is
+//! the one to compare.
 
 use std::time::{Duration, Instant};
 
