@@ -54,6 +54,10 @@ struct Args {
     /// fsync costs) [default: the system temp directory].
     #[arg(long, value_name = "DIR")]
     data_root: Option<PathBuf>,
+    /// Write each latency run's per-event times (sent, received, acked) to a file in this
+    /// directory, to read where a tail comes from (BENCHMARKS.md, "Reading a latency dump").
+    #[arg(long, value_name = "DIR")]
+    latency_dump: Option<PathBuf>,
     /// Run one scenario of BENCHMARKS.md instead of the standard workloads.
     #[arg(long, value_enum, value_name = "NAME")]
     scenario: Option<scenarios::Scenario>,
@@ -96,7 +100,10 @@ async fn main() -> Result<ExitCode> {
         binary,
         data_root: args.data_root.unwrap_or_else(std::env::temp_dir),
     };
-    let settings = Settings::new(args.quick);
+    let settings = Settings {
+        latency_dump: args.latency_dump,
+        ..Settings::new(args.quick)
+    };
     if let Some(scenario) = args.scenario {
         let options = scenarios::Options {
             quick: args.quick,

@@ -3,6 +3,8 @@
 //! target, measures, reads the server's footprint and stops it. Request bodies are built once
 //! per publisher; the hot loops only send, count and (for latency) record one number per event.
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -47,6 +49,9 @@ pub struct Settings {
     pub latency_rate: u32,
     /// How long the latency workload publishes.
     pub latency_window: Duration,
+    /// Where the latency workload writes each event's times, one file per run (see
+    /// [`LatencyDump`]); `None`: nowhere.
+    pub latency_dump: Option<PathBuf>,
 }
 
 impl Settings {
@@ -63,6 +68,7 @@ impl Settings {
             consume_wait: Duration::from_millis(1000),
             latency_rate: 1000,
             latency_window: Duration::from_secs(if quick { 2 } else { 5 }),
+            latency_dump: None,
         }
     }
 }
@@ -498,12 +504,17 @@ async fn latency<T: Target>(config: &T::Config, s: &Settings) -> Result<RunOutco
     let consumer = {
         let (target, errors, expected) = (target.clone(), errors.clone(), expected.clone());
         let (max, wait) = (s.consume_max, s.consume_wait);
+        let (dump_dir, rate) = (s.latency_dump.clone(), s.latency_rate);
         tokio::spawn(async move {
             let mut latencies: Vec<u64> = Vec::with_capacity(count as usize);
             let mut received_after: Vec<u64> = Vec::with_capacity(count as usize);
             let mut sent: Vec<u64> = Vec::with_capacity(max as usize);
             let mut received = 0u64;
             let mut foreign = 0u64;
+            let mut dump = match &dump_dir {
+                Some(dir) => Some(LatencyDump::create(dir, T::NAME, rate)?),
+                None => None,
+            };
             while received < expected.load(Ordering::Relaxed) {
                 let deliveries = match target.consume(0, max, wait).await {
                     Ok(d) if d.is_empty() => continue,
@@ -525,9 +536,15 @@ async fn latency<T: Target>(config: &T::Config, s: &Settings) -> Result<RunOutco
                 }
                 let acked_at = now_ns();
                 latencies.extend(sent.iter().map(|&t| acked_at.saturating_sub(t)));
+                if let Some(dump) = &mut dump {
+                    dump.write(&sent, received_at, acked_at)?;
+                }
                 received += sent.len() as u64;
             }
-            (latencies, received_after, foreign)
+            if let Some(dump) = dump {
+                dump.finish()?;
+            }
+            Ok::<_, anyhow::Error>((latencies, received_after, foreign))
         })
     };
 
@@ -581,7 +598,7 @@ async fn latency<T: Target>(config: &T::Config, s: &Settings) -> Result<RunOutco
     let limit = Duration::from_secs(30) + s.consume_wait;
     let (mut latencies, mut received_after, foreign) =
         match tokio::time::timeout(limit, consumer).await {
-            Ok(joined) => joined?,
+            Ok(joined) => joined??,
             Err(_) => bail!("the consumer did not receive all {published} events within {limit:?}"),
         };
     let to = Probe::take(&*target);
@@ -635,6 +652,43 @@ async fn latency<T: Target>(config: &T::Config, s: &Settings) -> Result<RunOutco
     Ok(outcome)
 }
 
+/// One latency run's events, a line each: when it was sent, when the consumer had it and when
+/// its ack was answered (ns on the bench's monotonic clock, [`now_ns`]), in the order the
+/// consumer received them. For reading a tail: which events were slow, together or alone,
+/// and in which half (see BENCHMARKS.md, "Reading a latency dump").
+struct LatencyDump {
+    path: PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+}
+
+impl LatencyDump {
+    /// `DIR/TARGET-RATE-NS.txt` (NS: [`now_ns`] at its start): every run its own file.
+    fn create(dir: &Path, target: &str, rate: u32) -> Result<LatencyDump> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let path = dir.join(format!("{target}-{rate}-{}.txt", now_ns()));
+        let file = std::fs::File::create(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(LatencyDump {
+            path,
+            out: std::io::BufWriter::new(file),
+        })
+    }
+
+    fn write(&mut self, sent: &[u64], received_at: u64, acked_at: u64) -> Result<()> {
+        for t in sent {
+            writeln!(self.out, "{t} {received_at} {acked_at}")
+                .with_context(|| format!("cannot write {}", self.path.display()))?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<()> {
+        self.out
+            .flush()
+            .with_context(|| format!("cannot write {}", self.path.display()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -648,5 +702,22 @@ mod tests {
             assert_eq!(value["user_id"], "u-00000042");
             assert_eq!(value.get("sent_ns").and_then(|v| v.as_u64()), sent);
         }
+    }
+
+    #[test]
+    fn a_latency_dump_has_a_line_per_event_with_its_three_times() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut dump = LatencyDump::create(&dir.path().join("dumps"), "target", 1000).unwrap();
+        dump.write(&[10, 20], 30, 40).unwrap();
+        dump.write(&[35], 50, 60).unwrap();
+        let path = dump.path.clone();
+        dump.finish().unwrap();
+        let name = path.file_name().unwrap().to_str().unwrap();
+        assert!(
+            name.starts_with("target-1000-") && name.ends_with(".txt"),
+            "{name}"
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "10 30 40\n20 30 40\n35 50 60\n");
     }
 }
