@@ -745,13 +745,19 @@ fn commit_group(
         }
         return false;
     }
-    let max_seq = match max_seq(&ctx.conn) {
-        Ok(seq) => seq,
-        Err(e) => {
-            // Only leases would wait longer: those events become leasable with a later fsync.
-            tracing::warn!(error = %e, "could not read the highest event seq");
-            0
-        }
+    // The highest event seq in the database: the writer knows it once it has published (a
+    // read per commit was 3.9% of a lightly loaded writer's instructions, hotpath 2000 1 1 1).
+    let max_seq = match ctx.next_event_seq {
+        Some(next) => next - 1,
+        None => match max_seq(&ctx.conn) {
+            Ok(seq) => seq,
+            Err(e) => {
+                // Only leases would wait longer: those events become leasable with a later
+                // fsync.
+                tracing::warn!(error = %e, "could not read the highest event seq");
+                0
+            }
+        },
     };
     if fsync_here {
         let synced = fsync_wal(&ctx.wal, max_seq, &ctx.durable_seq);
