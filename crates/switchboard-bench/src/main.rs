@@ -55,7 +55,7 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     data_root: Option<PathBuf>,
     /// Write each latency run's per-event times (sent, received, acked) to a file in this
-    /// directory, to read where a tail comes from (BENCHMARKS.md, "Reading a latency dump").
+    /// directory, to read where a tail comes from (`scripts/latency-dump`).
     #[arg(long, value_name = "DIR")]
     latency_dump: Option<PathBuf>,
     /// Run one scenario of BENCHMARKS.md instead of the standard workloads.

@@ -655,7 +655,7 @@ async fn latency<T: Target>(config: &T::Config, s: &Settings) -> Result<RunOutco
 /// One latency run's events, a line each: when it was sent, when the consumer had it and when
 /// its ack was answered (ns on the bench's monotonic clock, [`now_ns`]), in the order the
 /// consumer received them. For reading a tail: which events were slow, together or alone,
-/// and in which half (see BENCHMARKS.md, "Reading a latency dump").
+/// and in which half (`scripts/latency-dump`; BENCHMARKS.md, "The command").
 struct LatencyDump {
     path: PathBuf,
     out: std::io::BufWriter<std::fs::File>,
