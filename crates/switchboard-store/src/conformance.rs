@@ -170,14 +170,19 @@ pub fn route(target: &str) -> Route {
 }
 
 /// Publishes one event to `targets` (`!hr` for an ordered route) at `time`.
-/// Polls `f` once: enough for a store call to queue its work (with SQLite, its job with the
-/// writer, which runs jobs in the order they came), without waiting for it.
-pub async fn poll_once<F: std::future::Future + Unpin>(f: &mut F) {
-    std::future::poll_fn(|cx| {
-        let _ = std::pin::Pin::new(&mut *f).poll(cx);
-        std::task::Poll::Ready(())
-    })
-    .await
+/// Starts a store call without waiting for it: polls `f` until it has queued its work (with
+/// SQLite, its job with the writer, which runs jobs in the order they came). That takes two
+/// polls: the SQLite store yields once before it queues a write (`together` in sqlite/mod.rs).
+pub async fn start<F: std::future::Future + Unpin>(f: &mut F) {
+    for _ in 0..2 {
+        let ready = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::pin::Pin::new(&mut *f).poll(cx).is_ready())
+        })
+        .await;
+        if ready {
+            return;
+        }
+    }
 }
 
 pub async fn publish_to(store: &dyn Store, ev: Event, targets: &[&str]) -> Published {

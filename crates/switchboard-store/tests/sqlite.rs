@@ -200,7 +200,7 @@ async fn deliveries_held_back_keep_their_ids_when_a_handed_one_overtakes_them() 
     conformance::register(&store, "hr", &["*"], 8).await;
     let never = std::pin::pin!(std::future::pending());
     let mut waiting = store.lease_waiting(lease_request(10, T0), Duration::from_secs(10), never);
-    conformance::poll_once(&mut waiting).await;
+    conformance::start(&mut waiting).await;
     let published = store
         .publish(overtaking_batch(&["billing", "hr"]), T0)
         .await
@@ -567,7 +567,7 @@ async fn a_waiting_consumer_is_handed_the_next_publish() {
     let never = std::pin::pin!(std::future::pending());
     let mut waiting = store.lease_waiting(lease_request(10, T0), Duration::from_secs(10), never);
     // Its lease finds nothing and waits before the publish runs (the writer keeps order).
-    conformance::poll_once(&mut waiting).await;
+    conformance::start(&mut waiting).await;
     let published_at = T0.plus_ms(500);
     let ev = conformance::event("crm", "acme", "user.created", published_at);
     let p = conformance::publish_to(&store, ev, &["hr"]).await;

@@ -1,8 +1,10 @@
 //! Deliveries handed straight from a publish to a consumer long-polling for them. A lease
 //! that finds nothing parks its consumer here; a publish that makes a delivery for that app
 //! inserts it in flight, leased to the consumer, and the consumer is answered once the
-//! publish is durable, before the publisher is. So such a delivery costs no lease
-//! transaction, no ready-queue entry to add and remove, and one writer round trip less.
+//! publish's group is durable, before the publisher is. The consumer takes the deliveries of
+//! every publish in that group, up to its `max`: publishes that arrive together reach it in
+//! one answer. So such a delivery costs no lease transaction, no ready-queue entry to add and
+//! remove, and one writer round trip less.
 //!
 //! A consumer that stopped waiting before the publish ran is skipped. One that stopped in
 //! between (its answer cannot be delivered) has its deliveries released to pending by a
@@ -20,7 +22,7 @@ use super::counters::Counters;
 use super::inflight::ByText;
 use super::ready::Pending;
 use super::rows::{self, delivery_id};
-use super::writer::WriteCtx;
+use super::writer::{Completion, FollowUp, WriteCtx};
 use crate::{LeasedDelivery, StoreError};
 
 /// A consumer waiting in the writer for deliveries of one app.
@@ -37,20 +39,40 @@ pub fn park(ctx: &mut WriteCtx, app: &str, consumer: Parked) {
     waiting.push(consumer);
 }
 
-/// One consumer being handed deliveries by the running publish.
+/// One consumer being handed deliveries by the open group's publishes.
 struct Handing {
+    app: String,
     consumer: Parked,
     expires: Timestamp,
+    /// When the first publish handed it something: the release's `updated_at`.
+    now: Timestamp,
     rowids: Vec<i64>,
     deliveries: Vec<LeasedDelivery>,
 }
 
-/// The consumers a publish hands deliveries to.
+impl Handing {
+    fn full(&self) -> bool {
+        self.rowids.len() as u32 >= self.consumer.max
+    }
+}
+
+/// The consumers the open group's publishes hand deliveries to. A consumer stays open to
+/// every publish of the group, up to its `max`, so publishes that share a commit reach it in
+/// one answer, given once the group is durable.
 #[derive(Default)]
 pub struct Handoffs {
     handings: Vec<Handing>,
     /// The handing of each app that can take more.
     open: HashMap<String, usize, ByText>,
+    /// Where the handings stood before the running job first touched them: what its
+    /// failure undoes.
+    job_start: Option<Mark>,
+}
+
+/// How many handings there were, and how many deliveries each had.
+struct Mark {
+    handings: usize,
+    handed: Vec<usize>,
 }
 
 impl Handoffs {
@@ -65,8 +87,10 @@ impl Handoffs {
     ) -> Option<Hand> {
         if let Some(&i) = self.open.get(app) {
             let h = &self.handings[i];
-            if (h.rowids.len() as u32) < h.consumer.max {
-                return Some(Hand(i, h.expires));
+            if !h.full() {
+                let expires = h.expires;
+                self.mark();
+                return Some(Hand(i, expires));
             }
             self.open.remove(app);
         }
@@ -77,10 +101,13 @@ impl Handoffs {
             if consumer.reply.is_closed() {
                 continue;
             }
+            self.mark();
             let expires = now.plus_ms(consumer.lease_ms);
             self.handings.push(Handing {
+                app: app.to_owned(),
                 consumer,
                 expires,
+                now,
                 rowids: Vec::new(),
                 deliveries: Vec::new(),
             });
@@ -89,6 +116,16 @@ impl Handoffs {
             return Some(Hand(i, expires));
         }
         None
+    }
+
+    /// Remembers where the running job started, before its first change.
+    fn mark(&mut self) {
+        if self.job_start.is_none() {
+            self.job_start = Some(Mark {
+                handings: self.handings.len(),
+                handed: self.handings.iter().map(|h| h.rowids.len()).collect(),
+            });
+        }
     }
 
     /// Adds the delivery `rowid` of `event`, stored as `id`, inserted in flight, to the
@@ -106,26 +143,69 @@ impl Handoffs {
         });
     }
 
-    /// The deliveries handed over.
-    pub fn rowids(&self) -> impl Iterator<Item = i64> + '_ {
-        self.handings.iter().flat_map(|h| h.rowids.iter().copied())
+    /// Ends the running job: what it handed stays for the group if it succeeded. If it
+    /// failed, its deliveries leave the answers (its rows are rolled back) and the consumers
+    /// it took wait on, parked again in their places.
+    pub fn end_job(&mut self, succeeded: bool, parked: &mut HashMap<String, Vec<Parked>, ByText>) {
+        let Some(mark) = self.job_start.take() else {
+            return;
+        };
+        if succeeded {
+            return;
+        }
+        for h in self.handings.drain(mark.handings..).rev() {
+            parked.entry(h.app).or_default().insert(0, h.consumer);
+        }
+        for (h, &len) in self.handings.iter_mut().zip(&mark.handed) {
+            h.rowids.truncate(len);
+            h.deliveries.truncate(len);
+        }
+        self.reopen();
     }
 
-    /// Answers each consumer once the publish is durable; releases what an answer could not
-    /// reach. Nothing is answered if the publish fails: its consumers' waits end empty.
-    pub fn answer_when_durable(self, ctx: &mut WriteCtx, now: Timestamp) {
-        for h in self.handings {
-            let follow_up = ctx.follow_up();
-            ctx.when_durable(move |durable| {
-                if !durable {
-                    return;
-                }
-                if h.consumer.reply.send(h.deliveries).is_err() {
-                    let (rowids, expires) = (h.rowids, h.expires);
-                    follow_up.write(move |ctx| release(ctx, &rowids, expires, now));
-                }
-            });
+    /// After the open group rolled back: every consumer it took waits on, parked again.
+    pub fn forget_group(&mut self, parked: &mut HashMap<String, Vec<Parked>, ByText>) {
+        self.job_start = None;
+        for h in self.handings.drain(..).rev() {
+            parked.entry(h.app).or_default().insert(0, h.consumer);
         }
+        self.open.clear();
+    }
+
+    /// The open handing of each app: its last one, unless full.
+    fn reopen(&mut self) {
+        self.open.clear();
+        for (i, h) in self.handings.iter().enumerate() {
+            match h.full() {
+                true => self.open.remove(&h.app),
+                false => self.open.insert(h.app.clone(), i),
+            };
+        }
+    }
+
+    /// The answers of the committed group's consumers, to run once it is durable: each
+    /// consumer gets its deliveries; what an answer cannot reach is released by a follow-up
+    /// write. Nothing is answered if the group could not be made durable: the waits end
+    /// empty, and the deliveries stay in flight until their lease expires.
+    pub fn answers(&mut self, follow_up: &FollowUp) -> impl Iterator<Item = Completion> + use<> {
+        self.open.clear();
+        self.job_start = None;
+        let follow_up = follow_up.clone();
+        std::mem::take(&mut self.handings)
+            .into_iter()
+            .map(move |h| {
+                let follow_up = follow_up.clone();
+                let answer: Completion = Box::new(move |durable: bool| {
+                    if !durable {
+                        return;
+                    }
+                    if h.consumer.reply.send(h.deliveries).is_err() {
+                        let (rowids, expires, now) = (h.rowids, h.expires, h.now);
+                        follow_up.write(move |ctx| release(ctx, &rowids, expires, now));
+                    }
+                });
+                answer
+            })
     }
 }
 
@@ -166,4 +246,96 @@ fn release(
     drop(stmt);
     ctx.counted(counters, now);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance::{self, T0};
+
+    type Waiting = HashMap<String, Vec<Parked>, ByText>;
+
+    /// Parks a consumer of hr taking up to `max`; returns where its answer arrives.
+    fn park_hr(parked: &mut Waiting, max: u32) -> oneshot::Receiver<Vec<LeasedDelivery>> {
+        let (reply, answer) = oneshot::channel();
+        let consumer = Parked {
+            max,
+            lease_ms: 30_000,
+            reply,
+        };
+        parked.entry("hr".to_owned()).or_default().push(consumer);
+        answer
+    }
+
+    /// A job handing deliveries `rowids` to hr's consumers; true if all found one.
+    fn hand(handoffs: &mut Handoffs, parked: &mut Waiting, rowids: &[i64]) -> bool {
+        let event = conformance::event("crm", "acme", "user.created", T0);
+        rowids
+            .iter()
+            .all(|&rowid| match handoffs.consumer_for(parked, "hr", T0) {
+                Some(hand) => {
+                    handoffs.add(hand, rowid, &event, &event.id);
+                    true
+                }
+                None => false,
+            })
+    }
+
+    /// Answers the group as durable; returns the rowids each answer holds.
+    fn answer(
+        handoffs: &mut Handoffs,
+        answers: Vec<oneshot::Receiver<Vec<LeasedDelivery>>>,
+    ) -> Vec<Vec<String>> {
+        for complete in handoffs.answers(&FollowUp::nowhere()) {
+            complete(true);
+        }
+        answers
+            .into_iter()
+            .map(|mut a| match a.try_recv() {
+                Ok(ds) => ds.into_iter().map(|d| d.id.to_string()).collect(),
+                Err(_) => vec!["unanswered".to_owned()],
+            })
+            .collect()
+    }
+
+    fn ids(rowids: &[i64]) -> Vec<String> {
+        rowids.iter().map(|&r| delivery_id(r).to_string()).collect()
+    }
+
+    #[test]
+    fn a_failed_job_takes_back_what_it_handed_and_the_consumers_it_took_wait_on() {
+        let mut parked = Waiting::default();
+        let first = park_hr(&mut parked, 3);
+        let second = park_hr(&mut parked, 3);
+        let mut handoffs = Handoffs::default();
+        assert!(hand(&mut handoffs, &mut parked, &[1, 2]));
+        handoffs.end_job(true, &mut parked);
+        // Fills the first consumer, takes the second, then fails.
+        assert!(hand(&mut handoffs, &mut parked, &[3, 4]));
+        assert!(parked["hr"].is_empty());
+        handoffs.end_job(false, &mut parked);
+        assert_eq!(parked["hr"].len(), 1, "the second consumer is parked again");
+        // The next job hands to the first consumer's last place, then to the second.
+        assert!(hand(&mut handoffs, &mut parked, &[5, 6]));
+        handoffs.end_job(true, &mut parked);
+        assert_eq!(
+            answer(&mut handoffs, vec![first, second]),
+            vec![ids(&[1, 2, 5]), ids(&[6])]
+        );
+    }
+
+    #[test]
+    fn a_rolled_back_group_parks_its_consumers_again_unanswered() {
+        let mut parked = Waiting::default();
+        let mut first = park_hr(&mut parked, 1);
+        let mut handoffs = Handoffs::default();
+        assert!(hand(&mut handoffs, &mut parked, &[1]));
+        handoffs.end_job(true, &mut parked);
+        handoffs.forget_group(&mut parked);
+        assert_eq!(parked["hr"].len(), 1);
+        assert!(first.try_recv().is_err(), "not answered");
+        assert!(hand(&mut handoffs, &mut parked, &[2]));
+        handoffs.end_job(true, &mut parked);
+        assert_eq!(answer(&mut handoffs, vec![first]), vec![ids(&[2])]);
+    }
 }

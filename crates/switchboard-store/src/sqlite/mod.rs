@@ -77,6 +77,9 @@ pub struct SqliteOptions {
     /// open_mark.rs): fewer writes for acks that come soon, more rows for readers of the
     /// open deliveries to read.
     pub open_tail: u64,
+    /// How long a group collects the jobs that keep arriving before it commits, once the
+    /// fsync before it is done (see writer.rs).
+    pub max_group_age: std::time::Duration,
 }
 
 impl Default for SqliteOptions {
@@ -85,6 +88,7 @@ impl Default for SqliteOptions {
             writer_spin: idle::DEFAULT_SPIN,
             recent_events: recent::CAPACITY,
             open_tail: open_mark::DEFAULT_TAIL,
+            max_group_age: writer::MAX_GROUP_AGE,
         }
     }
 }
@@ -229,6 +233,16 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     )
 }
 
+/// Lets the requests that arrived with this one reach the writer with it: yields once, so the
+/// runtime polls the other tasks and the sockets before this write is queued. Requests that
+/// arrive together (a burst of publishes, an ack beside a publish) then share a commit and
+/// its fsync, instead of the second waiting for the first's fsync before its own, and a
+/// consumer waiting for them gets them in one answer (handoff.rs). Costs a lone write a
+/// poll of the sockets.
+async fn together() {
+    tokio::task::yield_now().await;
+}
+
 impl SqliteStore {
     /// A lease; with `park`, one that finds nothing leaves its consumer waiting in the writer
     /// for a publish to hand it deliveries (handoff.rs).
@@ -243,6 +257,7 @@ impl SqliteStore {
         req: LeaseRequest,
         park: Option<handoff::Parked>,
     ) -> Result<Leased> {
+        together().await;
         let leased = self
             .writer
             .write_as(Answer::AtCommit, Undo::Group, move |ctx| {
@@ -344,7 +359,7 @@ impl SqliteStore {
             wal,
             wal_progress,
             writer::Pace {
-                max_group_age: writer::MAX_GROUP_AGE,
+                max_group_age: options.max_group_age,
                 spin: options.writer_spin,
             },
         )
@@ -552,6 +567,7 @@ impl Store for SqliteStore {
         // Fails only before writing (see write::publish): no savepoint of its own. Its
         // results are built here, off the writer.
         Box::pin(async move {
+            together().await;
             let stored = self
                 .writer
                 .write_as(Answer::AfterFsync, Undo::Group, move |ctx| {
@@ -636,6 +652,7 @@ impl Store for SqliteStore {
         // acks stored: acking again is answered as a repeat.
         Box::pin(async move {
             let by = app.clone();
+            together().await;
             let acked = self
                 .writer
                 .write_as(Answer::AfterFsync, Undo::Group, move |ctx| {
@@ -784,6 +801,7 @@ impl Store for SqliteStore {
 mod tests {
     use futures_util::FutureExt;
     use rusqlite::{OptionalExtension, StatementStatus};
+    use switchboard_core::DeliveryId;
 
     use super::*;
 
@@ -817,7 +835,7 @@ mod tests {
                 Ok(())
             })
             .boxed();
-        crate::conformance::poll_once(&mut hold).await;
+        crate::conformance::start(&mut hold).await;
         running.recv().expect("the hold runs");
         (go, hold)
     }
@@ -837,10 +855,10 @@ mod tests {
         let never = std::pin::pin!(std::future::pending());
         let mut waiting =
             store.lease_waiting(request(T0), std::time::Duration::from_secs(10), never);
-        conformance::poll_once(&mut waiting).await;
+        conformance::start(&mut waiting).await;
         let ev = conformance::event("crm", "acme", "user.created", T0.plus_ms(1));
         let mut publish = conformance::publish_to(&store, ev, &["hr"]).boxed();
-        conformance::poll_once(&mut publish).await;
+        conformance::start(&mut publish).await;
         // Hold the writer after the publish took the consumer, before its group commits.
         let (go, hold) = hold_writer(&store).await;
         // The consumer leaves with the deliveries already on their way to it.
@@ -868,6 +886,80 @@ mod tests {
         store.close().await;
     }
 
+    /// Publishes `count` events to hr in one group while a consumer taking up to `max` waits:
+    /// returns the ids the consumer was handed, and those a lease finds pending after.
+    async fn handed_in_one_group(count: usize, max: u32) -> (Vec<DeliveryId>, Vec<DeliveryId>) {
+        use crate::conformance::{self, T0};
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Groups that never age: the hold's takes every publish queued behind it.
+        let options = SqliteOptions {
+            max_group_age: std::time::Duration::from_secs(3600),
+            ..SqliteOptions::default()
+        };
+        let store = SqliteStore::open_with(dir.path(), &options).expect("open");
+        conformance::register(&store, "hr", &["*"], 8).await;
+        let request = |max, now| LeaseRequest {
+            app: conformance::app("hr"),
+            max,
+            lease_ms: 30_000,
+            now,
+        };
+        let never = std::pin::pin!(std::future::pending());
+        let mut waiting =
+            store.lease_waiting(request(max, T0), std::time::Duration::from_secs(10), never);
+        conformance::start(&mut waiting).await;
+        // The consumer is parked once the hold runs; the publishes queue up behind it.
+        let (go, hold) = hold_writer(&store).await;
+        let mut publishes = Vec::new();
+        for _ in 0..count {
+            let ev = conformance::event("crm", "acme", "user.created", T0.plus_ms(1));
+            let mut publish = conformance::publish_to(&store, ev, &["hr"]).boxed();
+            conformance::start(&mut publish).await;
+            publishes.push(publish);
+        }
+        go.send(()).expect("go");
+        hold.await.expect("hold");
+        let published: Vec<DeliveryId> = futures_util::future::join_all(publishes)
+            .await
+            .into_iter()
+            .map(|p| p.deliveries[0].id.clone())
+            .collect();
+        let handed: Vec<DeliveryId> = waiting
+            .await
+            .expect("handed")
+            .deliveries
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        let pending: Vec<DeliveryId> = store
+            .lease(request(100, T0.plus_ms(2)))
+            .await
+            .expect("lease")
+            .deliveries
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        let mut all = [handed.clone(), pending.clone()].concat();
+        all.sort();
+        let mut expected = published;
+        expected.sort();
+        assert_eq!(all, expected, "every delivery handed or pending, once");
+        store.close().await;
+        (handed, pending)
+    }
+
+    #[tokio::test]
+    async fn publishes_that_share_a_group_reach_a_waiting_consumer_in_one_answer() {
+        let (handed, pending) = handed_in_one_group(3, 10).await;
+        assert_eq!((handed.len(), pending.len()), (3, 0));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_consumer_is_handed_no_more_than_it_asked_for() {
+        let (handed, pending) = handed_in_one_group(3, 2).await;
+        assert_eq!((handed.len(), pending.len()), (2, 1));
+    }
+
     #[tokio::test]
     async fn an_ack_in_the_group_of_its_lease_acks_the_lease_kept_unwritten() {
         // In the group that leased a delivery its in-flight entry is not used (inflight.rs):
@@ -888,7 +980,7 @@ mod tests {
             now: T0.plus_ms(1),
         };
         let mut leased = store.lease(request).boxed();
-        conformance::poll_once(&mut leased).await;
+        conformance::start(&mut leased).await;
         let ack = AckItem {
             id: id.clone(),
             attempt: Some(1),
@@ -897,7 +989,7 @@ mod tests {
         let mut acked = store
             .ack(conformance::app("hr"), vec![ack], T0.plus_ms(2))
             .boxed();
-        conformance::poll_once(&mut acked).await;
+        conformance::start(&mut acked).await;
         go.send(()).expect("go");
         hold.await.expect("hold");
         assert_eq!(leased.await.expect("lease").deliveries[0].id, id);

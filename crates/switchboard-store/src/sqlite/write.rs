@@ -14,7 +14,7 @@ use switchboard_core::{
 use super::borrowed::Borrowed;
 use super::channel_ids::ChannelIds;
 use super::counters::{Counters, HOUR, MINUTE};
-use super::handoff::{self, Handoffs, Parked};
+use super::handoff::{self, Parked};
 use super::inflight::ByRowid;
 use super::multirow::MultiRow;
 use super::ready::Pending;
@@ -227,8 +227,9 @@ pub fn publish(
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(events.len());
     let mut new_events: Vec<EventRow<'_>> = Vec::with_capacity(events.len());
     let mut unordered = HeldBack::default();
-    // Fresh unordered deliveries for a consumer that is long-polling go to it in flight.
-    let mut handoffs = Handoffs::default();
+    // Fresh unordered deliveries for a consumer that is long-polling go to it in flight
+    // (`ctx.handoffs`, answered with the group).
+    let mut handed: HashSet<i64, ByRowid> = HashSet::default();
     let mut insert_handed: Option<rusqlite::CachedStatement<'_>> = None;
     let mut keys_here: HashSet<(&str, &str)> = HashSet::new();
     for NewEvent { event, targets } in &events {
@@ -301,7 +302,10 @@ pub fn publish(
                     }
                     false
                 }
-                None => match handoffs.consumer_for(&mut ctx.parked, route.app.as_str(), now) {
+                None => match ctx
+                    .handoffs
+                    .consumer_for(&mut ctx.parked, route.app.as_str(), now)
+                {
                     Some(hand) => {
                         unordered.overtake();
                         let insert = prepared_once(
@@ -325,7 +329,8 @@ pub fn publish(
                         ctx.deadline_changes.set(hand.1, id);
                         let flight = Pending::fresh(seq, channel, now, false).leased(1, hand.1);
                         ctx.flight_changes.set(id, flight);
-                        handoffs.add(hand, id, event, &event_id);
+                        ctx.handoffs.add(hand, id, event, &event_id);
+                        handed.insert(id);
                         true
                     }
                     None => {
@@ -364,8 +369,6 @@ pub fn publish(
     ctx.next_event_seq = Some(next_seq);
     ctx.next_delivery_id = Some(next_id);
     ctx.counted(counters, now);
-    let handed: HashSet<i64, ByRowid> = handoffs.rowids().collect();
-    handoffs.answer_when_durable(ctx, now);
     Ok(PublishedRows {
         events,
         outcomes,

@@ -13,10 +13,10 @@
 //! (`idle.rs`).
 //! The one exception, [`Answer::AtCommit`] (leases), is answered at its commit. A job that
 //! fails rolls back its savepoint alone, or, for a job that promises to fail only before its
-//! first change ([`Undo::Group`]), there is nothing to roll back. A job may also ask for
-//! something to run once its group is durable, before the group's answers
-//! ([`WriteCtx::when_durable`]), and such code may queue a follow-up write nobody waits for
-//! ([`FollowUp`]). Nothing here knows what the jobs do.
+//! first change ([`Undo::Group`]), there is nothing to roll back. Once a group is durable,
+//! the consumers its publishes handed deliveries to are answered first (handoff.rs), and
+//! such an answer may queue a follow-up write nobody waits for ([`FollowUp`]). Nothing here
+//! knows what the jobs do.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -59,7 +59,7 @@ pub const MAX_GROUP_AGE: std::time::Duration = std::time::Duration::from_micros(
 #[derive(Debug, Clone, Copy)]
 pub struct Pace {
     /// Once the syncer is free, a group that has run this long commits: [`MAX_GROUP_AGE`]
-    /// but in tests.
+    /// but in tests (`SqliteOptions::max_group_age`).
     pub max_group_age: std::time::Duration,
     /// How long a lightly loaded writer polls its queue before it sleeps (see idle.rs).
     pub spin: std::time::Duration,
@@ -110,13 +110,12 @@ pub struct WriteCtx {
     /// What undoes the changes to `ready` of the group's successful jobs (applied as each
     /// succeeded), should the group roll back.
     ready_undo: ready::Changes,
-    /// What the running job asked to run once its group is durable; kept only if it succeeds.
-    job_when_durable: Vec<Completion>,
-    /// The same for the group's successful jobs: run before the jobs' own answers.
-    group_when_durable: Vec<Completion>,
     /// Consumers long-polling in the writer, by target app, for a publish to hand
     /// deliveries to (see handoff.rs). Not part of any transaction.
     pub parked: HashMap<String, Vec<handoff::Parked>, ByText>,
+    /// The consumers the open group's publishes hand deliveries to, answered once it is
+    /// durable; a failed job's hand-offs are undone (see handoff.rs).
+    pub handoffs: handoff::Handoffs,
     /// The writer's own queue, for follow-up writes nobody waits for.
     follow_up: mpsc::WeakUnboundedSender<Msg>,
     /// When each app's last consume was written, to write it at most once a second.
@@ -160,21 +159,16 @@ impl WriteCtx {
         self.job_counters.absorb(counters, now);
     }
 
-    /// Runs `f` once the running job's group is durable (`true`), or could not be made so
-    /// (`false`), before the group's jobs are answered; dropped if the job fails.
-    pub fn when_durable(&mut self, f: impl FnOnce(bool) + Send + 'static) {
-        self.job_when_durable.push(Box::new(f));
-    }
-
     /// A handle that queues follow-up writes from outside the writer (a completion).
     pub fn follow_up(&self) -> FollowUp {
         FollowUp(self.follow_up.clone())
     }
 
     /// After the open group rolled back: drops its counter and deadline changes, undoes its
-    /// ready, in-flight and kept-lease changes, and has the next seq and delivery id read again from the
-    /// tables, which the rolled-back rows have left (nobody saw those: a publish is answered
-    /// once durable, a lease once committed).
+    /// ready, in-flight and kept-lease changes, parks again the consumers its publishes took,
+    /// and has the next seq and delivery id read again from the tables, which the
+    /// rolled-back rows have left (nobody saw those: a publish is answered once durable, a
+    /// lease once committed).
     fn forget_group(&mut self) {
         self.group_counters.clear();
         self.group_deadline_changes.discard();
@@ -182,13 +176,15 @@ impl WriteCtx {
         self.in_flight.roll_back();
         self.unwritten.roll_back();
         self.open_mark.roll_back();
+        self.handoffs.forget_group(&mut self.parked);
         self.next_event_seq = None;
         self.next_delivery_id = None;
     }
 
-    /// Ends a job's counter, deadline, ready, in-flight and kept-lease changes and what it
-    /// asked to run once durable: kept for the group if it succeeded, else dropped.
+    /// Ends a job's counter, deadline, ready, in-flight and kept-lease changes and its
+    /// hand-offs: kept for the group if it succeeded, else dropped.
     fn end_job(&mut self, succeeded: bool) {
+        self.handoffs.end_job(succeeded, &mut self.parked);
         match succeeded {
             true => {
                 self.group_counters.merge(&mut self.job_counters);
@@ -197,7 +193,6 @@ impl WriteCtx {
                 self.ready
                     .apply(&mut self.ready_changes, &mut self.ready_undo);
                 self.in_flight.keep(&mut self.flight_changes);
-                self.group_when_durable.append(&mut self.job_when_durable);
                 self.unwritten.end_job(true);
                 self.open_mark.end_job(true);
             }
@@ -206,7 +201,6 @@ impl WriteCtx {
                 self.deadline_changes.discard();
                 self.ready_changes.discard();
                 self.flight_changes.discard();
-                self.job_when_durable.clear();
                 self.unwritten.end_job(false);
                 self.open_mark.end_job(false);
             }
@@ -214,7 +208,7 @@ impl WriteCtx {
     }
 }
 
-type Completion = Box<dyn FnOnce(bool) + Send>;
+pub type Completion = Box<dyn FnOnce(bool) + Send>;
 type Job = Box<dyn FnOnce(&mut WriteCtx) -> Completion + Send>;
 
 /// Queues writes that nobody waits for, from outside the writer thread; does nothing once
@@ -223,6 +217,13 @@ type Job = Box<dyn FnOnce(&mut WriteCtx) -> Completion + Send>;
 pub struct FollowUp(mpsc::WeakUnboundedSender<Msg>);
 
 impl FollowUp {
+    /// One whose writes go nowhere, as once the writer is gone.
+    #[cfg(test)]
+    pub fn nowhere() -> FollowUp {
+        let (tx, _) = mpsc::unbounded_channel();
+        FollowUp(tx.downgrade())
+    }
+
     /// Runs `f` in its own savepoint of a coming group; a failure is logged.
     pub fn write(&self, f: impl FnOnce(&mut WriteCtx) -> Result<(), StoreError> + Send + 'static) {
         let Some(tx) = self.0.upgrade() else {
@@ -320,9 +321,8 @@ impl Writer {
             ready,
             ready_changes: ready::Changes::default(),
             ready_undo: ready::Changes::default(),
-            job_when_durable: Vec::new(),
-            group_when_durable: Vec::new(),
             parked: HashMap::default(),
+            handoffs: handoff::Handoffs::default(),
             follow_up: tx.downgrade(),
             consumed_written: HashMap::default(),
             wal_progress,
@@ -668,12 +668,7 @@ fn roll_back_group(ctx: &mut WriteCtx, group: Group) {
         tracing::error!(error = %e, "rolling back the group failed");
     }
     ctx.forget_group();
-    let extra = std::mem::take(&mut ctx.group_when_durable);
-    for complete in extra
-        .into_iter()
-        .chain(group.after_fsync)
-        .chain(group.at_commit)
-    {
+    for complete in group.after_fsync.into_iter().chain(group.at_commit) {
         complete(false);
     }
 }
@@ -691,10 +686,6 @@ fn commit_group(
         at_commit,
         began,
     } = group;
-    // What jobs asked to run once durable goes first: a consumer handed deliveries by a
-    // publish has them before that publish's caller is answered (and wakes consumers).
-    let mut after_fsync = std::mem::take(&mut ctx.group_when_durable);
-    after_fsync.extend(answers);
     let started = Instant::now();
     // The mark moves before the counters are written, in the same transaction.
     let moved_to = ctx
@@ -739,6 +730,13 @@ fn commit_group(
     for complete in at_commit {
         complete(committed);
     }
+    // The consumers handed deliveries go first: they have them before the publishers are
+    // answered (who may then wake other consumers).
+    let mut after_fsync: Vec<Completion> = match committed {
+        true => ctx.handoffs.answers(&ctx.follow_up()).collect(),
+        false => Vec::new(),
+    };
+    after_fsync.extend(answers);
     if !committed || after_fsync.is_empty() {
         for complete in after_fsync {
             complete(false);
