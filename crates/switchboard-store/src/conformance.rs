@@ -170,19 +170,15 @@ pub fn route(target: &str) -> Route {
 }
 
 /// Publishes one event to `targets` (`!hr` for an ordered route) at `time`.
-/// Starts a store call without waiting for it: polls `f` until it has queued its work (with
-/// SQLite, its job with the writer, which runs jobs in the order they came). That takes two
-/// polls: the SQLite store yields once before it queues a write (`together` in sqlite/mod.rs).
+/// Starts a store call without waiting for it: polls `f` once, enough for it to queue its
+/// work (with SQLite, its job with the writer, which runs jobs in the order they came; the
+/// store must be opened with `together` off, or a write could be waiting for its turn).
 pub async fn start<F: std::future::Future + Unpin>(f: &mut F) {
-    for _ in 0..2 {
-        let ready = std::future::poll_fn(|cx| {
-            std::task::Poll::Ready(std::pin::Pin::new(&mut *f).poll(cx).is_ready())
-        })
-        .await;
-        if ready {
-            return;
-        }
-    }
+    std::future::poll_fn(|cx| {
+        let _ = std::pin::Pin::new(&mut *f).poll(cx);
+        std::task::Poll::Ready(())
+    })
+    .await
 }
 
 pub async fn publish_to(store: &dyn Store, ev: Event, targets: &[&str]) -> Published {

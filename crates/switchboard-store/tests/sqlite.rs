@@ -42,6 +42,16 @@ mod with_a_short_open_tail {
     switchboard_store::conformance_tests!(fixture);
 }
 
+/// A store that queues each write at its first poll (`together` off), for tests that order
+/// writes by starting each in turn (`conformance::start`).
+fn in_order(dir: &std::path::Path) -> SqliteStore {
+    let options = SqliteOptions {
+        together: false,
+        ..SqliteOptions::default()
+    };
+    SqliteStore::open_with(dir, &options).unwrap()
+}
+
 /// A connection of the test's own to the store's database file in `dir`.
 fn database(dir: &std::path::Path) -> rusqlite::Connection {
     rusqlite::Connection::open(dir.join(switchboard_store::sqlite::DB_FILE)).unwrap()
@@ -195,7 +205,7 @@ async fn deliveries_held_back_keep_their_ids_when_an_ordered_one_overtakes_them(
 #[tokio::test]
 async fn deliveries_held_back_keep_their_ids_when_a_handed_one_overtakes_them() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).unwrap();
+    let store = in_order(dir.path());
     conformance::register(&store, "billing", &["*"], 8).await;
     conformance::register(&store, "hr", &["*"], 8).await;
     let never = std::pin::pin!(std::future::pending());
@@ -562,7 +572,7 @@ fn lease_request(max: u32, now: Timestamp) -> LeaseRequest {
 #[tokio::test]
 async fn a_waiting_consumer_is_handed_the_next_publish() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).unwrap();
+    let store = in_order(dir.path());
     conformance::register(&store, "hr", &["*"], 8).await;
     let never = std::pin::pin!(std::future::pending());
     let mut waiting = store.lease_waiting(lease_request(10, T0), Duration::from_secs(10), never);

@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -275,6 +275,8 @@ enum Msg {
 
 pub struct Writer {
     tx: mpsc::UnboundedSender<Msg>,
+    /// Whether the writer is waiting with nothing to do (see [`Writer::idle`]).
+    idle: Arc<AtomicBool>,
 }
 
 impl Writer {
@@ -336,10 +338,19 @@ impl Writer {
             flight_changes: inflight::Changes::default(),
             unwritten,
         };
+        let idle = Arc::new(AtomicBool::new(false));
+        let waiting = idle.clone();
         let handle = std::thread::Builder::new()
             .name("switchboard-writer".into())
-            .spawn(move || run(ctx, rx, sync_tx, syncer, pace))?;
-        Ok((Writer { tx }, handle))
+            .spawn(move || run(ctx, rx, sync_tx, syncer, pace, &waiting))?;
+        Ok((Writer { tx, idle }, handle))
+    }
+
+    /// Whether the writer is waiting for a job with no group open and no fsync under way:
+    /// the next job starts a group of its own and, unless another arrives while it runs,
+    /// commits and fsyncs alone.
+    pub fn idle(&self) -> bool {
+        self.idle.load(Ordering::Relaxed)
     }
 
     /// Runs `f` in its own savepoint of the next group transaction and answers once that
@@ -534,6 +545,7 @@ fn run(
         max_group_age,
         spin,
     }: Pace,
+    idle: &AtomicBool,
 ) {
     let mut closing: Option<oneshot::Sender<()>> = None;
     let mut group: Option<Group> = None;
@@ -580,6 +592,7 @@ fn run(
         }
         // Wait for a job, or for the syncer to be free so the open group can commit.
         let waiting_since = Instant::now();
+        idle.store(group.is_none() && !syncing, Ordering::Relaxed);
         let spun = match load.light() {
             true => idle::spin(spin, || rx.try_recv().ok()),
             false => None,
@@ -589,6 +602,7 @@ fn run(
             None => rx.blocking_recv(),
         };
         let now = Instant::now();
+        idle.store(false, Ordering::Relaxed);
         load.waited(now.duration_since(waiting_since), now);
         match next {
             Some(msg) => handle(&mut ctx, msg, &mut group, &mut syncing, &mut closing),
