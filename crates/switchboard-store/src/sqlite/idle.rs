@@ -9,6 +9,7 @@
 //! would spin on is wanted by the HTTP workers that feed it, so it spins only while its
 //! recent busy share is low.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The longest the writer polls its queue before sleeping, unless configured otherwise.
@@ -54,6 +55,50 @@ impl Load {
     }
 }
 
+/// Since when the writer has been waiting with nothing to do (no group open, no fsync under
+/// way), for the callers that queue its jobs (`SqliteStore::together`).
+#[derive(Debug)]
+pub struct IdleSince {
+    epoch: Instant,
+    /// When the wait began, in nanoseconds after `epoch`; [`BUSY`] while the writer has
+    /// something to do.
+    since: AtomicU64,
+}
+
+const BUSY: u64 = u64::MAX;
+
+impl IdleSince {
+    pub fn new(epoch: Instant) -> IdleSince {
+        IdleSince {
+            epoch,
+            since: AtomicU64::new(BUSY),
+        }
+    }
+
+    /// The writer began waiting with nothing to do at `now`.
+    pub fn waiting(&self, now: Instant) {
+        let since = now.saturating_duration_since(self.epoch).as_nanos();
+        self.since
+            .store(u64::try_from(since).unwrap_or(BUSY - 1), Ordering::Relaxed);
+    }
+
+    /// The writer has something to do.
+    pub fn busy(&self) {
+        self.since.store(BUSY, Ordering::Relaxed);
+    }
+
+    /// How long the writer has been waiting with nothing to do at `now`, if it is.
+    pub fn idle_for(&self, now: Instant) -> Option<Duration> {
+        match self.since.load(Ordering::Relaxed) {
+            BUSY => None,
+            since => Some(
+                now.saturating_duration_since(self.epoch)
+                    .saturating_sub(Duration::from_nanos(since)),
+            ),
+        }
+    }
+}
+
 /// Polls `try_next` until it yields something or `limit` has passed (at least once), yielding
 /// the core between polls.
 pub fn spin<T>(limit: Duration, mut try_next: impl FnMut() -> Option<T>) -> Option<T> {
@@ -72,6 +117,19 @@ pub fn spin<T>(limit: Duration, mut try_next: impl FnMut() -> Option<T>) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_writer_is_idle_from_its_wait_until_it_is_busy() {
+        let t0 = Instant::now();
+        let idle = IdleSince::new(t0);
+        let later = |us| t0 + Duration::from_micros(us);
+        assert_eq!(idle.idle_for(later(10)), None, "busy until it first waits");
+        idle.waiting(later(100));
+        assert_eq!(idle.idle_for(later(250)), Some(Duration::from_micros(150)));
+        assert_eq!(idle.idle_for(later(50)), Some(Duration::ZERO));
+        idle.busy();
+        assert_eq!(idle.idle_for(later(300)), None);
+    }
 
     /// Feeds `Load` one window as waits of `waited_ms` each ending `every_ms` apart, and
     /// returns whether it then counts as light.

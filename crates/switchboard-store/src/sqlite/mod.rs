@@ -80,7 +80,7 @@ pub struct SqliteOptions {
     /// How long a group collects the jobs that keep arriving before it commits, once the
     /// fsync before it is done (see writer.rs).
     pub max_group_age: std::time::Duration,
-    /// Whether a write yields once before it is queued while the writer is idle,
+    /// Whether a write yields once before it is queued while the writer has been idle,
     /// so that requests that arrived together share a commit (see `together`). Tests that
     /// order writes by polling each once turn it off.
     pub together: bool,
@@ -240,17 +240,27 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     )
 }
 
+/// How long the writer must have been idle for a write to wait for the requests that came
+/// with it (see `SqliteStore::together`).
+const QUIET: std::time::Duration = std::time::Duration::from_micros(100);
+
 impl SqliteStore {
     /// Lets the requests that arrived with this one reach the writer with it: yields once, so
     /// the runtime polls its other tasks and the sockets before this write is queued.
     /// Requests that arrive together (a burst of publishes, an ack beside a publish) then
     /// share a commit and its fsync, instead of the second waiting for the first's fsync
     /// before its own, and a consumer waiting for them gets them in one answer (handoff.rs).
-    /// Only while the writer is idle: a busy one gathers what arrives meanwhile into its next
-    /// group anyway, and under load the yield would hold each write behind every other task
-    /// of the runtime (single publishes from 32 publishers −10% with a yield every time).
+    /// Only once the writer has been idle for [`QUIET`]: requests that come closer together
+    /// than that find it busy, and it gathers them into its next group anyway; while they
+    /// do, the runtime is busy too, and the yield would hold each write behind its other
+    /// tasks until the runtime next polls its sockets (single publishes from 32 publishers
+    /// −10% with a yield every time).
     async fn together(&self) {
-        if self.together && self.writer.idle() {
+        let quiet = self
+            .writer
+            .idle_for(std::time::Instant::now())
+            .is_some_and(|idle| idle >= QUIET);
+        if self.together && quiet {
             tokio::task::yield_now().await;
         }
     }

@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -275,8 +275,8 @@ enum Msg {
 
 pub struct Writer {
     tx: mpsc::UnboundedSender<Msg>,
-    /// Whether the writer is waiting with nothing to do (see [`Writer::idle`]).
-    idle: Arc<AtomicBool>,
+    /// Since when the writer has been waiting with nothing to do (see [`Writer::idle_for`]).
+    idle: Arc<idle::IdleSince>,
 }
 
 impl Writer {
@@ -338,7 +338,7 @@ impl Writer {
             flight_changes: inflight::Changes::default(),
             unwritten,
         };
-        let idle = Arc::new(AtomicBool::new(false));
+        let idle = Arc::new(idle::IdleSince::new(Instant::now()));
         let waiting = idle.clone();
         let handle = std::thread::Builder::new()
             .name("switchboard-writer".into())
@@ -346,11 +346,11 @@ impl Writer {
         Ok((Writer { tx, idle }, handle))
     }
 
-    /// Whether the writer is waiting for a job with no group open and no fsync under way:
-    /// the next job starts a group of its own and, unless another arrives while it runs,
-    /// commits and fsyncs alone.
-    pub fn idle(&self) -> bool {
-        self.idle.load(Ordering::Relaxed)
+    /// How long the writer has been waiting for a job with no group open and no fsync under
+    /// way, if it is: the next job starts a group of its own and, unless another arrives
+    /// while it runs, commits and fsyncs alone.
+    pub fn idle_for(&self, now: Instant) -> Option<std::time::Duration> {
+        self.idle.idle_for(now)
     }
 
     /// Runs `f` in its own savepoint of the next group transaction and answers once that
@@ -545,7 +545,7 @@ fn run(
         max_group_age,
         spin,
     }: Pace,
-    idle: &AtomicBool,
+    idle: &idle::IdleSince,
 ) {
     let mut closing: Option<oneshot::Sender<()>> = None;
     let mut group: Option<Group> = None;
@@ -592,7 +592,9 @@ fn run(
         }
         // Wait for a job, or for the syncer to be free so the open group can commit.
         let waiting_since = Instant::now();
-        idle.store(group.is_none() && !syncing, Ordering::Relaxed);
+        if group.is_none() && !syncing {
+            idle.waiting(waiting_since);
+        }
         let spun = match load.light() {
             true => idle::spin(spin, || rx.try_recv().ok()),
             false => None,
@@ -602,7 +604,7 @@ fn run(
             None => rx.blocking_recv(),
         };
         let now = Instant::now();
-        idle.store(false, Ordering::Relaxed);
+        idle.busy();
         load.waited(now.duration_since(waiting_since), now);
         match next {
             Some(msg) => handle(&mut ctx, msg, &mut group, &mut syncing, &mut closing),
