@@ -982,21 +982,14 @@ mod tests {
             .into_iter()
             .map(|p| p.deliveries[0].id.clone())
             .collect();
-        let handed: Vec<DeliveryId> = waiting
-            .await
-            .expect("handed")
-            .deliveries
-            .into_iter()
-            .map(|d| d.id)
-            .collect();
-        let pending: Vec<DeliveryId> = store
+        let ids = |leased: Leased| -> Vec<DeliveryId> {
+            leased.deliveries.into_iter().map(|d| d.id).collect()
+        };
+        let handed = ids(waiting.await.expect("handed"));
+        let pending = ids(store
             .lease(request(100, T0.plus_ms(2)))
             .await
-            .expect("lease")
-            .deliveries
-            .into_iter()
-            .map(|d| d.id)
-            .collect();
+            .expect("lease"));
         let mut all = [handed.clone(), pending.clone()].concat();
         all.sort();
         let mut expected = published;
