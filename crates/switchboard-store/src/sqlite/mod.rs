@@ -80,9 +80,9 @@ pub struct SqliteOptions {
     /// How long a group collects the jobs that keep arriving before it commits, once the
     /// fsync before it is done (see writer.rs).
     pub max_group_age: std::time::Duration,
-    /// Whether a write yields once before it is queued while the writer has been idle,
-    /// so that requests that arrived together share a commit (see `together`). Tests that
-    /// order writes by polling each once turn it off.
+    /// Whether a write yields once before it is queued when the writer has been idle a
+    /// moment, so that requests that arrived together share a commit (see `together`).
+    /// Tests that order writes by polling each once turn it off.
     pub together: bool,
 }
 
@@ -256,11 +256,11 @@ impl SqliteStore {
     /// tasks until the runtime next polls its sockets (single publishes from 32 publishers
     /// −10% with a yield every time).
     async fn together(&self) {
-        let quiet = self
-            .writer
-            .idle_for(std::time::Instant::now())
-            .is_some_and(|idle| idle >= QUIET);
-        if self.together && quiet {
+        if !self.together {
+            return;
+        }
+        let idle = self.writer.idle_for(std::time::Instant::now());
+        if idle.is_some_and(|idle| idle >= QUIET) {
             tokio::task::yield_now().await;
         }
     }
