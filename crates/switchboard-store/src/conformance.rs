@@ -169,7 +169,6 @@ pub fn route(target: &str) -> Route {
     }
 }
 
-/// Publishes one event to `targets` (`!hr` for an ordered route) at `time`.
 /// Starts a store call without waiting for it: polls `f` once, enough for it to queue its
 /// work (with SQLite, its job with the writer, which runs jobs in the order they came; the
 /// store must be opened with `together` off, or a write could be waiting for its turn).
@@ -181,6 +180,7 @@ pub async fn start<F: std::future::Future + Unpin>(f: &mut F) {
     .await
 }
 
+/// Publishes one event to `targets` (`!hr` for an ordered route) at `time`.
 pub async fn publish_to(store: &dyn Store, ev: Event, targets: &[&str]) -> Published {
     let time = ev.time;
     let targets = targets.iter().map(|t| route(t)).collect();

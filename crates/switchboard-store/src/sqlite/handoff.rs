@@ -165,11 +165,9 @@ impl Handoffs {
 
     /// After the open group rolled back: every consumer it took waits on, parked again.
     pub fn forget_group(&mut self, parked: &mut HashMap<String, Vec<Parked>, ByText>) {
-        self.job_start = None;
-        for h in self.handings.drain(..).rev() {
+        for h in std::mem::take(self).handings.into_iter().rev() {
             parked.entry(h.app).or_default().insert(0, h.consumer);
         }
-        self.open.clear();
     }
 
     /// The open handing of each app: its last one, unless full.
@@ -188,24 +186,20 @@ impl Handoffs {
     /// write. Nothing is answered if the group could not be made durable: the waits end
     /// empty, and the deliveries stay in flight until their lease expires.
     pub fn answers(&mut self, follow_up: &FollowUp) -> impl Iterator<Item = Completion> + use<> {
-        self.open.clear();
-        self.job_start = None;
         let follow_up = follow_up.clone();
-        std::mem::take(&mut self.handings)
-            .into_iter()
-            .map(move |h| {
-                let follow_up = follow_up.clone();
-                let answer: Completion = Box::new(move |durable: bool| {
-                    if !durable {
-                        return;
-                    }
-                    if h.consumer.reply.send(h.deliveries).is_err() {
-                        let (rowids, expires, now) = (h.rowids, h.expires, h.now);
-                        follow_up.write(move |ctx| release(ctx, &rowids, expires, now));
-                    }
-                });
-                answer
-            })
+        std::mem::take(self).handings.into_iter().map(move |h| {
+            let follow_up = follow_up.clone();
+            let answer: Completion = Box::new(move |durable: bool| {
+                if !durable {
+                    return;
+                }
+                if h.consumer.reply.send(h.deliveries).is_err() {
+                    let (rowids, expires, now) = (h.rowids, h.expires, h.now);
+                    follow_up.write(move |ctx| release(ctx, &rowids, expires, now));
+                }
+            });
+            answer
+        })
     }
 }
 

@@ -819,7 +819,6 @@ impl SplitMix64 {
 mod tests {
     use std::future::Future;
     use std::pin::Pin;
-    use std::task::Poll;
 
     use super::*;
 
@@ -858,11 +857,7 @@ mod tests {
 
     /// Polls a write once: enough to hand its job to the writer.
     async fn submitted<F: Future>(mut write: Pin<Box<F>>) -> Pin<Box<F>> {
-        std::future::poll_fn(|cx| {
-            let _ = write.as_mut().poll(cx);
-            Poll::Ready(())
-        })
-        .await;
+        crate::conformance::start(&mut write).await;
         write
     }
 
